@@ -1,0 +1,7 @@
+// autograd/autograd.hpp — include this to get all of tapegrad's engine.
+#pragma once
+#include "autograd/gradcheck.hpp"
+#include "autograd/kernels/parallel.hpp"
+#include "autograd/ops.hpp"
+#include "autograd/tape.hpp"
+#include "autograd/tensor.hpp"

@@ -1,0 +1,46 @@
+// autograd/ops_common.hpp — small helpers shared by the ops_*.cpp files (not public API).
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include <xtensor/xarray.hpp>
+#include <xtensor/xmath.hpp>
+
+#include "autograd/ops.hpp"
+
+namespace tg::detail {
+
+// Normalise a possibly negative axis against rank n; error names the op and shape.
+inline std::size_t norm_axis(int axis, std::size_t n, const char* op, const Shape& shape) {
+  int a = axis < 0 ? axis + static_cast<int>(n) : axis;
+  if (a < 0 || a >= static_cast<int>(n))
+    throw std::invalid_argument(std::string(op) + ": axis " + std::to_string(axis) +
+                                " is out of range for shape " + shape_to_string(shape));
+  return static_cast<std::size_t>(a);
+}
+
+template <class S>
+Shape to_shape(const S& s) { return Shape(s.begin(), s.end()); }
+
+inline std::size_t prod(const Shape& s, std::size_t from = 0, std::size_t to = std::size_t(-1)) {
+  std::size_t p = 1;
+  for (std::size_t i = from; i < s.size() && i < to; ++i) p *= s[i];
+  return p;
+}
+
+[[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+template <class T>
+void require_defined(const Tensor<T>& t, const char* op, const char* arg) {
+  if (!t.defined()) fail(std::string(op) + ": argument '" + arg + "' is an undefined tensor");
+}
+
+// In anomaly mode, check a forward result.
+template <class T>
+void check_forward(const Tensor<T>& out, const char* op) {
+  if (anomaly_mode()) check_finite(out.value(), op, "output");
+}
+
+}  // namespace tg::detail

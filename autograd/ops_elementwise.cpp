@@ -1,0 +1,302 @@
+// autograd/ops_elementwise.cpp — broadcasting binary ops and unary functions,
+// each forward with its backward right below it.
+#include <cmath>
+
+#include <xtensor/xbroadcast.hpp>
+#include <xtensor/xmanipulation.hpp>
+#include <xtensor/xoperation.hpp>
+#include <xtensor/xreducer.hpp>
+#include <xtensor/xview.hpp>
+
+#include "autograd/ops_common.hpp"
+
+namespace tg {
+
+using detail::fail;
+using detail::to_shape;
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  std::size_t n = std::max(a.size(), b.size());
+  Shape r(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    std::size_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    if (da != db && da != 1 && db != 1)
+      fail(std::string(op) + ": shapes " + shape_to_string(a) + " and " + shape_to_string(b) +
+           " cannot be broadcast (axis " + std::to_string(i) + ": " + std::to_string(da) + " vs " +
+           std::to_string(db) + ")");
+    r[i] = std::max(da, db);
+  }
+  return r;
+}
+
+// Note [sum_to]
+// Broadcasting in forward copies an input along the axes it lacks (leading axes) or
+// has as size 1. The gradient of a copy is the sum of the gradients of the copies, so
+// backward sums g over exactly those axes. Every broadcasting op ends its backward with
+// sum_to(g, input shape).
+template <class T>
+xt::xarray<T> sum_to(const xt::xarray<T>& g, const Shape& shape) {
+  Shape gs = to_shape(g.shape());
+  if (gs == shape) return g;
+  if (shape.size() > gs.size())
+    throw std::logic_error("sum_to: cannot reduce " + shape_to_string(gs) + " to the larger rank " +
+                           shape_to_string(shape));
+  std::size_t lead = gs.size() - shape.size();
+  std::vector<std::size_t> axes;
+  for (std::size_t i = 0; i < gs.size(); ++i) {
+    if (i < lead) axes.push_back(i);
+    else if (shape[i - lead] == 1 && gs[i] != 1) axes.push_back(i);
+    else if (shape[i - lead] != gs[i])
+      throw std::logic_error("sum_to: gradient " + shape_to_string(gs) + " does not broadcast from " +
+                             shape_to_string(shape));
+  }
+  xt::xarray<T> r = xt::sum(g, axes, xt::evaluation_strategy::immediate);
+  r.reshape(shape);
+  return r;
+}
+
+namespace {
+
+// Shared skeleton of the four broadcasting binary ops.
+template <class T, class Fwd, class Bwd>
+Tensor<T> binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, Fwd fwd, Bwd bwd) {
+  detail::require_defined(a, op, "a");
+  detail::require_defined(b, op, "b");
+  Shape sa = a.shape(), sb = b.shape();
+  broadcast_shapes(sa, sb, op);  // throws with a clear message
+  Tensor<T> out(xt::xarray<T>(fwd(a.value(), b.value())));
+  detail::check_forward(out, op);
+  if (needs_grad<T>({&a, &b})) attach<T>(out, op, {a, b}, [a, b, bwd, sa, sb](const xt::xarray<T>& dz) {
+      bwd(a, b, dz, sa, sb);
+    });
+  return out;
+}
+
+}  // namespace
+
+template <class T>
+Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
+  // z = a + b
+  return binary<T>("add", a, b, [](auto& x, auto& y) { return x + y; },
+      // da = dz, db = dz (each summed back to its shape)
+      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
+        if (a.requires_grad()) a.accumulate_grad(sum_to(dz, sa), "add");
+        if (b.requires_grad()) b.accumulate_grad(sum_to(dz, sb), "add");
+      });
+}
+
+template <class T>
+Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
+  // z = a - b
+  return binary<T>("sub", a, b, [](auto& x, auto& y) { return x - y; },
+      // da = dz, db = -dz
+      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
+        if (a.requires_grad()) a.accumulate_grad(sum_to(dz, sa), "sub");
+        if (b.requires_grad()) b.accumulate_grad(sum_to(xt::xarray<T>(-dz), sb), "sub");
+      });
+}
+
+template <class T>
+Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
+  // z = a * b
+  return binary<T>("mul", a, b, [](auto& x, auto& y) { return x * y; },
+      // da = dz * b, db = dz * a
+      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
+        if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(dz * b.value()), sa), "mul");
+        if (b.requires_grad()) b.accumulate_grad(sum_to(xt::xarray<T>(dz * a.value()), sb), "mul");
+      });
+}
+
+template <class T>
+Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
+  // z = a / b
+  return binary<T>("div", a, b, [](auto& x, auto& y) { return x / y; },
+      // da = dz / b, db = -dz * a / b²
+      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
+        if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(dz / b.value()), sa), "div");
+        if (b.requires_grad())
+          b.accumulate_grad(sum_to(xt::xarray<T>(-dz * a.value() / (b.value() * b.value())), sb), "div");
+      });
+}
+
+template <class T>
+Tensor<T> neg(const Tensor<T>& a) {
+  detail::require_defined(a, "neg", "a");
+  Tensor<T> out(xt::xarray<T>(-a.value()));
+  if (needs_grad<T>({&a}))
+    attach<T>(out, "neg", {a}, [a](const xt::xarray<T>& dz) { a.accumulate_grad(xt::xarray<T>(-dz), "neg"); });
+  return out;
+}
+
+template <class T>
+Tensor<T> add_scalar(const Tensor<T>& a, T s) {
+  detail::require_defined(a, "add_scalar", "a");
+  Tensor<T> out(xt::xarray<T>(a.value() + s));
+  if (needs_grad<T>({&a}))
+    attach<T>(out, "add_scalar", {a}, [a](const xt::xarray<T>& dz) { a.accumulate_grad(dz, "add_scalar"); },
+              "s=" + std::to_string(s));
+  return out;
+}
+
+template <class T>
+Tensor<T> mul_scalar(const Tensor<T>& a, T s) {
+  detail::require_defined(a, "mul_scalar", "a");
+  Tensor<T> out(xt::xarray<T>(a.value() * s));
+  if (needs_grad<T>({&a}))
+    attach<T>(out, "mul_scalar", {a},
+              [a, s](const xt::xarray<T>& dz) { a.accumulate_grad(xt::xarray<T>(dz * s), "mul_scalar"); },
+              "s=" + std::to_string(s));
+  return out;
+}
+
+// ---- unary functions ----------------------------------------------------------------
+// One skeleton for all: forward y = f(x); backward dx += dy * f'(x, y).
+// TODO(kernels): route through autograd/kernels/elementwise when it lands.
+namespace {
+
+enum class U { Exp, Log, Sqrt, Rsqrt, Abs, Relu, Sigmoid, Tanh, Silu, GeluErf, GeluTanh };
+
+template <class T>
+T unary_f(U k, T x) {
+  constexpr T c = T(0.7978845608028654);  // √(2/π)
+  switch (k) {
+    case U::Exp: return std::exp(x);
+    case U::Log: return std::log(x);
+    case U::Sqrt: return std::sqrt(x);
+    case U::Rsqrt: return T(1) / std::sqrt(x);
+    case U::Abs: return std::abs(x);
+    case U::Relu: return x > T(0) ? x : T(0);
+    case U::Sigmoid: return T(1) / (T(1) + std::exp(-x));
+    case U::Tanh: return std::tanh(x);
+    case U::Silu: return x / (T(1) + std::exp(-x));
+    case U::GeluErf: return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
+    case U::GeluTanh: return T(0.5) * x * (T(1) + std::tanh(c * (x + T(0.044715) * x * x * x)));
+  }
+  return x;
+}
+
+// f'(x), given x and y = f(x).
+template <class T>
+T unary_df(U k, T x, T y) {
+  constexpr T c = T(0.7978845608028654);
+  switch (k) {
+    case U::Exp: return y;
+    case U::Log: return T(1) / x;
+    case U::Sqrt: return T(0.5) / y;
+    case U::Rsqrt: return T(-0.5) * y * y * y;
+    case U::Abs: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+    case U::Relu: return x > T(0) ? T(1) : T(0);
+    case U::Sigmoid: return y * (T(1) - y);
+    case U::Tanh: return T(1) - y * y;
+    case U::Silu: {
+      T s = T(1) / (T(1) + std::exp(-x));
+      return s * (T(1) + x * (T(1) - s));
+    }
+    case U::GeluErf: {
+      T cdf = T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476)));
+      T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);
+      return cdf + x * pdf;
+    }
+    case U::GeluTanh: {
+      T u = c * (x + T(0.044715) * x * x * x);
+      T t = std::tanh(u);
+      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * x * x);
+    }
+  }
+  return T(0);
+}
+
+template <class T>
+Tensor<T> unary(const char* op, U kind, const Tensor<T>& x) {
+  detail::require_defined(x, op, "x");
+  const xt::xarray<T>& xv = x.value();
+  xt::xarray<T> y = xt::xarray<T>::from_shape(xv.shape());
+  for (std::size_t i = 0; i < xv.size(); ++i) y.data()[i] = unary_f(kind, xv.data()[i]);
+  Tensor<T> out(std::move(y));
+  detail::check_forward(out, op);
+  if (needs_grad<T>({&x})) {
+    std::weak_ptr<TensorImpl<T>> out_w = out.impl();  // the output owns the node: hold it weakly
+    attach<T>(out, op, {x}, [x, kind, out_w, op](const xt::xarray<T>& dy) {
+      auto o = out_w.lock();
+      const T* xp = x.value().data();
+      const T* yp = o->value.data();
+      xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
+      for (std::size_t i = 0; i < dy.size(); ++i) dx.data()[i] = dy.data()[i] * unary_df(kind, xp[i], yp[i]);
+      x.accumulate_grad(std::move(dx), op);
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+template <class T> Tensor<T> exp(const Tensor<T>& x) { return unary("exp", U::Exp, x); }
+template <class T> Tensor<T> log(const Tensor<T>& x) { return unary("log", U::Log, x); }
+template <class T> Tensor<T> sqrt(const Tensor<T>& x) { return unary("sqrt", U::Sqrt, x); }
+template <class T> Tensor<T> rsqrt(const Tensor<T>& x) { return unary("rsqrt", U::Rsqrt, x); }
+template <class T> Tensor<T> abs(const Tensor<T>& x) { return unary("abs", U::Abs, x); }
+template <class T> Tensor<T> relu(const Tensor<T>& x) { return unary("relu", U::Relu, x); }
+template <class T> Tensor<T> sigmoid(const Tensor<T>& x) { return unary("sigmoid", U::Sigmoid, x); }
+template <class T> Tensor<T> tanh(const Tensor<T>& x) { return unary("tanh", U::Tanh, x); }
+template <class T> Tensor<T> silu(const Tensor<T>& x) { return unary("silu", U::Silu, x); }
+template <class T>
+Tensor<T> gelu(const Tensor<T>& x, GeluApprox approx) {
+  return approx == GeluApprox::Erf ? unary("gelu", U::GeluErf, x)
+                                   : unary("gelu_tanh", U::GeluTanh, x);
+}
+
+template <class T>
+Tensor<T> pow(const Tensor<T>& x, T p) {
+  // y = x^p
+  detail::require_defined(x, "pow", "x");
+  Tensor<T> out(xt::xarray<T>(xt::pow(x.value(), p)));
+  detail::check_forward(out, "pow");
+  if (needs_grad<T>({&x}))
+    // dx = dy * p * x^(p-1)
+    attach<T>(out, "pow", {x}, [x, p](const xt::xarray<T>& dy) {
+      x.accumulate_grad(xt::xarray<T>(dy * p * xt::pow(x.value(), p - T(1))), "pow");
+    }, "p=" + std::to_string(p));
+  return out;
+}
+
+template <class T>
+Tensor<T> clamp(const Tensor<T>& x, T lo, T hi) {
+  // y = min(max(x, lo), hi)
+  detail::require_defined(x, "clamp", "x");
+  if (lo > hi) fail("clamp: lo " + std::to_string(lo) + " > hi " + std::to_string(hi));
+  Tensor<T> out(xt::xarray<T>(xt::clip(x.value(), lo, hi)));
+  if (needs_grad<T>({&x}))
+    // dx = dy where lo <= x <= hi
+    attach<T>(out, "clamp", {x}, [x, lo, hi](const xt::xarray<T>& dy) {
+      x.accumulate_grad(xt::xarray<T>(xt::where((x.value() >= lo) && (x.value() <= hi), dy, T(0))), "clamp");
+    });
+  return out;
+}
+
+#define TG_INSTANTIATE(T)                                                          \
+  template xt::xarray<T> sum_to<T>(const xt::xarray<T>&, const Shape&);            \
+  template Tensor<T> add<T>(const Tensor<T>&, const Tensor<T>&);                   \
+  template Tensor<T> sub<T>(const Tensor<T>&, const Tensor<T>&);                   \
+  template Tensor<T> mul<T>(const Tensor<T>&, const Tensor<T>&);                   \
+  template Tensor<T> div<T>(const Tensor<T>&, const Tensor<T>&);                   \
+  template Tensor<T> neg<T>(const Tensor<T>&);                                     \
+  template Tensor<T> add_scalar<T>(const Tensor<T>&, T);                           \
+  template Tensor<T> mul_scalar<T>(const Tensor<T>&, T);                           \
+  template Tensor<T> exp<T>(const Tensor<T>&);                                     \
+  template Tensor<T> log<T>(const Tensor<T>&);                                     \
+  template Tensor<T> sqrt<T>(const Tensor<T>&);                                    \
+  template Tensor<T> rsqrt<T>(const Tensor<T>&);                                   \
+  template Tensor<T> abs<T>(const Tensor<T>&);                                     \
+  template Tensor<T> relu<T>(const Tensor<T>&);                                    \
+  template Tensor<T> sigmoid<T>(const Tensor<T>&);                                 \
+  template Tensor<T> tanh<T>(const Tensor<T>&);                                    \
+  template Tensor<T> silu<T>(const Tensor<T>&);                                    \
+  template Tensor<T> gelu<T>(const Tensor<T>&, GeluApprox);                        \
+  template Tensor<T> pow<T>(const Tensor<T>&, T);                                  \
+  template Tensor<T> clamp<T>(const Tensor<T>&, T, T);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg

@@ -1,0 +1,598 @@
+// autograd/ops_nn.cpp — the fused ops of neural networks: softmax, log_softmax,
+// cross-entropy, embedding, RMSNorm, LayerNorm, SwiGLU, dropout, RoPE, attention, top-k.
+// Each forward saves the minimum its backward needs (an output, or small caches such as
+// rstd and log-sum-exp), and the backward sits right below it.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "autograd/ops_common.hpp"
+
+namespace tg {
+
+using detail::fail;
+using detail::prod;
+
+// ---- softmax family ----------------------------------------------------------------------
+namespace {
+
+// View x as (outer, n, inner) around `axis`.
+struct AxisView {
+  std::size_t outer, n, inner;
+};
+AxisView axis_view(const Shape& s, std::size_t axis) { return {prod(s, 0, axis), s[axis], prod(s, axis + 1)}; }
+
+template <class T>
+void softmax_rows(const AxisView& v, const T* x, T* y, bool log) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (std::size_t o = 0; o < v.outer; ++o)
+    for (std::size_t i = 0; i < v.inner; ++i) {
+      auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
+      T m = ninf;
+      for (std::size_t k = 0; k < v.n; ++k) m = std::max(m, x[at(k)]);
+      if (m == ninf) {  // fully masked row: softmax 0, log_softmax -inf
+        for (std::size_t k = 0; k < v.n; ++k) y[at(k)] = log ? ninf : T(0);
+        continue;
+      }
+      T s = 0;
+      for (std::size_t k = 0; k < v.n; ++k) s += std::exp(x[at(k)] - m);
+      const T lse = m + std::log(s);
+      for (std::size_t k = 0; k < v.n; ++k) y[at(k)] = log ? x[at(k)] - lse : std::exp(x[at(k)] - lse);
+    }
+}
+
+}  // namespace
+
+template <class T>
+Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
+  detail::require_defined(x, "softmax", "x");
+  const Shape sx = x.shape();
+  const std::size_t axis = detail::norm_axis(axis_in, sx.size(), "softmax", sx);
+  const AxisView v = axis_view(sx, axis);
+  // y = exp(x - lse(x)) along the axis
+  xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
+  softmax_rows(v, x.value().data(), y.data(), false);
+  Tensor<T> out(std::move(y));
+  detail::check_forward(out, "softmax");
+  if (needs_grad<T>({&x})) {
+    std::weak_ptr<TensorImpl<T>> yw = out.impl();
+    attach<T>(out, "softmax", {x}, [x, yw, v](const xt::xarray<T>& dy) {
+      // dx = y * (dy - Σ_k dy*y)
+      const T* y = yw.lock()->value.data();
+      xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
+      for (std::size_t o = 0; o < v.outer; ++o)
+        for (std::size_t i = 0; i < v.inner; ++i) {
+          auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
+          T dot = 0;
+          for (std::size_t k = 0; k < v.n; ++k) dot += dy.data()[at(k)] * y[at(k)];
+          for (std::size_t k = 0; k < v.n; ++k) dx.data()[at(k)] = y[at(k)] * (dy.data()[at(k)] - dot);
+        }
+      x.accumulate_grad(std::move(dx), "softmax");
+    }, "axis=" + std::to_string(axis));
+  }
+  return out;
+}
+
+template <class T>
+Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
+  detail::require_defined(x, "log_softmax", "x");
+  const Shape sx = x.shape();
+  const std::size_t axis = detail::norm_axis(axis_in, sx.size(), "log_softmax", sx);
+  const AxisView v = axis_view(sx, axis);
+  // y = x - lse(x) along the axis
+  xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
+  softmax_rows(v, x.value().data(), y.data(), true);
+  Tensor<T> out(std::move(y));
+  if (needs_grad<T>({&x})) {
+    std::weak_ptr<TensorImpl<T>> yw = out.impl();
+    attach<T>(out, "log_softmax", {x}, [x, yw, v](const xt::xarray<T>& dy) {
+      // dx = dy - exp(y) * Σ_k dy   (zero on fully masked rows, where y = -inf)
+      const T* y = yw.lock()->value.data();
+      xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
+      for (std::size_t o = 0; o < v.outer; ++o)
+        for (std::size_t i = 0; i < v.inner; ++i) {
+          auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
+          T s = 0;
+          bool all_inf = true;
+          for (std::size_t k = 0; k < v.n; ++k) {
+            s += dy.data()[at(k)];
+            all_inf = all_inf && std::isinf(y[at(k)]);
+          }
+          for (std::size_t k = 0; k < v.n; ++k)
+            dx.data()[at(k)] = all_inf ? T(0) : dy.data()[at(k)] - std::exp(y[at(k)]) * s;
+        }
+      x.accumulate_grad(std::move(dx), "log_softmax");
+    }, "axis=" + std::to_string(axis));
+  }
+  return out;
+}
+
+template <class T>
+Tensor<T> cross_entropy(const Tensor<T>& logits, const Index& targets, std::int64_t ignore_index, Reduction red) {
+  detail::require_defined(logits, "cross_entropy", "logits");
+  const Shape sl = logits.shape();
+  if (sl.empty()) fail("cross_entropy: logits must have a class axis, got shape ()");
+  Shape lead(sl.begin(), sl.end() - 1);
+  if (detail::to_shape(targets.shape()) != lead)
+    fail("cross_entropy: logits " + shape_to_string(sl) + " need targets of shape " + shape_to_string(lead) +
+         ", got " + shape_to_string(targets.shape()));
+  const std::size_t N = prod(lead), V = sl.back();
+  const T* x = logits.value().data();
+  // loss_i = lse_i - x_i[t_i] for counted rows; lse saved for backward.
+  std::vector<T> lse(N, T(0));
+  xt::xarray<T> per_row = xt::zeros<T>(lead);
+  std::size_t count = 0;
+  for (std::size_t i = 0; i < N; ++i) {
+    const std::int64_t t = targets.data()[i];
+    if (t == ignore_index) continue;
+    if (t < 0 || t >= static_cast<std::int64_t>(V))
+      fail("cross_entropy: target " + std::to_string(t) + " at row " + std::to_string(i) + " is outside [0, " +
+           std::to_string(V) + ") (ignore_index is " + std::to_string(ignore_index) + ")");
+    const T* row = x + i * V;
+    T m = *std::max_element(row, row + V);
+    T s = 0;
+    for (std::size_t k = 0; k < V; ++k) s += std::exp(row[k] - m);
+    lse[i] = m + std::log(s);
+    per_row.data()[i] = lse[i] - row[t];
+    ++count;
+  }
+  xt::xarray<T> y;
+  if (red == Reduction::None) {
+    y = per_row;
+  } else {
+    T total = 0;
+    for (std::size_t i = 0; i < N; ++i) total += per_row.data()[i];
+    // Note: a mean over zero counted rows is 0 (PyTorch gives NaN); its gradient is 0.
+    if (red == Reduction::Mean) total = count ? total / T(count) : T(0);
+    y = xt::xarray<T>::from_shape(Shape{});
+    y() = total;
+  }
+  Tensor<T> out(std::move(y));
+  detail::check_forward(out, "cross_entropy");
+  if (needs_grad<T>({&logits}))
+    attach<T>(out, "cross_entropy", {logits},
+              [logits, targets, ignore_index, red, lse = std::move(lse), N, V, count](const xt::xarray<T>& dy) {
+      // dlogits_i = (softmax(x_i) - onehot(t_i)) * dloss_i,
+      // dloss_i = dy (sum), dy / count (mean), dy_i (none)
+      xt::xarray<T> dx = xt::zeros<T>(logits.value().shape());
+      const T* x = logits.value().data();
+      for (std::size_t i = 0; i < N; ++i) {
+        const std::int64_t t = targets.data()[i];
+        if (t == ignore_index) continue;
+        T g = red == Reduction::None ? dy.data()[i] : (red == Reduction::Sum ? dy() : dy() / T(count));
+        for (std::size_t k = 0; k < V; ++k) dx.data()[i * V + k] = g * std::exp(x[i * V + k] - lse[i]);
+        dx.data()[i * V + t] -= g;
+      }
+      logits.accumulate_grad(std::move(dx), "cross_entropy");
+    }, "ignore_index=" + std::to_string(ignore_index));
+  return out;
+}
+
+// ---- layers ------------------------------------------------------------------------------
+
+template <class T>
+Tensor<T> embedding(const Index& ids, const Tensor<T>& weight) {
+  detail::require_defined(weight, "embedding", "weight");
+  const Shape sw = weight.shape();
+  if (sw.size() != 2) fail("embedding: weight must be (V, C), got " + shape_to_string(sw));
+  const std::size_t V = sw[0], C = sw[1], N = ids.size();
+  for (std::size_t i = 0; i < N; ++i)
+    if (ids.data()[i] < 0 || ids.data()[i] >= static_cast<std::int64_t>(V))
+      fail("embedding: id " + std::to_string(ids.data()[i]) + " at position " + std::to_string(i) +
+           " is outside [0, " + std::to_string(V) + ")");
+  Shape so = detail::to_shape(ids.shape());
+  so.push_back(C);
+  // y[i] = weight[ids[i]]
+  xt::xarray<T> y = xt::xarray<T>::from_shape(so);
+  for (std::size_t i = 0; i < N; ++i) std::copy_n(weight.value().data() + ids.data()[i] * C, C, y.data() + i * C);
+  Tensor<T> out(std::move(y));
+  if (needs_grad<T>({&weight}))
+    attach<T>(out, "embedding", {weight}, [weight, ids, N, C](const xt::xarray<T>& dy) {
+      // dweight[ids[i]] += dy[i]
+      xt::xarray<T> dw = xt::zeros<T>(weight.value().shape());
+      for (std::size_t i = 0; i < N; ++i)
+        for (std::size_t c = 0; c < C; ++c) dw.data()[ids.data()[i] * C + c] += dy.data()[i * C + c];
+      weight.accumulate_grad(std::move(dw), "embedding");
+    });
+  return out;
+}
+
+template <class T>
+Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, T eps) {
+  detail::require_defined(x, "rmsnorm", "x");
+  const Shape sx = x.shape();
+  if (sx.empty()) fail("rmsnorm: x must have at least one dimension");
+  const std::size_t C = sx.back(), rows = prod(sx, 0, sx.size() - 1);
+  if (w.defined() && (w.dim() != 1 || w.shape()[0] != C))
+    fail("rmsnorm: weight " + w.shape_str() + " does not match x " + shape_to_string(sx) + " (expected (" +
+         std::to_string(C) + "))");
+  // y = x * rstd * w,  rstd = 1/√(mean(x²) + eps), saved per row
+  std::vector<T> rstd(rows);
+  xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
+  const T* xp = x.value().data();
+  const T* wp = w.defined() ? w.value().data() : nullptr;
+  for (std::size_t r = 0; r < rows; ++r) {
+    T ss = 0;
+    for (std::size_t c = 0; c < C; ++c) ss += xp[r * C + c] * xp[r * C + c];
+    rstd[r] = T(1) / std::sqrt(ss / T(C) + eps);
+    for (std::size_t c = 0; c < C; ++c) y.data()[r * C + c] = xp[r * C + c] * rstd[r] * (wp ? wp[c] : T(1));
+  }
+  Tensor<T> out(std::move(y));
+  detail::check_forward(out, "rmsnorm");
+  if (needs_grad<T>({&x, &w}))
+    attach<T>(out, "rmsnorm", {x, w}, [x, w, rstd = std::move(rstd), rows, C](const xt::xarray<T>& dy) {
+      // with x̂ = x*rstd and g = dy*w:  dx = rstd * (g - x̂ * mean(g*x̂)),  dw = Σ_rows dy * x̂
+      const T* xp = x.value().data();
+      const T* wp = w.defined() ? w.value().data() : nullptr;
+      xt::xarray<T> dx = xt::xarray<T>::from_shape(x.value().shape());
+      xt::xarray<T> dw = xt::zeros<T>({C});
+      for (std::size_t r = 0; r < rows; ++r) {
+        T dot = 0;
+        for (std::size_t c = 0; c < C; ++c) {
+          T xh = xp[r * C + c] * rstd[r];
+          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
+          dot += g * xh;
+          dw(c) += dy.data()[r * C + c] * xh;
+        }
+        dot /= T(C);
+        for (std::size_t c = 0; c < C; ++c) {
+          T xh = xp[r * C + c] * rstd[r];
+          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
+          dx.data()[r * C + c] = rstd[r] * (g - xh * dot);
+        }
+      }
+      if (x.requires_grad()) x.accumulate_grad(std::move(dx), "rmsnorm");
+      if (w.defined() && w.requires_grad()) w.accumulate_grad(std::move(dw), "rmsnorm");
+    }, "eps=" + std::to_string(eps));
+  return out;
+}
+
+template <class T>
+Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, T eps) {
+  detail::require_defined(x, "layernorm", "x");
+  const Shape sx = x.shape();
+  if (sx.empty()) fail("layernorm: x must have at least one dimension");
+  const std::size_t C = sx.back(), rows = prod(sx, 0, sx.size() - 1);
+  for (auto* p : {&w, &b})
+    if (p->defined() && (p->dim() != 1 || p->shape()[0] != C))
+      fail("layernorm: " + std::string(p == &w ? "weight " : "bias ") + p->shape_str() + " does not match x " +
+           shape_to_string(sx) + " (expected (" + std::to_string(C) + "))");
+  // y = (x - μ) * rstd * w + b, μ and rstd saved per row
+  std::vector<T> mu(rows), rstd(rows);
+  xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
+  const T* xp = x.value().data();
+  const T* wp = w.defined() ? w.value().data() : nullptr;
+  const T* bp = b.defined() ? b.value().data() : nullptr;
+  for (std::size_t r = 0; r < rows; ++r) {
+    T m = 0;
+    for (std::size_t c = 0; c < C; ++c) m += xp[r * C + c];
+    m /= T(C);
+    T var = 0;
+    for (std::size_t c = 0; c < C; ++c) var += (xp[r * C + c] - m) * (xp[r * C + c] - m);
+    var /= T(C);
+    mu[r] = m;
+    rstd[r] = T(1) / std::sqrt(var + eps);
+    for (std::size_t c = 0; c < C; ++c)
+      y.data()[r * C + c] = (xp[r * C + c] - m) * rstd[r] * (wp ? wp[c] : T(1)) + (bp ? bp[c] : T(0));
+  }
+  Tensor<T> out(std::move(y));
+  detail::check_forward(out, "layernorm");
+  if (needs_grad<T>({&x, &w, &b}))
+    attach<T>(out, "layernorm", {x, w, b},
+              [x, w, b, mu = std::move(mu), rstd = std::move(rstd), rows, C](const xt::xarray<T>& dy) {
+      // x̂ = (x-μ)*rstd, g = dy*w:  dx = rstd * (g - mean(g) - x̂ * mean(g*x̂));  dw = Σ dy*x̂;  db = Σ dy
+      const T* xp = x.value().data();
+      const T* wp = w.defined() ? w.value().data() : nullptr;
+      xt::xarray<T> dx = xt::xarray<T>::from_shape(x.value().shape());
+      xt::xarray<T> dw = xt::zeros<T>({C}), db = xt::zeros<T>({C});
+      for (std::size_t r = 0; r < rows; ++r) {
+        T mg = 0, mgx = 0;
+        for (std::size_t c = 0; c < C; ++c) {
+          T xh = (xp[r * C + c] - mu[r]) * rstd[r];
+          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
+          mg += g;
+          mgx += g * xh;
+          dw(c) += dy.data()[r * C + c] * xh;
+          db(c) += dy.data()[r * C + c];
+        }
+        mg /= T(C);
+        mgx /= T(C);
+        for (std::size_t c = 0; c < C; ++c) {
+          T xh = (xp[r * C + c] - mu[r]) * rstd[r];
+          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
+          dx.data()[r * C + c] = rstd[r] * (g - mg - xh * mgx);
+        }
+      }
+      if (x.requires_grad()) x.accumulate_grad(std::move(dx), "layernorm");
+      if (w.defined() && w.requires_grad()) w.accumulate_grad(std::move(dw), "layernorm");
+      if (b.defined() && b.requires_grad()) b.accumulate_grad(std::move(db), "layernorm");
+    }, "eps=" + std::to_string(eps));
+  return out;
+}
+
+template <class T>
+Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u) {
+  detail::require_defined(g, "swiglu", "g");
+  detail::require_defined(u, "swiglu", "u");
+  if (g.shape() != u.shape()) fail("swiglu: gate " + g.shape_str() + " and up " + u.shape_str() + " differ");
+  // y = silu(g) * u
+  const std::size_t n = g.numel();
+  xt::xarray<T> y = xt::xarray<T>::from_shape(g.value().shape());
+  for (std::size_t i = 0; i < n; ++i) {
+    T gv = g.value().data()[i];
+    y.data()[i] = gv / (T(1) + std::exp(-gv)) * u.value().data()[i];
+  }
+  Tensor<T> out(std::move(y));
+  if (needs_grad<T>({&g, &u}))
+    attach<T>(out, "swiglu", {g, u}, [g, u, n](const xt::xarray<T>& dy) {
+      // dg = dy * u * σ(g)(1 + g(1-σ(g))),  du = dy * silu(g)
+      xt::xarray<T> dg = xt::xarray<T>::from_shape(dy.shape()), du = xt::xarray<T>::from_shape(dy.shape());
+      for (std::size_t i = 0; i < n; ++i) {
+        T gv = g.value().data()[i], s = T(1) / (T(1) + std::exp(-gv));
+        dg.data()[i] = dy.data()[i] * u.value().data()[i] * s * (T(1) + gv * (T(1) - s));
+        du.data()[i] = dy.data()[i] * gv * s;
+      }
+      if (g.requires_grad()) g.accumulate_grad(std::move(dg), "swiglu");
+      if (u.requires_grad()) u.accumulate_grad(std::move(du), "swiglu");
+    });
+  return out;
+}
+
+template <class T>
+Tensor<T> dropout(const Tensor<T>& x, T p, Generator& gen, bool training) {
+  detail::require_defined(x, "dropout", "x");
+  if (!(p >= T(0) && p <= T(1))) fail("dropout: p = " + std::to_string(p) + " is outside [0, 1]");
+  if (!training || p == T(0)) return x;
+  // y = x * mask / (1-p), mask ~ Bernoulli(1-p); p == 1 drops everything
+  const T keep_scale = p < T(1) ? T(1) / (T(1) - p) : T(0);
+  xt::xarray<T> mask = xt::xarray<T>::from_shape(x.value().shape());
+  for (auto& m : mask) m = gen.uniform() >= double(p) ? keep_scale : T(0);
+  Tensor<T> out(xt::xarray<T>(x.value() * mask));
+  if (needs_grad<T>({&x}))
+    attach<T>(out, "dropout", {x}, [x, mask = std::move(mask)](const xt::xarray<T>& dy) {
+      // dx = dy * mask / (1-p)
+      x.accumulate_grad(xt::xarray<T>(dy * mask), "dropout");
+    }, "p=" + std::to_string(p));
+  return out;
+}
+
+// ---- RoPE --------------------------------------------------------------------------------
+
+std::vector<double> rope_inv_freq(std::size_t D, double theta, const std::optional<YarnScaling>& yarn,
+                                  double* attention_scale) {
+  if (D == 0 || D % 2 != 0) fail("rope: head_dim " + std::to_string(D) + " must be even and positive");
+  if (!(theta > 1.0)) fail("rope: rope_theta " + std::to_string(theta) + " must be > 1");
+  const std::size_t half = D / 2;
+  std::vector<double> inv(half);
+  for (std::size_t i = 0; i < half; ++i) inv[i] = 1.0 / std::pow(theta, double(2 * i) / double(D));
+  if (attention_scale) *attention_scale = 1.0;
+  if (!yarn) return inv;
+  // YaRN (Hugging Face's _compute_yarn_parameters): blend interpolated and
+  // extrapolated frequencies with a linear ramp between two correction dimensions.
+  const double s = yarn->factor, L = yarn->original_max_position_embeddings;
+  if (!(s >= 1.0)) fail("rope: YaRN factor " + std::to_string(s) + " must be >= 1");
+  if (!(L > 0)) fail("rope: YaRN original_max_position_embeddings must be > 0");
+  const double pi = 3.14159265358979323846;
+  auto corr_dim = [&](double rot) { return double(D) * std::log(L / (rot * 2 * pi)) / (2 * std::log(theta)); };
+  double low = std::max(std::floor(corr_dim(yarn->beta_fast)), 0.0);
+  double high = std::min(std::ceil(corr_dim(yarn->beta_slow)), double(D - 1));
+  if (high == low) high += 0.001;
+  for (std::size_t i = 0; i < half; ++i) {
+    double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+    double extra = 1.0 - ramp;  // 1: keep the original frequency (extrapolate)
+    double inv_extra = inv[i], inv_inter = inv[i] / s;
+    inv[i] = inv_inter * (1 - extra) + inv_extra * extra;
+  }
+  if (attention_scale) *attention_scale = s > 1.0 ? 0.1 * std::log(s) + 1.0 : 1.0;
+  return inv;
+}
+
+template <class T>
+RopeTable<T> rope_table(std::size_t P, std::size_t D, double theta, const std::optional<YarnScaling>& yarn) {
+  double scale = 1.0;
+  std::vector<double> inv = rope_inv_freq(D, theta, yarn, &scale);
+  RopeTable<T> t{xt::xarray<T>::from_shape({P, D}), xt::xarray<T>::from_shape({P, D})};
+  const std::size_t half = D / 2;
+  for (std::size_t p = 0; p < P; ++p)
+    for (std::size_t i = 0; i < D; ++i) {
+      double a = double(p) * inv[i % half];  // angles in double, even for float tables
+      t.cos(p, i) = static_cast<T>(std::cos(a) * scale);
+      t.sin(p, i) = static_cast<T>(std::sin(a) * scale);
+    }
+  return t;
+}
+
+template <class T>
+Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset) {
+  detail::require_defined(x, "rope", "x");
+  const Shape sx = x.shape();
+  if (sx.size() != 4) fail("rope: x must be (B,T,n,D), got " + shape_to_string(sx));
+  const std::size_t B = sx[0], Tn = sx[1], n = sx[2], D = sx[3], half = D / 2;
+  if (D != table.head_dim())
+    fail("rope: x " + shape_to_string(sx) + " has head_dim " + std::to_string(D) + " but the table has " +
+         std::to_string(table.head_dim()));
+  if (offset + Tn > table.max_positions())
+    fail("rope: positions up to " + std::to_string(offset + Tn - 1) + " but the table covers " +
+         std::to_string(table.max_positions()));
+  // y_i = x_i cos_i - x_{i+h} sin_i,  y_{i+h} = x_{i+h} cos_{i+h} + x_i sin_{i+h}   (h = D/2)
+  auto apply = [B, Tn, n, D, half, offset, &table](const T* in, T* out, bool transpose) {
+    for (std::size_t b = 0; b < B; ++b)
+      for (std::size_t t = 0; t < Tn; ++t) {
+        const T* c = table.cos.data() + (t + offset) * D;
+        const T* s = table.sin.data() + (t + offset) * D;
+        for (std::size_t h = 0; h < n; ++h) {
+          const T* xi = in + ((b * Tn + t) * n + h) * D;
+          T* yo = out + ((b * Tn + t) * n + h) * D;
+          for (std::size_t i = 0; i < half; ++i) {
+            T x1 = xi[i], x2 = xi[i + half];
+            if (!transpose) {
+              yo[i] = x1 * c[i] - x2 * s[i];
+              yo[i + half] = x2 * c[i + half] + x1 * s[i + half];
+            } else {  // R^T: dx_i = dy_i cos_i + dy_{i+h} sin_{i+h};  dx_{i+h} = dy_{i+h} cos_{i+h} - dy_i sin_i
+              yo[i] = x1 * c[i] + x2 * s[i + half];
+              yo[i + half] = x2 * c[i + half] - x1 * s[i];
+            }
+          }
+        }
+      }
+  };
+  xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
+  apply(x.value().data(), y.data(), false);
+  Tensor<T> out(std::move(y));
+  if (needs_grad<T>({&x}))
+    attach<T>(out, "rope", {x}, [x, apply, table](const xt::xarray<T>& dy) {
+      (void)table;  // keeps the tables alive for `apply`
+      xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
+      apply(dy.data(), dx.data(), true);
+      x.accumulate_grad(std::move(dx), "rope");
+    }, "offset=" + std::to_string(offset));
+  return out;
+}
+
+// ---- attention ---------------------------------------------------------------------------
+
+template <class T>
+Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, std::optional<T> scale_opt,
+                    xt::xarray<T>* probs_out) {
+  detail::require_defined(q, "attention", "q");
+  detail::require_defined(k, "attention", "k");
+  detail::require_defined(v, "attention", "v");
+  const Shape sq = q.shape(), sk = k.shape(), sv = v.shape();
+  auto bad = [&](const std::string& why) {
+    fail("attention: q " + shape_to_string(sq) + ", k " + shape_to_string(sk) + ", v " + shape_to_string(sv) + ": " +
+         why);
+  };
+  if (sq.size() != 4 || sk.size() != 4 || sv.size() != 4) bad("expected q (B,Tq,H,D), k and v (B,Tk,Hkv,D)");
+  if (sk != sv) bad("k and v shapes differ");
+  const std::size_t B = sq[0], Tq = sq[1], H = sq[2], D = sq[3], Tk = sk[1], Hkv = sk[2];
+  if (sk[0] != B || sk[3] != D) bad("batch or head_dim differ");
+  if (Hkv == 0 || H % Hkv != 0) bad("query heads " + std::to_string(H) + " not a multiple of kv heads " + std::to_string(Hkv));
+  if (Tq > Tk) bad("more queries than keys");
+  const T scale = scale_opt ? *scale_opt : T(1) / std::sqrt(T(D));
+  const std::size_t G = H / Hkv, off = Tk - Tq;
+  // Reference O(T²) attention. P (B,H,Tq,Tk) is saved for backward.
+  // TODO(kernels): flash-style kernel with O(T) memory.
+  auto Q = [&](const T* p, std::size_t b, std::size_t t, std::size_t h) { return p + ((b * Tq + t) * H + h) * D; };
+  auto KV = [&](const T* p, std::size_t b, std::size_t t, std::size_t h) { return p + ((b * Tk + t) * Hkv + h) * D; };
+  xt::xarray<T> P = xt::zeros<T>({B, H, Tq, Tk});
+  xt::xarray<T> o = xt::zeros<T>(sq);
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t h = 0; h < H; ++h)
+      for (std::size_t i = 0; i < Tq; ++i) {
+        T* prow = P.data() + ((b * H + h) * Tq + i) * Tk;
+        const std::size_t last = off + i;  // keys 0..last are visible
+        T m = -std::numeric_limits<T>::infinity();
+        for (std::size_t j = 0; j <= last; ++j) {
+          T s = 0;
+          for (std::size_t d = 0; d < D; ++d) s += Q(q.value().data(), b, i, h)[d] * KV(k.value().data(), b, j, h / G)[d];
+          prow[j] = s * scale;
+          m = std::max(m, prow[j]);
+        }
+        T sum = 0;
+        for (std::size_t j = 0; j <= last; ++j) sum += (prow[j] = std::exp(prow[j] - m));
+        for (std::size_t j = 0; j <= last; ++j) prow[j] /= sum;
+        T* orow = o.data() + ((b * Tq + i) * H + h) * D;
+        for (std::size_t j = 0; j <= last; ++j)
+          for (std::size_t d = 0; d < D; ++d) orow[d] += prow[j] * KV(v.value().data(), b, j, h / G)[d];
+      }
+  if (probs_out) *probs_out = P;
+  Tensor<T> out(std::move(o));
+  detail::check_forward(out, "attention");
+  if (needs_grad<T>({&q, &k, &v}))
+    attach<T>(out, "attention", {q, k, v}, [q, k, v, P = std::move(P), B, Tq, Tk, H, Hkv, D, G, scale](const xt::xarray<T>& dO) {
+      // dV_j += Σ_i P_ij dO_i;  dP_ij = dO_i·V_j;  dS_ij = P_ij (dP_ij - Σ_j' P_ij' dP_ij');
+      // dQ_i += scale Σ_j dS_ij K_j;  dK_j += scale Σ_i dS_ij Q_i
+      xt::xarray<T> dq = xt::zeros<T>(q.value().shape()), dk = xt::zeros<T>(k.value().shape()),
+                    dv = xt::zeros<T>(v.value().shape());
+      std::vector<T> dP(Tk);
+      for (std::size_t b = 0; b < B; ++b)
+        for (std::size_t h = 0; h < H; ++h)
+          for (std::size_t i = 0; i < Tq; ++i) {
+            const T* prow = P.data() + ((b * H + h) * Tq + i) * Tk;
+            const T* dorow = dO.data() + ((b * Tq + i) * H + h) * D;
+            const T* qrow = q.value().data() + ((b * Tq + i) * H + h) * D;
+            T* dqrow = dq.data() + ((b * Tq + i) * H + h) * D;
+            T dot = 0;
+            for (std::size_t j = 0; j < Tk; ++j) {
+              const std::size_t kv = ((b * Tk + j) * Hkv + h / G) * D;
+              T s = 0;
+              for (std::size_t d = 0; d < D; ++d) {
+                s += dorow[d] * v.value().data()[kv + d];
+                dv.data()[kv + d] += prow[j] * dorow[d];
+              }
+              dP[j] = s;
+              dot += prow[j] * s;
+            }
+            for (std::size_t j = 0; j < Tk; ++j) {
+              const std::size_t kv = ((b * Tk + j) * Hkv + h / G) * D;
+              T ds = prow[j] * (dP[j] - dot) * scale;
+              for (std::size_t d = 0; d < D; ++d) {
+                dqrow[d] += ds * k.value().data()[kv + d];
+                dk.data()[kv + d] += ds * qrow[d];
+              }
+            }
+          }
+      if (q.requires_grad()) q.accumulate_grad(std::move(dq), "attention");
+      if (k.requires_grad()) k.accumulate_grad(std::move(dk), "attention");
+      if (v.requires_grad()) v.accumulate_grad(std::move(dv), "attention");
+    }, "causal,H=" + std::to_string(H) + ",Hkv=" + std::to_string(Hkv));
+  return out;
+}
+
+// ---- top-k -------------------------------------------------------------------------------
+
+template <class T>
+Tensor<T> topk(const Tensor<T>& x, std::size_t kk, Index* indices) {
+  detail::require_defined(x, "topk", "x");
+  const Shape sx = x.shape();
+  if (sx.empty()) fail("topk: x must have at least one dimension");
+  const std::size_t n = sx.back(), rows = prod(sx, 0, sx.size() - 1);
+  if (kk == 0 || kk > n) fail("topk: k = " + std::to_string(kk) + " for a last axis of " + std::to_string(n) + " in " + shape_to_string(sx));
+  Shape so = sx;
+  so.back() = kk;
+  xt::xarray<T> y = xt::xarray<T>::from_shape(so);
+  Index idx = Index::from_shape(so);
+  std::vector<std::size_t> order(n);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* row = x.value().data() + r * n;
+    std::iota(order.begin(), order.end(), 0);
+    // descending; ties keep the lower index first
+    std::stable_sort(order.begin(), order.end(), [row](std::size_t a, std::size_t b) { return row[a] > row[b]; });
+    for (std::size_t j = 0; j < kk; ++j) {
+      y.data()[r * kk + j] = row[order[j]];
+      idx.data()[r * kk + j] = static_cast<std::int64_t>(order[j]);
+    }
+  }
+  if (indices) *indices = idx;
+  Tensor<T> out(std::move(y));
+  if (needs_grad<T>({&x}))
+    attach<T>(out, "topk", {x}, [x, idx, rows, n, kk](const xt::xarray<T>& dy) {
+      // dx[r, idx[r,j]] += dy[r, j]
+      xt::xarray<T> dx = xt::zeros<T>(x.value().shape());
+      for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < kk; ++j) dx.data()[r * n + idx.data()[r * kk + j]] += dy.data()[r * kk + j];
+      x.accumulate_grad(std::move(dx), "topk");
+    }, "k=" + std::to_string(kk));
+  return out;
+}
+
+#define TG_INSTANTIATE(T)                                                                                   \
+  template Tensor<T> softmax<T>(const Tensor<T>&, int);                                                     \
+  template Tensor<T> log_softmax<T>(const Tensor<T>&, int);                                                 \
+  template Tensor<T> cross_entropy<T>(const Tensor<T>&, const Index&, std::int64_t, Reduction);             \
+  template Tensor<T> embedding<T>(const Index&, const Tensor<T>&);                                          \
+  template Tensor<T> rmsnorm<T>(const Tensor<T>&, const Tensor<T>&, T);                                     \
+  template Tensor<T> layernorm<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, T);                 \
+  template Tensor<T> swiglu<T>(const Tensor<T>&, const Tensor<T>&);                                         \
+  template Tensor<T> dropout<T>(const Tensor<T>&, T, Generator&, bool);                                     \
+  template RopeTable<T> rope_table<T>(std::size_t, std::size_t, double, const std::optional<YarnScaling>&); \
+  template Tensor<T> rope<T>(const Tensor<T>&, const RopeTable<T>&, std::size_t);                           \
+  template Tensor<T> attention<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, std::optional<T>,   \
+                                  xt::xarray<T>*);                                                          \
+  template Tensor<T> topk<T>(const Tensor<T>&, std::size_t, Index*);
+TG_INSTANTIATE(float)
+TG_INSTANTIATE(double)
+#undef TG_INSTANTIATE
+
+}  // namespace tg

@@ -1,0 +1,196 @@
+// autograd/tape.cpp — recording nodes and the reverse walk (see Note [Tape and ownership]).
+#include "autograd/tape.hpp"
+
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+
+#include <xtensor/xmath.hpp>
+
+namespace tg {
+
+namespace {
+thread_local bool t_grad_enabled = true;
+bool g_anomaly = false;
+}  // namespace
+
+bool grad_enabled() { return t_grad_enabled; }
+void set_grad_enabled(bool on) { t_grad_enabled = on; }
+bool anomaly_mode() { return g_anomaly; }
+void set_anomaly_mode(bool on) { g_anomaly = on; }
+
+template <class T>
+Tape<T>& Tape<T>::current() {
+  thread_local Tape<T> tape;
+  return tape;
+}
+
+template <class T>
+void Tape<T>::push(const std::shared_ptr<Node<T>>& node) {
+  node->id = next_id_++;
+  nodes_.push_back(node);
+  if (nodes_.size() >= compact_at_) {
+    compact();
+    compact_at_ = std::max<std::size_t>(1024, 2 * nodes_.size());
+  }
+}
+
+template <class T>
+void Tape<T>::compact() {
+  std::vector<std::weak_ptr<Node<T>>> alive;
+  alive.reserve(nodes_.size());
+  for (auto& w : nodes_) {
+    auto n = w.lock();
+    if (n && !n->released) alive.push_back(w);
+  }
+  nodes_.swap(alive);
+}
+
+template <class T>
+std::vector<std::shared_ptr<Node<T>>> Tape<T>::nodes() const {
+  std::vector<std::shared_ptr<Node<T>>> r;
+  for (auto& w : nodes_)
+    if (auto n = w.lock(); n && !n->released) r.push_back(n);
+  return r;
+}
+
+template <class T>
+std::size_t Tape<T>::size() const { return nodes().size(); }
+
+template <class T>
+void Tape<T>::clear() {
+  nodes_.clear();
+  compact_at_ = 1024;
+}
+
+template <class T>
+std::string Tape<T>::dump(bool with_grads) const {
+  std::ostringstream s;
+  auto label = [](const std::shared_ptr<TensorImpl<T>>& t) {
+    std::string r = shape_to_string(t->value.shape());
+    if (!t->name.empty()) r = t->name + r;
+    return r;
+  };
+  for (auto& n : nodes()) {
+    s << "#" << n->id << " " << n->op;
+    if (!n->info.empty()) s << "[" << n->info << "]";
+    s << " (";
+    for (std::size_t i = 0; i < n->inputs.size(); ++i) s << (i ? ", " : "") << label(n->inputs[i]);
+    s << ") -> " << shape_to_string(n->output_shape);
+    if (auto out = n->output.lock(); out && !out->name.empty()) s << " '" << out->name << "'";
+    if (with_grads) {
+      if (auto out = n->output.lock(); out && out->has_grad) {
+        s << "  grad=";
+        if (out->grad.size() == 1) s << *out->grad.data();
+        else s << "|" << std::sqrt(static_cast<double>(xt::sum(out->grad * out->grad)())) << "|";
+      }
+    }
+    s << "\n";
+  }
+  return s.str();
+}
+
+template <class T>
+void Tape<T>::run_backward(const Tensor<T>& root, bool retain_graph) {
+  auto& r = *root.impl();
+  if (!r.grad_fn) return;  // a leaf: its gradient was seeded by the caller
+  const std::uint64_t root_id = r.grad_fn->id;
+  // Walk the tape backwards from the root's node. Nodes recorded after the root cannot
+  // contribute to it; nodes whose output got no gradient are not on a path to the root.
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
+    auto node = it->lock();
+    if (!node || node->released || node->id > root_id) continue;
+    auto out = node->output.lock();
+    if (!out || !out->has_grad) continue;
+    if (!node->backward) continue;
+    node->backward(out->grad);
+    if (anomaly_mode())
+      for (auto& in : node->inputs)
+        if (in->has_grad) check_finite(in->grad, node->op.c_str(), "gradient of an input");
+    if (!retain_graph) {
+      // Free the saved tensors and the links to the inputs right away
+      // (see Note [Tape and ownership]).
+      node->backward = nullptr;
+      node->inputs.clear();
+      node->released = true;
+    }
+  }
+  if (!retain_graph) compact();
+}
+
+template <class T>
+void attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
+            std::function<void(const xt::xarray<T>& dout)> backward, std::string info) {
+  auto node = std::make_shared<Node<T>>();
+  node->op = op;
+  node->info = std::move(info);
+  for (auto& t : inputs)
+    if (t.defined()) node->inputs.push_back(t.impl());
+  node->output = out.impl();
+  node->output_shape = out.shape();
+  node->backward = std::move(backward);
+  auto& impl = *out.impl();
+  impl.grad_fn = node;
+  impl.had_grad_fn = true;
+  impl.requires_grad = true;
+  Tape<T>::current().push(node);
+}
+
+template <class T>
+void check_finite(const xt::xarray<T>& value, const char* op, const char* what) {
+  const T* p = value.data();
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    if (!std::isfinite(p[i])) {
+      std::ostringstream s;
+      s << "anomaly: op '" << op << "' produced " << (std::isnan(p[i]) ? "NaN" : "Inf") << " in its "
+        << what << " of shape " << shape_to_string(value.shape()) << " at flat index " << i;
+      throw std::runtime_error(s.str());
+    }
+  }
+}
+
+// ---- Tensor::backward lives here, next to the walk it starts ----
+
+template <class T>
+void Tensor<T>::backward(bool retain_graph) const {
+  if (!defined()) throw std::logic_error("backward: the tensor is undefined");
+  if (numel() != 1)
+    throw std::invalid_argument("backward: called without a gradient on a tensor of shape " + shape_str() +
+                                "; only one-element tensors can start backward() implicitly — pass a "
+                                "grad_output of that shape");
+  array one = array::from_shape(value().shape());
+  one.fill(T(1));
+  backward(one, retain_graph);
+}
+
+template <class T>
+void Tensor<T>::backward(const array& grad_output, bool retain_graph) const {
+  if (!defined()) throw std::logic_error("backward: the tensor is undefined");
+  auto& i = *impl();
+  if (!i.requires_grad)
+    throw std::logic_error("backward: tensor of shape " + shape_str() +
+                           " does not require grad (no input of its graph has requires_grad, or it was "
+                           "computed under NoGrad)");
+  if (i.had_grad_fn && (!i.grad_fn || i.grad_fn->released))
+    throw std::logic_error("backward: the graph of this tensor (made by '" +
+                           (i.grad_fn ? i.grad_fn->op : std::string("?")) +
+                           "') was already freed by an earlier backward(); pass retain_graph=true to the "
+                           "earlier call to run backward twice");
+  accumulate_grad(grad_output, "backward (grad_output)");
+  Tape<T>::current().run_backward(*this, retain_graph);
+}
+
+template class Tape<float>;
+template class Tape<double>;
+template void attach<float>(Tensor<float>&, const char*, std::vector<Tensor<float>>,
+                            std::function<void(const xt::xarray<float>&)>, std::string);
+template void attach<double>(Tensor<double>&, const char*, std::vector<Tensor<double>>,
+                             std::function<void(const xt::xarray<double>&)>, std::string);
+template void check_finite<float>(const xt::xarray<float>&, const char*, const char*);
+template void check_finite<double>(const xt::xarray<double>&, const char*, const char*);
+template void Tensor<float>::backward(bool) const;
+template void Tensor<double>::backward(bool) const;
+template void Tensor<float>::backward(const xt::xarray<float>&, bool) const;
+template void Tensor<double>::backward(const xt::xarray<double>&, bool) const;
+
+}  // namespace tg

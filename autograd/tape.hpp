@@ -1,0 +1,128 @@
+// autograd/tape.hpp — the tape: nodes in creation order, walked in reverse by backward().
+//
+// What it is for: recording, for every op whose inputs require gradients, a Node that
+// knows how to turn the gradient of its output into gradients of its inputs (a
+// vector-Jacobian product), and running those nodes in reverse creation order.
+//
+// What it is not: the ops themselves (autograd/ops.hpp) — each op builds its Node
+// with attach() right beside its forward computation.
+//
+// Note [Tape and ownership]
+// The tape is a thread-local list of the recorded nodes in creation order (one list
+// per scalar type). It holds them weakly: a node is owned by the tensor it produced
+// (TensorImpl::grad_fn), and a node owns its inputs. So a graph lives exactly as long
+// as someone holds its result — drop the loss without calling backward and the whole
+// graph is freed, as in PyTorch. backward() walks the tape backwards from the root's
+// node: any node whose output has received a gradient runs its backward closure, which
+// accumulates (+=) into its inputs' gradients, so reuse (x*x) and diamonds are right.
+// Creation order is a valid topological order, because an op's inputs exist before it.
+// Without retain_graph, every node that ran is released as soon as it ran (its closure
+// and saved tensors are freed), which keeps the peak memory of backward low, and a
+// second backward through it is an error.
+//
+// Note [Which gradients are kept]
+// Every tensor of the graph that you still hold after backward() has its gradient
+// (leaves and intermediates alike — handy for teaching). Intermediates you do not
+// hold are freed as the walk passes them.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "autograd/tensor.hpp"
+
+namespace tg {
+
+template <class T>
+struct Node {
+  std::string op;    // "matmul", "add", ...
+  std::string info;  // extra attributes for the dump ("axis=1", "p=0.1", ...)
+  std::vector<std::shared_ptr<TensorImpl<T>>> inputs;  // strong: keeps the graph alive
+  std::weak_ptr<TensorImpl<T>> output;                 // weak: the output owns us
+  Shape output_shape;
+  // The vector-Jacobian product: given d(loss)/d(output), accumulate into the inputs.
+  std::function<void(const xt::xarray<T>& dout)> backward;
+  bool released = false;
+  std::uint64_t id = 0;
+};
+
+template <class T>
+class Tape {
+ public:
+  // The tape of the calling thread.
+  static Tape& current();
+  void push(const std::shared_ptr<Node<T>>& node);
+  // Alive nodes in creation order.
+  std::vector<std::shared_ptr<Node<T>>> nodes() const;
+  std::size_t size() const;  // number of alive nodes
+  // Forget every recorded node (tensors keep their values and gradients).
+  void clear();
+  // A readable listing: one line per node, "#id op (in shapes) -> (out shape)",
+  // with the gradient norms when with_grads.
+  std::string dump(bool with_grads = false) const;
+
+  // Runs the reverse walk (used by Tensor::backward).
+  void run_backward(const Tensor<T>& root, bool retain_graph);
+
+ private:
+  void compact();
+  std::vector<std::weak_ptr<Node<T>>> nodes_;
+  std::uint64_t next_id_ = 0;
+  std::size_t compact_at_ = 1024;
+};
+
+// ---- gradient mode ----
+bool grad_enabled();
+void set_grad_enabled(bool on);
+
+// Inside a NoGrad scope no op records a node (inference, optimizer updates).
+class NoGrad {
+ public:
+  NoGrad() : prev_(grad_enabled()) { set_grad_enabled(false); }
+  ~NoGrad() { set_grad_enabled(prev_); }
+  NoGrad(const NoGrad&) = delete;
+  NoGrad& operator=(const NoGrad&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// ---- anomaly mode ----
+// When on, every op checks its forward output and every node the gradients it
+// produced for NaN or Inf, and throws std::runtime_error naming the first op at fault.
+bool anomaly_mode();
+void set_anomaly_mode(bool on);
+class DetectAnomaly {
+ public:
+  DetectAnomaly() : prev_(anomaly_mode()) { set_anomaly_mode(true); }
+  ~DetectAnomaly() { set_anomaly_mode(prev_); }
+
+ private:
+  bool prev_;
+};
+
+// ---- recording helpers used by every op ----
+
+// True when an op on these inputs must record a node: grad mode is on and at
+// least one input requires a gradient.
+template <class T>
+bool needs_grad(std::initializer_list<const Tensor<T>*> inputs) {
+  if (!grad_enabled()) return false;
+  for (auto* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+// Make `out` a non-leaf that requires grad, produced by a new node `op` over
+// `inputs` with the given backward closure, and record that node on the tape.
+template <class T>
+void attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
+            std::function<void(const xt::xarray<T>& dout)> backward, std::string info = {});
+
+// In anomaly mode: throw if `value` has a NaN/Inf, naming `op` and `what`.
+template <class T>
+void check_finite(const xt::xarray<T>& value, const char* op, const char* what);
+
+}  // namespace tg
