@@ -1,0 +1,715 @@
+// autograd/kernels/attention.cpp — flash-style causal attention and its naive twin.
+//
+// What it is for: the definitions behind attention.hpp (read that first for the
+// formulas). What it is not: an op or a graph node; no Tensor here.
+//
+// Note [Flash attention tiling]
+// -----------------------------
+// One (batch b, query head h) pair reads kv head g = h / (H/Hkv) directly from
+// k and v (no per-head copy). Its queries are cut into blocks of kBq rows and its
+// keys into tiles of kBk rows. Query row i sits at absolute position off + i,
+// off = Tk - Tq, and sees keys 0..off+i. A key tile starting at j0 is skipped for
+// a query block whose last row cannot see it, so the work above the causal
+// diagonal is never done; only diagonal tiles need a mask.
+//
+// Forward, per (b, h, query block Qi (mq,D)), tiles of keys Kj, Vj (nk,D):
+//   S   = scale * Qi Kj^T                              (mq,nk)
+//   m'  = max(m, rowmax S);   P = exp(S - m')           (mq,nk), masked -> 0
+//   l   = l * exp(m - m') + rowsum P
+//   acc = acc * exp(m - m') + P Vj                      (mq,D)
+// and at the end out = acc / l, lse = m + log l. The running max m keeps every
+// exp() argument <= 0, so large scores cannot overflow.
+//
+// Backward (P is recomputed, never stored): with Di = sum_d dout[i,d] out[i,d]
+// (B,H,Tq) computed once up front,
+//   P   = exp(scale * Qi Kj^T - lse_i)                  (mq,nk)
+//   dVj += P^T dOi                                      (nk,D)
+//   dP  = dOi Vj^T                                      (mq,nk)
+//   dS  = scale * P * (dP - Di)                         (mq,nk)
+//   dQi += dS Kj                                        (mq,D)
+//   dKj += dS^T Qi                                      (nk,D)
+// (dS already carries the scale: d S / d q = scale * k.) Why dP - Di: the
+// softmax Jacobian gives dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij'), and
+// sum_j' P_ij' dP_ij' = sum_j' P_ij' (dO_i . V_j') = dO_i . O_i = Di.
+//
+// Per-thread scratch: Kj^T and Vj^T packed as (D, kBk) panels, S and dP as
+// (kBq, kBk) tiles, the forward accumulator (kBq, D) and m, l (kBq). So memory is
+// O(threads * tile) plus the O(B*H*Tq) row terms Di, linear in T.
+//
+// The two matrix shapes that occur are both done by register-tiled xsimd loops:
+//   tile_abt:    C = alpha * A B^T   with B^T packed as a (D, kBk) panel, so each
+//                step broadcasts one A element against a vector of B^T (no
+//                horizontal sums); used for S and dP.
+//   tile_ab_acc: C += A B   with A read through (row, column) strides, so A may be
+//                P or P^T; B rows are rows of v, dout, k or q; used for the rest.
+//
+// Note [Attention backward schedules]
+// -----------------------------------
+// Each OpenMP thread must own its writes (no atomics) and results must be
+// bitwise reproducible. dk, dv of kv head g collect from all query heads of the
+// group; dq of head h collects from all key tiles. Two schedules do that:
+//   one pass: a work item is a (b, g) pair; it walks every key tile and, for each
+//     query head of the group, every query block that sees it, updating dKj, dVj
+//     and dQi. Every write of the item lands in rows only it touches.
+//   two passes: pass 1 items are (b, g, key tile) and update dKj, dVj only;
+//     pass 2 items are (b, h, query block) and recompute S, P, dP to update dQi.
+// One pass does 5 tile products per tile pair, two passes 7, but two passes have
+// many more work items. attention_backward_one_pass() picks the one with the
+// smaller estimated time: one pass unless B*Hkv pairs balance badly over the
+// threads (e.g. B*Hkv = 1 on 2 threads). Inside each item the order of every sum
+// is fixed, and items never share outputs, so a run is reproducible at a fixed
+// thread count (and across thread counts that pick the same schedule).
+#include "autograd/kernels/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// GCC 12 warns "may be used uninitialized" inside xsimd's AVX-512 reductions
+// (hadd, max over _mm512_undefined lanes); those are false positives.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <xsimd/xsimd.hpp>
+
+#include "autograd/kernels/parallel.hpp"
+
+namespace tg::kernels {
+
+namespace {
+
+constexpr int64_t kBq = 64;  // query rows per block
+constexpr int64_t kBk = 64;  // key rows per tile; also the leading dim of tiles and panels
+
+template <class T>
+using batch = xsimd::batch<T>;
+template <class T>
+constexpr int64_t kW = static_cast<int64_t>(batch<T>::size);
+static_assert(kBk % kW<float> == 0 && kBk % kW<double> == 0, "key tiles must be whole SIMD vectors");
+
+template <class T>
+constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// ---- argument checks --------------------------------------------------------
+
+std::string dims_str(const AttnDims& d) {
+  std::ostringstream s;
+  s << "B=" << d.B << " H=" << d.H << " Hkv=" << d.Hkv << " Tq=" << d.Tq << " Tk=" << d.Tk
+    << " D=" << d.D;
+  return s.str();
+}
+
+void check_dims(const char* who, const AttnDims& d) {
+  auto fail = [&](const std::string& why) {
+    throw std::invalid_argument(std::string(who) + ": " + why + " (" + dims_str(d) + ")");
+  };
+  if (d.B < 1 || d.H < 1 || d.Hkv < 1 || d.Tq < 1 || d.Tk < 1 || d.D < 1)
+    fail("every dimension must be >= 1");
+  if (d.H % d.Hkv != 0) fail("query heads H must be a multiple of kv heads Hkv");
+  if (d.Tq > d.Tk) fail("query positions Tq must not exceed key positions Tk");
+}
+
+void check_ptrs(const char* who, std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (p == nullptr) throw std::invalid_argument(std::string(who) + ": null pointer argument");
+}
+
+// ---- the operands of one call, with row addressing ---------------------------
+
+template <class T>
+struct Attn {
+  AttnDims d;
+  T scale;
+  int64_t group;  // H / Hkv query heads per kv head
+  int64_t off;    // Tk - Tq: absolute position of query row 0
+  const T *q, *k, *v, *out, *dout, *lse, *Di;
+  AttnStrides qs, ks, vs, os, dos;
+  T *dq, *dk, *dv;
+  AttnStrides dqs, dks, dvs;
+
+  // Row pointers: head h is a query head, g a kv head.
+  static int64_t at(AttnStrides s, int64_t b, int64_t h, int64_t t) { return b * s.b + h * s.h + t * s.t; }
+  const T* qrow(int64_t b, int64_t h, int64_t i) const { return q + at(qs, b, h, i); }
+  const T* krow(int64_t b, int64_t g, int64_t j) const { return k + at(ks, b, g, j); }
+  const T* vrow(int64_t b, int64_t g, int64_t j) const { return v + at(vs, b, g, j); }
+  int64_t row_index(int64_t b, int64_t h, int64_t i) const { return (b * d.H + h) * d.Tq + i; }
+  // Number of keys of the tile [j0, j0+nk) that query row i sees.
+  int64_t visible(int64_t i, int64_t j0, int64_t nk) const {
+    return std::clamp<int64_t>(off + i - j0 + 1, 0, nk);
+  }
+};
+
+// Per-thread scratch, allocated once per call inside the parallel region.
+template <class T>
+struct Workspace {
+  std::vector<T> Kt, Vt;  // (D, kBk) panels: Kt[d*kBk + j] = k[j0+j, d]
+  std::vector<T> S, dP;   // (kBq, kBk) tiles
+  std::vector<T> acc;     // (kBq, D) forward accumulator
+  std::vector<T> m, l;    // (kBq) running max and sum
+  Workspace(int64_t D, bool backward)
+      : Kt(D * kBk), Vt(backward ? D * kBk : 0), S(kBq * kBk), dP(backward ? kBq * kBk : 0),
+        acc(backward ? 0 : kBq * D), m(kBq), l(kBq) {}
+};
+
+// Elements of one Workspace (must match the constructor above).
+std::size_t workspace_elems(int64_t D, bool backward) {
+  return static_cast<std::size_t>(D * kBk * (backward ? 2 : 1) + kBq * kBk * (backward ? 2 : 1) +
+                                  (backward ? 0 : kBq * D) + 2 * kBq);
+}
+
+// ---- register-tiled xsimd tile products ---------------------------------------
+
+// Pack nk rows of src (row stride ld, D contiguous) transposed into a (D, kBk)
+// panel, zero-filling columns nk..npad-1 so whole vectors can be read.
+template <class T>
+void pack_transposed(int64_t nk, int64_t npad, int64_t D, const T* src, int64_t ld, T* panel) {
+  for (int64_t j = 0; j < nk; ++j) {
+    const T* r = src + j * ld;
+    for (int64_t d = 0; d < D; ++d) panel[d * kBk + j] = r[d];
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = nk; j < npad; ++j) panel[d * kBk + j] = T(0);
+}
+
+// C[r, :NV*W] = alpha * sum_d A[r*lda + d] * Bt[d*kBk + :]   for MR rows.
+template <class T, int MR, int NV>
+inline void abt_kernel(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha) {
+  constexpr int64_t W = kW<T>;
+  batch<T> c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int u = 0; u < NV; ++u) c[r][u] = batch<T>(T(0));
+  for (int64_t d = 0; d < K; ++d) {
+    batch<T> bv[NV];
+    for (int u = 0; u < NV; ++u) bv[u] = batch<T>::load_unaligned(Bt + d * kBk + u * W);
+    for (int r = 0; r < MR; ++r) {
+      const batch<T> a(A[r * lda + d]);
+      for (int u = 0; u < NV; ++u) c[r][u] = xsimd::fma(a, bv[u], c[r][u]);
+    }
+  }
+  const batch<T> al(alpha);
+  for (int r = 0; r < MR; ++r)
+    for (int u = 0; u < NV; ++u) (c[r][u] * al).store_unaligned(C + r * kBk + u * W);
+}
+
+// C (m, npad), leading dim kBk = alpha * A (m, K; row stride lda) times the packed
+// panel Bt (K, kBk). npad must be a multiple of the vector width.
+template <class T>
+void tile_abt(int64_t m, int64_t npad, int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha) {
+  constexpr int64_t W = kW<T>;
+  int64_t r = 0;
+  for (; r + 4 <= m; r += 4) {
+    int64_t j = 0;
+    for (; j + 2 * W <= npad; j += 2 * W) abt_kernel<T, 4, 2>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
+    for (; j < npad; j += W) abt_kernel<T, 4, 1>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
+  }
+  for (; r < m; ++r) {
+    int64_t j = 0;
+    for (; j + 2 * W <= npad; j += 2 * W) abt_kernel<T, 1, 2>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
+    for (; j < npad; j += W) abt_kernel<T, 1, 1>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
+  }
+}
+
+// C[r*ldc + :NV*W] += sum_p A[r*ars + p*acs] * B[p*ldb + :]   for MR rows.
+template <class T, int MR, int NV>
+inline void ab_kernel(int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
+                      T* C, int64_t ldc) {
+  constexpr int64_t W = kW<T>;
+  batch<T> c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int u = 0; u < NV; ++u) c[r][u] = batch<T>::load_unaligned(C + r * ldc + u * W);
+  for (int64_t p = 0; p < K; ++p) {
+    batch<T> bv[NV];
+    for (int u = 0; u < NV; ++u) bv[u] = batch<T>::load_unaligned(B + p * ldb + u * W);
+    for (int r = 0; r < MR; ++r) {
+      const batch<T> a(A[r * ars + p * acs]);
+      for (int u = 0; u < NV; ++u) c[r][u] = xsimd::fma(a, bv[u], c[r][u]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int u = 0; u < NV; ++u) c[r][u].store_unaligned(C + r * ldc + u * W);
+}
+
+// C (m, D; row stride ldc) += A (m, K) B (K, D), where A[r,p] = A[r*ars + p*acs]
+// (so A may be a tile or a transposed tile) and B has row stride ldb.
+template <class T>
+void tile_ab_acc(int64_t m, int64_t K, int64_t D, const T* A, int64_t ars, int64_t acs,
+                 const T* B, int64_t ldb, T* C, int64_t ldc) {
+  constexpr int64_t W = kW<T>;
+  const int64_t Dv = D / W * W;  // vector part of the D columns
+  int64_t r = 0;
+  for (; r + 4 <= m; r += 4) {
+    const T* Ar = A + r * ars;
+    T* Cr = C + r * ldc;
+    int64_t j = 0;
+    for (; j + 2 * W <= Dv; j += 2 * W) ab_kernel<T, 4, 2>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
+    for (; j < Dv; j += W) ab_kernel<T, 4, 1>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
+  }
+  for (; r < m; ++r) {
+    const T* Ar = A + r * ars;
+    T* Cr = C + r * ldc;
+    int64_t j = 0;
+    for (; j + 2 * W <= Dv; j += 2 * W) ab_kernel<T, 1, 2>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
+    for (; j < Dv; j += W) ab_kernel<T, 1, 1>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
+  }
+  if (Dv < D) {  // scalar tail columns
+    for (int64_t rr = 0; rr < m; ++rr)
+      for (int64_t j = Dv; j < D; ++j) {
+        T s = C[rr * ldc + j];
+        for (int64_t p = 0; p < K; ++p) s += A[rr * ars + p * acs] * B[p * ldb + j];
+        C[rr * ldc + j] = s;
+      }
+  }
+}
+
+// row[0:c) = exp(row[0:c) - shift); row[c:npad) = 0. Returns the sum of row[0:c).
+template <class T>
+T exp_shift_masked(T* row, int64_t c, int64_t npad, T shift) {
+  constexpr int64_t W = kW<T>;
+  const batch<T> sh(shift), zero(T(0));
+  batch<T> sum(T(0));
+  alignas(64) T iota[W];
+  for (int64_t u = 0; u < W; ++u) iota[u] = T(u);
+  const batch<T> lane = batch<T>::load_aligned(iota);
+  for (int64_t j = 0; j < npad; j += W) {
+    if (j >= c) {
+      zero.store_unaligned(row + j);
+      continue;
+    }
+    batch<T> e = xsimd::exp(batch<T>::load_unaligned(row + j) - sh);
+    if (j + W > c) e = xsimd::select(lane < batch<T>(T(c - j)), e, zero);
+    e.store_unaligned(row + j);
+    sum += e;
+  }
+  return xsimd::hadd(sum);
+}
+
+// max of row[0:c), c >= 1.
+template <class T>
+T row_max(const T* row, int64_t c) {
+  constexpr int64_t W = kW<T>;
+  T mx = neg_inf<T>();
+  int64_t j = 0;
+  if (c >= W) {
+    batch<T> mv = batch<T>::load_unaligned(row);
+    for (j = W; j + W <= c; j += W) mv = xsimd::max(mv, batch<T>::load_unaligned(row + j));
+    alignas(64) T lanes[W];
+    mv.store_aligned(lanes);
+    for (int64_t u = 0; u < W; ++u) mx = std::max(mx, lanes[u]);
+  }
+  for (; j < c; ++j) mx = std::max(mx, row[j]);
+  return mx;
+}
+
+template <class T>
+T dot(const T* a, const T* b, int64_t n) {
+  constexpr int64_t W = kW<T>;
+  batch<T> s(T(0));
+  int64_t j = 0;
+  for (; j + W <= n; j += W) s = xsimd::fma(batch<T>::load_unaligned(a + j), batch<T>::load_unaligned(b + j), s);
+  T r = xsimd::hadd(s);
+  for (; j < n; ++j) r += a[j] * b[j];
+  return r;
+}
+
+// ---- forward ----------------------------------------------------------------------
+
+// One query block [i0, i0+mq) of (b, h): out rows and lse entries.
+template <class T>
+void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, int64_t h,
+                   int64_t i0, int64_t mq, Workspace<T>& ws) {
+  const int64_t D = A.d.D, g = h / A.group;
+  const T* Qi = A.qrow(b, h, i0);
+  T* acc = ws.acc.data();
+  std::fill(acc, acc + mq * D, T(0));
+  std::fill(ws.m.begin(), ws.m.end(), neg_inf<T>());
+  std::fill(ws.l.begin(), ws.l.end(), T(0));
+  const int64_t kend = A.off + i0 + mq;  // keys [0, kend) are seen by some row of the block
+  for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
+    const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
+    pack_transposed(nk, npad, D, A.krow(b, g, j0), A.ks.t, ws.Kt.data());
+    T* S = ws.S.data();
+    tile_abt(mq, npad, D, Qi, A.qs.t, ws.Kt.data(), S, A.scale);  // S = scale Qi Kj^T
+    for (int64_t r = 0; r < mq; ++r) {
+      T* Sr = S + r * kBk;
+      const int64_t c = A.visible(i0 + r, j0, nk);
+      if (c == 0) {  // the whole tile lies above this row's diagonal
+        std::fill(Sr, Sr + npad, T(0));
+        continue;
+      }
+      const T m_new = std::max(ws.m[r], row_max(Sr, c));
+      const T alpha = std::exp(ws.m[r] - m_new);  // 0 on the first visible tile
+      const T rowsum = exp_shift_masked(Sr, c, npad, m_new);  // S row becomes P row
+      ws.l[r] = ws.l[r] * alpha + rowsum;
+      ws.m[r] = m_new;
+      if (alpha != T(1))
+        for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+    }
+    tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, acc, D);  // acc += P Vj
+  }
+  for (int64_t r = 0; r < mq; ++r) {
+    T* o = out + Attn<T>::at(os, b, h, i0 + r);
+    const T l = ws.l[r];
+    // l > 0 always holds in causal attention with Tq <= Tk; the guard keeps a row
+    // that sees no key at 0 instead of NaN.
+    const T inv = l > T(0) ? T(1) / l : T(0);
+    for (int64_t d = 0; d < D; ++d) o[d] = acc[r * D + d] * inv;
+    lse[A.row_index(b, h, i0 + r)] = l > T(0) ? ws.m[r] + std::log(l) : neg_inf<T>();
+  }
+}
+
+// ---- backward -------------------------------------------------------------------
+
+// P tile for query block [i0, i0+mq) of (b, h) against the key tile [j0, j0+nk)
+// whose transposed panel is in ws.Kt: ws.S = exp(scale Qi Kj^T - lse), masked.
+template <class T>
+void recompute_probs(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
+                     int64_t nk, int64_t npad, Workspace<T>& ws) {
+  T* S = ws.S.data();
+  tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, ws.Kt.data(), S, A.scale);
+  for (int64_t r = 0; r < mq; ++r) {
+    const T lse = A.lse[A.row_index(b, h, i0 + r)];
+    // A row with lse = -inf saw no key (cannot happen when Tq <= Tk); keep it 0.
+    const int64_t c = lse == neg_inf<T>() ? 0 : A.visible(i0 + r, j0, nk);
+    exp_shift_masked(S + r * kBk, c, npad, lse);
+  }
+}
+
+// One query block x key tile step of the backward for query head h (Note [Flash
+// attention tiling]). The panels Kj^T, Vj^T must already be in ws.
+template <class T>
+void backward_block(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
+                    int64_t nk, Workspace<T>& ws, bool kv_grads, bool q_grads) {
+  const int64_t D = A.d.D, g = h / A.group, npad = round_up(nk, kW<T>);
+  const T* Qi = A.qrow(b, h, i0);
+  const T* dOi = A.dout + Attn<T>::at(A.dos, b, h, i0);
+  T* P = ws.S.data();
+  T* dS = ws.dP.data();
+  recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
+  if (kv_grads)  // dVj += P^T dOi: A[r=j, p=i] = P[i*kBk + j]
+    tile_ab_acc(nk, mq, D, P, 1, kBk, dOi, A.dos.t, A.dv + Attn<T>::at(A.dvs, b, g, j0), A.dvs.t);
+  tile_abt(mq, npad, D, dOi, A.dos.t, ws.Vt.data(), dS, T(1));  // dP = dOi Vj^T
+  const batch<T> sc(A.scale);
+  for (int64_t r = 0; r < mq; ++r) {  // dS = scale * P * (dP - Di)
+    const batch<T> Di(A.Di[A.row_index(b, h, i0 + r)]);
+    for (int64_t j = 0; j < npad; j += kW<T>) {
+      const batch<T> p = batch<T>::load_unaligned(P + r * kBk + j);
+      const batch<T> dp = batch<T>::load_unaligned(dS + r * kBk + j);
+      (sc * p * (dp - Di)).store_unaligned(dS + r * kBk + j);
+    }
+  }
+  if (kv_grads)  // dKj += dS^T Qi
+    tile_ab_acc(nk, mq, D, dS, 1, kBk, Qi, A.qs.t, A.dk + Attn<T>::at(A.dks, b, g, j0), A.dks.t);
+  if (q_grads)  // dQi += dS Kj
+    tile_ab_acc(mq, nk, D, dS, kBk, 1, A.krow(b, g, j0), A.ks.t, A.dq + Attn<T>::at(A.dqs, b, h, i0), A.dqs.t);
+}
+
+template <class T>
+void zero_rows(T* base, AttnStrides s, int64_t b, int64_t h, int64_t t0, int64_t n, int64_t D) {
+  for (int64_t t = t0; t < t0 + n; ++t) {
+    T* r = base + Attn<T>::at(s, b, h, t);
+    std::fill(r, r + D, T(0));
+  }
+}
+
+// dK, dV for key tile [j0, j0+nk) of kv head g (all query heads of the group and
+// all query rows that see the tile); also dQ when q_grads (one-pass schedule).
+template <class T>
+void backward_key_tile(const Attn<T>& A, int64_t b, int64_t g, int64_t j0, Workspace<T>& ws, bool q_grads) {
+  const int64_t D = A.d.D, nk = std::min(kBk, A.d.Tk - j0), npad = round_up(nk, kW<T>);
+  pack_transposed(nk, npad, D, A.krow(b, g, j0), A.ks.t, ws.Kt.data());
+  pack_transposed(nk, npad, D, A.vrow(b, g, j0), A.vs.t, ws.Vt.data());
+  const int64_t i_first = std::max<int64_t>(0, j0 - A.off);  // first query row that sees key j0
+  for (int64_t h = g * A.group; h < (g + 1) * A.group; ++h)
+    for (int64_t i0 = i_first; i0 < A.d.Tq; i0 += kBq)
+      backward_block(A, b, h, i0, std::min(kBq, A.d.Tq - i0), j0, nk, ws, true, q_grads);
+}
+
+}  // namespace
+
+// ---- public entry points ----------------------------------------------------------
+
+bool attention_backward_one_pass(const AttnDims& d, int threads) {
+  // Estimated time in tile products per thread (Note [Attention backward schedules]):
+  // one pass: ceil(pairs/threads) items of 5 units each per pair;
+  // two passes: 7 units per pair spread evenly.
+  const int64_t pairs = d.B * d.Hkv, nt = std::max(threads, 1);
+  return 5 * ((pairs + nt - 1) / nt) * nt <= 7 * pairs;
+}
+
+std::size_t attention_scratch_bytes(const AttnDims& d, std::size_t elem_size, bool backward,
+                                    bool naive, int threads) {
+  const std::size_t rows = static_cast<std::size_t>(d.B * d.H * d.Tq);
+  if (naive) return elem_size * rows * static_cast<std::size_t>(d.Tk) * (backward ? 2 : 1);
+  return elem_size * (static_cast<std::size_t>(std::max(threads, 1)) * workspace_elems(d.D, backward) +
+                      (backward ? rows : 0));
+}
+
+template <class T>
+void attention_forward(const AttnDims& d, T scale, const T* q, AttnStrides qs, const T* k,
+                       AttnStrides ks, const T* v, AttnStrides vs, T* out, AttnStrides os, T* lse) {
+  check_dims("attention_forward", d);
+  check_ptrs("attention_forward", {q, k, v, out, lse});
+  Attn<T> A{};
+  A.d = d; A.scale = scale; A.group = d.H / d.Hkv; A.off = d.Tk - d.Tq;
+  A.q = q; A.k = k; A.v = v; A.qs = qs; A.ks = ks; A.vs = vs;
+  const int64_t nblk = (d.Tq + kBq - 1) / kBq, items = d.B * d.H * nblk;
+#pragma omp parallel num_threads(tg::num_threads())
+  {
+    Workspace<T> ws(d.D, false);
+    // schedule(static, 1): consecutive blocks (short and long rows of the causal
+    // triangle) go to different threads.
+#pragma omp for schedule(static, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t bh = it / nblk, i0 = (it % nblk) * kBq;
+      forward_block(A, out, os, lse, bh / d.H, bh % d.H, i0, std::min(kBq, d.Tq - i0), ws);
+    }
+  }
+}
+
+template <class T>
+void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, const T* k,
+                        AttnStrides ks, const T* v, AttnStrides vs, const T* out, AttnStrides os,
+                        const T* dout, AttnStrides dos, const T* lse, T* dq, AttnStrides dqs, T* dk,
+                        AttnStrides dks, T* dv, AttnStrides dvs) {
+  check_dims("attention_backward", d);
+  check_ptrs("attention_backward", {q, k, v, out, dout, lse, dq, dk, dv});
+  const int nt = tg::num_threads();
+  const int64_t rows = d.B * d.H * d.Tq, D = d.D;
+
+  // Di = sum_d dout * out, one per query row (B,H,Tq).
+  std::vector<T> Di(static_cast<std::size_t>(rows));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / (d.H * d.Tq), h = (r / d.Tq) % d.H, i = r % d.Tq;
+    Di[r] = dot(dout + Attn<T>::at(dos, b, h, i), out + Attn<T>::at(os, b, h, i), D);
+  }
+
+  Attn<T> A{};
+  A.d = d; A.scale = scale; A.group = d.H / d.Hkv; A.off = d.Tk - d.Tq;
+  A.q = q; A.k = k; A.v = v; A.out = out; A.dout = dout; A.lse = lse; A.Di = Di.data();
+  A.qs = qs; A.ks = ks; A.vs = vs; A.os = os; A.dos = dos;
+  A.dq = dq; A.dk = dk; A.dv = dv; A.dqs = dqs; A.dks = dks; A.dvs = dvs;
+  const int64_t nkt = (d.Tk + kBk - 1) / kBk, nqb = (d.Tq + kBq - 1) / kBq;
+
+  if (attention_backward_one_pass(d, nt)) {
+    // One item per (b, kv head g): it owns dk, dv of g and dq of g's query heads.
+#pragma omp parallel num_threads(nt)
+    {
+      Workspace<T> ws(D, true);
+#pragma omp for schedule(static)
+      for (int64_t bg = 0; bg < d.B * d.Hkv; ++bg) {
+        const int64_t b = bg / d.Hkv, g = bg % d.Hkv;
+        zero_rows(dk, dks, b, g, 0, d.Tk, D);
+        zero_rows(dv, dvs, b, g, 0, d.Tk, D);
+        for (int64_t h = g * A.group; h < (g + 1) * A.group; ++h) zero_rows(dq, dqs, b, h, 0, d.Tq, D);
+        for (int64_t kt = 0; kt < nkt; ++kt) backward_key_tile(A, b, g, kt * kBk, ws, true);
+      }
+    }
+    return;
+  }
+  // Two passes. Pass 1: one item per (b, g, key tile) owns those dk, dv rows.
+#pragma omp parallel num_threads(nt)
+  {
+    Workspace<T> ws(D, true);
+#pragma omp for schedule(static, 1)
+    for (int64_t it = 0; it < d.B * d.Hkv * nkt; ++it) {
+      const int64_t bg = it / nkt, j0 = (it % nkt) * kBk, b = bg / d.Hkv, g = bg % d.Hkv;
+      const int64_t nk = std::min(kBk, d.Tk - j0);
+      zero_rows(dk, dks, b, g, j0, nk, D);
+      zero_rows(dv, dvs, b, g, j0, nk, D);
+      backward_key_tile(A, b, g, j0, ws, false);
+    }
+    // Pass 2: one item per (b, h, query block) owns those dq rows.
+#pragma omp for schedule(static, 1)
+    for (int64_t it = 0; it < d.B * d.H * nqb; ++it) {
+      const int64_t bh = it / nqb, i0 = (it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
+      const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
+      zero_rows(dq, dqs, b, h, i0, mq, D);
+      for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
+        const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
+        pack_transposed(nk, npad, D, A.krow(b, g, j0), ks.t, ws.Kt.data());
+        pack_transposed(nk, npad, D, A.vrow(b, g, j0), vs.t, ws.Vt.data());
+        backward_block(A, b, h, i0, mq, j0, nk, ws, false, true);
+      }
+    }
+  }
+}
+
+template <class T>
+void attention_probs(const AttnDims& d, T scale, const T* q, AttnStrides qs, const T* k,
+                     AttnStrides ks, const T* lse, T* probs) {
+  check_dims("attention_probs", d);
+  check_ptrs("attention_probs", {q, k, lse, probs});
+  Attn<T> A{};
+  A.d = d; A.scale = scale; A.group = d.H / d.Hkv; A.off = d.Tk - d.Tq;
+  A.q = q; A.k = k; A.lse = lse; A.qs = qs; A.ks = ks;
+  const int64_t nqb = (d.Tq + kBq - 1) / kBq, items = d.B * d.H * nqb;
+#pragma omp parallel num_threads(tg::num_threads())
+  {
+    Workspace<T> ws(d.D, false);
+#pragma omp for schedule(static, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t bh = it / nqb, i0 = (it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
+      const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
+      T* P0 = probs + A.row_index(b, h, i0) * d.Tk;  // rows i0.. of the (Tq, Tk) matrix of (b, h)
+      std::fill(P0, P0 + mq * d.Tk, T(0));
+      for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
+        const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
+        pack_transposed(nk, npad, d.D, A.krow(b, g, j0), ks.t, ws.Kt.data());
+        recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
+        for (int64_t r = 0; r < mq; ++r) std::copy_n(ws.S.data() + r * kBk, nk, P0 + r * d.Tk + j0);
+      }
+    }
+  }
+}
+
+// ---- the naive twins: materialise (B,H,Tq,Tk), softmax, multiply ---------------
+
+namespace {
+
+// P[b,h] (Tq,Tk) = causal softmax of scale * q k^T, computed row by row from the
+// full score matrix; returns nothing else. Rows of P above the diagonal are 0.
+template <class T>
+void naive_probs(const AttnDims& d, T scale, const T* q, AttnStrides qs, const T* k, AttnStrides ks,
+                 int64_t b, int64_t h, T* P, T* lse) {
+  const int64_t g = h / (d.H / d.Hkv), off = d.Tk - d.Tq;
+  for (int64_t i = 0; i < d.Tq; ++i) {
+    T* Pi = P + i * d.Tk;
+    const T* qi = q + b * qs.b + h * qs.h + i * qs.t;
+    const int64_t last = off + i;  // last visible key
+    T mx = neg_inf<T>();
+    for (int64_t j = 0; j < d.Tk; ++j) {
+      if (j > last) { Pi[j] = T(0); continue; }
+      const T* kj = k + b * ks.b + g * ks.h + j * ks.t;
+      T s = 0;
+      for (int64_t c = 0; c < d.D; ++c) s += qi[c] * kj[c];
+      Pi[j] = scale * s;
+      mx = std::max(mx, Pi[j]);
+    }
+    T sum = 0;
+    for (int64_t j = 0; j <= last; ++j) {
+      Pi[j] = std::exp(Pi[j] - mx);
+      sum += Pi[j];
+    }
+    for (int64_t j = 0; j <= last; ++j) Pi[j] /= sum;
+    if (lse) lse[(b * d.H + h) * d.Tq + i] = mx + std::log(sum);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void attention_forward_naive(const AttnDims& d, T scale, const T* q, AttnStrides qs, const T* k,
+                             AttnStrides ks, const T* v, AttnStrides vs, T* out, AttnStrides os, T* lse) {
+  check_dims("attention_forward_naive", d);
+  check_ptrs("attention_forward_naive", {q, k, v, out, lse});
+  const int64_t TT = d.Tq * d.Tk;
+  std::vector<T> P(static_cast<std::size_t>(d.B * d.H * TT));  // (B,H,Tq,Tk)
+#pragma omp parallel for num_threads(tg::num_threads()) schedule(static)
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    const int64_t b = bh / d.H, h = bh % d.H, g = h / (d.H / d.Hkv);
+    T* Pbh = P.data() + bh * TT;
+    naive_probs(d, scale, q, qs, k, ks, b, h, Pbh, lse);
+    for (int64_t i = 0; i < d.Tq; ++i) {  // out = P v
+      T* o = out + b * os.b + h * os.h + i * os.t;
+      std::fill(o, o + d.D, T(0));
+      for (int64_t j = 0; j < d.Tk; ++j) {
+        const T p = Pbh[i * d.Tk + j];
+        const T* vj = v + b * vs.b + g * vs.h + j * vs.t;
+        for (int64_t c = 0; c < d.D; ++c) o[c] += p * vj[c];
+      }
+    }
+  }
+}
+
+template <class T>
+void attention_backward_naive(const AttnDims& d, T scale, const T* q, AttnStrides qs, const T* k,
+                              AttnStrides ks, const T* v, AttnStrides vs, const T* out, AttnStrides os,
+                              const T* dout, AttnStrides dos, const T* lse, T* dq, AttnStrides dqs, T* dk,
+                              AttnStrides dks, T* dv, AttnStrides dvs) {
+  check_dims("attention_backward_naive", d);
+  check_ptrs("attention_backward_naive", {q, k, v, dout, dq, dk, dv});
+  const int64_t TT = d.Tq * d.Tk, group = d.H / d.Hkv, D = d.D;
+  std::vector<T> P(static_cast<std::size_t>(d.B * d.H * TT));   // (B,H,Tq,Tk)
+  std::vector<T> dS(static_cast<std::size_t>(d.B * d.H * TT));  // dP, then dS in place
+  // Per (b, h): P, dP = dout v^T, dS = P * (dP - rowsum(P*dP)), dq = scale dS k.
+#pragma omp parallel for num_threads(tg::num_threads()) schedule(static)
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    const int64_t b = bh / d.H, h = bh % d.H, g = h / group;
+    T* Pbh = P.data() + bh * TT;
+    T* dSbh = dS.data() + bh * TT;
+    naive_probs<T>(d, scale, q, qs, k, ks, b, h, Pbh, nullptr);
+    for (int64_t i = 0; i < d.Tq; ++i) {
+      const T* doi = dout + b * dos.b + h * dos.h + i * dos.t;
+      T rowdot = 0;
+      for (int64_t j = 0; j < d.Tk; ++j) {
+        const T* vj = v + b * vs.b + g * vs.h + j * vs.t;
+        T s = 0;
+        for (int64_t c = 0; c < D; ++c) s += doi[c] * vj[c];
+        dSbh[i * d.Tk + j] = s;
+        rowdot += Pbh[i * d.Tk + j] * s;
+      }
+      T* dqi = dq + b * dqs.b + h * dqs.h + i * dqs.t;
+      std::fill(dqi, dqi + D, T(0));
+      for (int64_t j = 0; j < d.Tk; ++j) {
+        T& ds = dSbh[i * d.Tk + j];
+        ds = Pbh[i * d.Tk + j] * (ds - rowdot);
+        const T* kj = k + b * ks.b + g * ks.h + j * ks.t;
+        for (int64_t c = 0; c < D; ++c) dqi[c] += scale * ds * kj[c];
+      }
+    }
+  }
+  // Per (b, g): dv = sum_h P^T dout, dk = scale sum_h dS^T q.
+#pragma omp parallel for num_threads(tg::num_threads()) schedule(static)
+  for (int64_t bg = 0; bg < d.B * d.Hkv; ++bg) {
+    const int64_t b = bg / d.Hkv, g = bg % d.Hkv;
+    for (int64_t j = 0; j < d.Tk; ++j) {
+      T* dkj = dk + b * dks.b + g * dks.h + j * dks.t;
+      T* dvj = dv + b * dvs.b + g * dvs.h + j * dvs.t;
+      std::fill(dkj, dkj + D, T(0));
+      std::fill(dvj, dvj + D, T(0));
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        const T* Pbh = P.data() + (b * d.H + h) * TT;
+        const T* dSbh = dS.data() + (b * d.H + h) * TT;
+        for (int64_t i = 0; i < d.Tq; ++i) {
+          const T p = Pbh[i * d.Tk + j], ds = dSbh[i * d.Tk + j];
+          const T* qi = q + b * qs.b + h * qs.h + i * qs.t;
+          const T* doi = dout + b * dos.b + h * dos.h + i * dos.t;
+          for (int64_t c = 0; c < D; ++c) {
+            dvj[c] += p * doi[c];
+            dkj[c] += scale * ds * qi[c];
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- explicit instantiations -------------------------------------------------------
+
+#define TG_ATTENTION_INSTANTIATE(T)                                                                      \
+  template void attention_forward<T>(const AttnDims&, T, const T*, AttnStrides, const T*, AttnStrides,   \
+                                     const T*, AttnStrides, T*, AttnStrides, T*);                         \
+  template void attention_forward_naive<T>(const AttnDims&, T, const T*, AttnStrides, const T*,          \
+                                           AttnStrides, const T*, AttnStrides, T*, AttnStrides, T*);      \
+  template void attention_backward<T>(const AttnDims&, T, const T*, AttnStrides, const T*, AttnStrides,  \
+                                      const T*, AttnStrides, const T*, AttnStrides, const T*,             \
+                                      AttnStrides, const T*, T*, AttnStrides, T*, AttnStrides, T*,        \
+                                      AttnStrides);                                                       \
+  template void attention_backward_naive<T>(const AttnDims&, T, const T*, AttnStrides, const T*,         \
+                                            AttnStrides, const T*, AttnStrides, const T*, AttnStrides,    \
+                                            const T*, AttnStrides, const T*, T*, AttnStrides, T*,         \
+                                            AttnStrides, T*, AttnStrides);                                \
+  template void attention_probs<T>(const AttnDims&, T, const T*, AttnStrides, const T*, AttnStrides,     \
+                                   const T*, T*);
+
+TG_ATTENTION_INSTANTIATE(float)
+TG_ATTENTION_INSTANTIATE(double)
+#undef TG_ATTENTION_INSTANTIATE
+
+}  // namespace tg::kernels
