@@ -1,0 +1,531 @@
+// autograd/kernels/gemm.cpp — packed, cache-blocked, threaded GEMM and its twin.
+//
+// What it is for: the implementation behind gemm.hpp. The fast path follows
+// the classic five-loop structure (Goto / BLIS):
+//
+//   for jc in N step NC            B block  (KC x NC)  lives in L3, shared
+//     for pc in K step KC          pack B(pc:pc+KC, jc:jc+NC) into NR-wide panels
+//       for ic in M step MC        pack A(ic:ic+MC, pc:pc+KC) into MR-tall panels (L2)
+//         for jr in NC step NR     one B micro-panel (KC x NR) stays in L1
+//           for ir in MC step MR   micro-kernel: C(MR,NR) += Ap(MR,KC) @ Bp(KC,NR)
+//
+// The micro-kernel keeps an MR x NR tile of C in vector registers
+// (NR = NV * vector width) and does one broadcast of A and NV FMAs per row
+// per k. Transposes are absorbed by the packing routines. Edge tiles (M or N
+// not a multiple of MR / NR) use zero-padded panels and a masked write-back.
+//
+// What it is not: a tuner. Block sizes are constants chosen by measurement on
+// the reference machine (see Note [GEMM block sizes]); there is no run-time
+// CPU dispatch, the instruction set is the one the library is compiled for.
+#include "autograd/kernels/gemm.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <xsimd/xsimd.hpp>
+
+#include "autograd/kernels/parallel.hpp"
+
+namespace tg::kernels {
+
+// Note [GEMM block sizes]
+// MR x NR is the register tile: MR rows of C, NR = NV vectors of columns.
+// With AVX-512 (32 vector registers) a 14 x 2-vector tile uses 28 accumulators,
+// 2 registers for the B row and broadcasts come straight from memory. With
+// AVX2 (16 registers) the tile is 6 x 2 vectors (12 accumulators).
+// KC is chosen so one B micro-panel (KC x NR) fits in L1d, MC so the packed
+// A block (MC x KC) sits in L2, NC so the packed B block stays in L3.
+// The reference machine reports 48 KiB L1d and 1 MiB L2 per core (the design
+// note says 32 KiB / 512 KiB; the sizes below are safe for both).
+//
+// Note [GEMM determinism]
+// Every element of C is produced by one thread: the split is over rows (MR
+// panels) or over column panels (NR panels) of C, never over K. The K loop is
+// cut at fixed multiples of KC and each k-block is accumulated in the same
+// order whatever the thread count, and edge tiles are computed with the same
+// arithmetic as full ones. So results are bitwise identical run to run, and in
+// this implementation also across thread counts.
+
+namespace {
+
+using std::int64_t;
+
+template <class T>
+struct Blocking;
+
+#if defined(__AVX512F__)
+template <>
+struct Blocking<float> {
+  static constexpr int MR = 14, NV = 2;
+  static constexpr int64_t KC = 256, MC = 14 * 24, B_budget = int64_t(2) << 20;
+};
+template <>
+struct Blocking<double> {
+  static constexpr int MR = 14, NV = 2;
+  static constexpr int64_t KC = 256, MC = 14 * 12, B_budget = int64_t(1) << 20;
+};
+#else
+template <>
+struct Blocking<float> {
+  static constexpr int MR = 6, NV = 2;
+  static constexpr int64_t KC = 256, MC = 6 * 24, B_budget = int64_t(2) << 20;
+};
+template <>
+struct Blocking<double> {
+  static constexpr int MR = 6, NV = 2;
+  static constexpr int64_t KC = 256, MC = 6 * 12, B_budget = int64_t(1) << 20;
+};
+#endif
+
+// Below this many flops (2*M*N*K) one thread is faster than waking a team.
+constexpr double kParallelMinFlops = 2.0 * 96 * 96 * 96;
+
+constexpr std::size_t kAlign = 64;
+
+// A grow-only, 64-byte aligned scratch buffer; one per thread and purpose
+// (thread_local below), so steady-state calls never allocate.
+template <class T>
+class PackBuffer {
+ public:
+  PackBuffer() = default;
+  PackBuffer(const PackBuffer&) = delete;
+  PackBuffer& operator=(const PackBuffer&) = delete;
+  ~PackBuffer() { std::free(ptr_); }
+  T* get(std::size_t n) {
+    if (n > cap_) {
+      std::free(ptr_);
+      std::size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
+      ptr_ = static_cast<T*>(std::aligned_alloc(kAlign, bytes));
+      if (!ptr_) {
+        cap_ = 0;
+        throw std::bad_alloc();
+      }
+      cap_ = n;
+    }
+    return ptr_;
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  std::size_t cap_ = 0;
+};
+
+template <class T>
+T* buffer_A(std::size_t n) {
+  thread_local PackBuffer<T> buf;
+  return buf.get(n);
+}
+template <class T>
+T* buffer_B(std::size_t n) {
+  thread_local PackBuffer<T> buf;
+  return buf.get(n);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- packing ------------------------------------------------------------------
+// A panel p of the packed A block holds rows [p*MR, p*MR+MR) of op(A) block,
+// laid out k-major: Ap[p*MR*kc + k*MR + i] = op(A)(ic + p*MR + i, pc + k).
+// Rows past the end of the block are zero.
+template <class T, int MR>
+void pack_A(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
+            int64_t kc, T* Ap) {
+  for (int64_t p = 0; p * MR < mc; ++p) {
+    const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
+    T* dst = Ap + p * MR * kc;
+    const int64_t i0 = ic + p * MR;
+    if (!transA) {
+      // op(A)(i,k) = A[i*lda + k]: gather MR rows.
+      const T* src = A + i0 * lda + pc;
+      if (rows == MR) {
+        for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[i * lda + k];
+        }
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          for (int i = 0; i < rows; ++i) dst[k * MR + i] = src[i * lda + k];
+          for (int i = static_cast<int>(rows); i < MR; ++i) dst[k * MR + i] = T(0);
+        }
+      }
+    } else {
+      // op(A)(i,k) = A[k*lda + i]: MR contiguous values per k.
+      const T* src = A + pc * lda + i0;
+      if (rows == MR) {
+        for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[k * lda + i];
+        }
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          for (int i = 0; i < rows; ++i) dst[k * MR + i] = src[k * lda + i];
+          for (int i = static_cast<int>(rows); i < MR; ++i) dst[k * MR + i] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// A panel q of the packed B block holds columns [q*NR, q*NR+NR) of op(B):
+// Bp[q*NR*kc + k*NR + j] = op(B)(pc + k, jc + q*NR + j). Columns past the end
+// are zero. Packs panels [q0, q1) only (threads share the work).
+template <class T, int NR>
+void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_t pc,
+            int64_t kc, int64_t q0, int64_t q1, T* Bp) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
+    T* dst = Bp + q * NR * kc;
+    const int64_t j0 = jc + q * NR;
+    if (!transB) {
+      // op(B)(k,j) = B[k*ldb + j]: NR contiguous values per k.
+      const T* src = B + pc * ldb + j0;
+      if (cols == NR) {
+        for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 8
+          for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[k * ldb + j];
+        }
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          for (int j = 0; j < cols; ++j) dst[k * NR + j] = src[k * ldb + j];
+          for (int j = static_cast<int>(cols); j < NR; ++j) dst[k * NR + j] = T(0);
+        }
+      }
+    } else {
+      // op(B)(k,j) = B[j*ldb + k]: gather NR rows of the stored B.
+      const T* src = B + j0 * ldb + pc;
+      if (cols < NR) {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int j = static_cast<int>(cols); j < NR; ++j) dst[k * NR + j] = T(0);
+      }
+      for (int j = 0; j < cols; ++j) {
+        const T* s = src + j * ldb;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = s[k];
+      }
+    }
+  }
+}
+
+// ---- micro-kernel -----------------------------------------------------------
+// c(MR, NR) = alpha * Ap(MR,kc) @ Bp(kc,NR) + beta * c; beta == 0 overwrites.
+// When `full` is false only the top-left rows x cols corner is written.
+template <class T, int MR, int NV>
+inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
+                         int64_t ldc, T alpha, T beta, int64_t rows, int64_t cols, bool full) {
+  using V = xsimd::batch<T>;
+  constexpr int W = static_cast<int>(V::size);
+  V acc[MR][NV];
+#pragma GCC unroll 64
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 64
+    for (int v = 0; v < NV; ++v) acc[i][v] = V(T(0));
+
+  for (int64_t k = 0; k < kc; ++k) {
+    V bv[NV];
+#pragma GCC unroll 64
+    for (int v = 0; v < NV; ++v) bv[v] = V::load_aligned(b + v * W);
+#pragma GCC unroll 64
+    for (int i = 0; i < MR; ++i) {
+      const V av(a[i]);
+#pragma GCC unroll 64
+      for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]);
+    }
+    a += MR;
+    b += NV * W;
+  }
+
+  const V valpha(alpha);
+  if (full) {
+    if (beta == T(0)) {
+#pragma GCC unroll 64
+      for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 64
+        for (int v = 0; v < NV; ++v) (valpha * acc[i][v]).store_unaligned(c + i * ldc + v * W);
+    } else {
+      const V vbeta(beta);
+#pragma GCC unroll 64
+      for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 64
+        for (int v = 0; v < NV; ++v) {
+          T* p = c + i * ldc + v * W;
+          xsimd::fma(valpha, acc[i][v], vbeta * V::load_unaligned(p)).store_unaligned(p);
+        }
+    }
+  } else {
+    alignas(kAlign) T tile[MR][NV * W];
+#pragma GCC unroll 64
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 64
+      for (int v = 0; v < NV; ++v) acc[i][v].store_aligned(&tile[i][v * W]);
+    for (int64_t i = 0; i < rows; ++i) {
+      T* p = c + i * ldc;
+      if (beta == T(0)) {
+        for (int64_t j = 0; j < cols; ++j) p[j] = alpha * tile[i][j];
+      } else {
+        for (int64_t j = 0; j < cols; ++j) p[j] = std::fma(alpha, tile[i][j], beta * p[j]);
+      }
+    }
+  }
+}
+
+// ---- macro-kernel: one packed A block against a range of packed B panels ----
+template <class T>
+void macro_kernel(int64_t mc, int64_t kc, const T* Ap, const T* Bp, int64_t q0, int64_t q1,
+                  int64_t nc, T* C, int64_t ldc, T alpha, T beta) {
+  constexpr int MR = Blocking<T>::MR;
+  constexpr int NR = Blocking<T>::NV * static_cast<int>(xsimd::batch<T>::size);
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
+    const T* b = Bp + q * NR * kc;
+    for (int64_t p = 0; p * MR < mc; ++p) {
+      const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
+      micro_kernel<T, MR, Blocking<T>::NV>(kc, Ap + p * MR * kc, b, C + p * MR * ldc + q * NR, ldc,
+                                           alpha, beta, rows, cols, rows == MR && cols == NR);
+    }
+  }
+}
+
+// C = beta * C (beta == 0: zero, ignoring old contents).
+template <class T>
+void scale_C(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    T* p = C + i * ldc;
+    if (beta == T(0))
+      std::fill(p, p + N, T(0));
+    else if (beta != T(1))
+      for (int64_t j = 0; j < N; ++j) p[j] *= beta;
+  }
+}
+
+// Splits [0, n) into `parts` nearly equal contiguous ranges; returns range i.
+inline void split_range(int64_t n, int64_t parts, int64_t i, int64_t& lo, int64_t& hi) {
+  lo = n * i / parts;
+  hi = n * (i + 1) / parts;
+}
+
+// The driver. nt is the number of threads to use (1: no parallel region).
+//
+// Work is cut into items: (block of MR panels of C rows) x (range of NR panels
+// of C columns). Threads take items from a shared counter (dynamic, so a
+// thread descheduled by another process does not hold the others back), and
+// each item is computed by one thread over the whole K range, so which thread
+// takes which item changes nothing in the result (Note [GEMM determinism]).
+// B is packed once per NC column block, for all of K, by all threads together;
+// one barrier separates that from the compute items.
+template <class T>
+void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, int nt) {
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == T(0)) {
+    scale_C(M, N, beta, C, ldc);
+    return;
+  }
+  constexpr int MR = Blocking<T>::MR;
+  constexpr int NR = Blocking<T>::NV * static_cast<int>(xsimd::batch<T>::size);
+  constexpr int64_t KC = Blocking<T>::KC;
+  constexpr int64_t MC_panels = Blocking<T>::MC / MR;
+
+  if (2.0 * double(M) * double(N) * double(K) < kParallelMinFlops) nt = 1;
+
+  // Column blocks: the packed B block (all of K x NC) stays within the budget.
+  const int64_t nc_budget = std::max<int64_t>(NR, Blocking<T>::B_budget / K / NR * NR);
+  const int64_t NC = std::min<int64_t>(nc_budget, ceil_div(N, NR) * NR);
+  const int64_t n_slabs = ceil_div(K, KC);
+  const int64_t kc_max = std::min<int64_t>(KC, K);
+  T* Bp = buffer_B<T>(std::size_t(NC * n_slabs * kc_max));
+
+  // Items: mb row blocks x nb column chunks (per column block).
+  const int64_t m_panels = ceil_div(M, MR);
+  int64_t mb = ceil_div(m_panels, MC_panels);
+  const int64_t target = nt > 1 ? 8 * int64_t(nt) : 1;
+  if (nt > 1) mb = std::max(mb, std::min(target, ceil_div(m_panels, 4)));
+  const int64_t mb_panels_max = ceil_div(m_panels, mb);
+
+  // Shared counters, one pair per column block, so no reset (and no extra
+  // barrier) is ever needed.
+  const int64_t n_jc = ceil_div(N, NC);
+  std::unique_ptr<std::atomic<int64_t>[]> counters(new std::atomic<int64_t>[2 * n_jc]);
+  for (int64_t i = 0; i < 2 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
+
+  auto body = [&]() {
+    T* Ap = buffer_A<T>(std::size_t(mb_panels_max * MR * kc_max));
+    for (int64_t jb = 0; jb < n_jc; ++jb) {
+      const int64_t jc = jb * NC, nc = std::min<int64_t>(NC, N - jc);
+      const int64_t n_panels = ceil_div(nc, NR);
+      // 1. pack B(:, jc:jc+nc): items are (slab, group of 4 panels).
+      const int64_t groups = ceil_div(n_panels, 4);
+      for (;;) {
+        const int64_t it = counters[2 * jb].fetch_add(1, std::memory_order_relaxed);
+        if (it >= n_slabs * groups) break;
+        const int64_t s = it / groups, g = it % groups;
+        const int64_t pc = s * KC, kc = std::min<int64_t>(KC, K - pc);
+        pack_B<T, NR>(transB, B, ldb, jc, nc, pc, kc, 4 * g, std::min<int64_t>(n_panels, 4 * g + 4),
+                      Bp + s * kc_max * NC);
+      }
+      if (nt > 1) {
+#pragma omp barrier
+      }
+      // 2. compute items.
+      int64_t nb = 1;
+      if (nt > 1 && mb < target) nb = std::min<int64_t>(n_panels, ceil_div(target, mb));
+      for (;;) {
+        const int64_t it = counters[2 * jb + 1].fetch_add(1, std::memory_order_relaxed);
+        if (it >= mb * nb) break;
+        int64_t p0, p1, q0, q1;
+        split_range(m_panels, mb, it / nb, p0, p1);
+        split_range(n_panels, nb, it % nb, q0, q1);
+        const int64_t ic = p0 * MR, mc = std::min<int64_t>(M, p1 * MR) - ic;
+        if (mc <= 0 || q1 <= q0) continue;
+        for (int64_t s = 0; s < n_slabs; ++s) {
+          const int64_t pc = s * KC, kc = std::min<int64_t>(KC, K - pc);
+          pack_A<T, MR>(transA, A, lda, ic, mc, pc, kc, Ap);
+          macro_kernel<T>(mc, kc, Ap, Bp + s * kc_max * NC, q0, q1, nc, C + ic * ldc + jc, ldc,
+                          alpha, s == 0 ? beta : T(1));
+        }
+      }
+      // The next column block repacks B: everyone must be done with this one.
+      if (nt > 1 && jb + 1 < n_jc) {
+#pragma omp barrier
+      }
+    }
+  };
+
+  if (nt == 1) {
+    body();
+  } else {
+#pragma omp parallel num_threads(nt)
+    body();
+  }
+}
+
+// ---- argument checks ------------------------------------------------------------
+std::string sizes_str(bool transA, bool transB, int64_t M, int64_t N, int64_t K, int64_t lda,
+                      int64_t ldb, int64_t ldc) {
+  return "(transA=" + std::to_string(transA) + ", transB=" + std::to_string(transB) +
+         ", M=" + std::to_string(M) + ", N=" + std::to_string(N) + ", K=" + std::to_string(K) +
+         ", lda=" + std::to_string(lda) + ", ldb=" + std::to_string(ldb) +
+         ", ldc=" + std::to_string(ldc) + ")";
+}
+
+template <class T>
+void check_args(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                const T* A, int64_t lda, const T* B, int64_t ldb, const T* C, int64_t ldc) {
+  auto fail = [&](const std::string& why) {
+    throw std::invalid_argument(std::string(name) + ": " + why + " " +
+                                sizes_str(transA, transB, M, N, K, lda, ldb, ldc));
+  };
+  if (M < 0 || N < 0 || K < 0) fail("negative size");
+  const int64_t a_cols = transA ? M : K, b_cols = transB ? K : N;
+  if (lda < std::max<int64_t>(1, a_cols)) fail("lda too small");
+  if (ldb < std::max<int64_t>(1, b_cols)) fail("ldb too small");
+  if (ldc < std::max<int64_t>(1, N)) fail("ldc too small");
+  if (M > 0 && N > 0 && !C) fail("C is null");
+  if (M > 0 && N > 0 && K > 0 && (!A || !B)) fail("A or B is null");
+}
+
+template <class T>
+void check_batched(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                   const T* A, int64_t lda, int64_t strideA, const T* B, int64_t ldb,
+                   int64_t strideB, const T* C, int64_t ldc, int64_t strideC, int64_t batch) {
+  check_args(name, transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+  auto fail = [&](const std::string& why) {
+    throw std::invalid_argument(std::string(name) + ": " + why + " " +
+                                sizes_str(transA, transB, M, N, K, lda, ldb, ldc) +
+                                " strideA=" + std::to_string(strideA) +
+                                " strideB=" + std::to_string(strideB) +
+                                " strideC=" + std::to_string(strideC) +
+                                " batch=" + std::to_string(batch));
+  };
+  if (batch < 0) fail("negative batch");
+  if (strideA < 0 || strideB < 0) fail("negative stride");
+  // The C blocks must not overlap (each is written by one thread).
+  if (batch > 1 && M > 0 && N > 0 && strideC < (M - 1) * ldc + N) fail("strideC too small");
+}
+
+int threads_here() { return omp_in_parallel() ? 1 : std::max(1, tg::num_threads()); }
+
+}  // namespace
+
+// ---- public entry points ----------------------------------------------------------
+
+template <class T>
+void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  check_args("gemm", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+  gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads_here());
+}
+
+template <class T>
+void gemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  check_args("gemm_naive", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      T sum = T(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const T a = transA ? A[k * lda + m] : A[m * lda + k];
+        const T b = transB ? B[n * ldb + k] : B[k * ldb + n];
+        sum += a * b;
+      }
+      T& c = C[m * ldc + n];
+      c = beta == T(0) ? alpha * sum : alpha * sum + beta * c;
+    }
+  }
+}
+
+template <class T>
+void gemm_batched(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
+                  const T* A, int64_t lda, int64_t strideA, const T* B, int64_t ldb,
+                  int64_t strideB, T beta, T* C, int64_t ldc, int64_t strideC, int64_t batch) {
+  check_batched("gemm_batched", transA, transB, M, N, K, A, lda, strideA, B, ldb, strideB, C, ldc,
+                strideC, batch);
+  const int nt = threads_here();
+  if (nt > 1 && batch >= nt) {
+    // Each thread runs whole GEMMs, single-threaded, on its own packing buffers.
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t b = 0; b < batch; ++b)
+      gemm_driver(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+                  C + b * strideC, ldc, 1);
+  } else {
+    for (int64_t b = 0; b < batch; ++b)
+      gemm_driver(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+                  C + b * strideC, ldc, nt);
+  }
+}
+
+template <class T>
+void gemm_batched_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
+                        const T* A, int64_t lda, int64_t strideA, const T* B, int64_t ldb,
+                        int64_t strideB, T beta, T* C, int64_t ldc, int64_t strideC,
+                        int64_t batch) {
+  check_batched("gemm_batched_naive", transA, transB, M, N, K, A, lda, strideA, B, ldb, strideB, C,
+                ldc, strideC, batch);
+  for (int64_t b = 0; b < batch; ++b)
+    gemm_naive(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+               C + b * strideC, ldc);
+}
+
+#define TG_GEMM_INSTANTIATE(T)                                                                   \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,   \
+                        int64_t, T, T*, int64_t);                                                \
+  template void gemm_naive<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,       \
+                              const T*, int64_t, T, T*, int64_t);                                \
+  template void gemm_batched<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,     \
+                                int64_t, const T*, int64_t, int64_t, T, T*, int64_t, int64_t,    \
+                                int64_t);                                                        \
+  template void gemm_batched_naive<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*,        \
+                                      int64_t, int64_t, const T*, int64_t, int64_t, T, T*,       \
+                                      int64_t, int64_t, int64_t);
+
+TG_GEMM_INSTANTIATE(float)
+TG_GEMM_INSTANTIATE(double)
+
+#undef TG_GEMM_INSTANTIATE
+
+}  // namespace tg::kernels
