@@ -1,0 +1,117 @@
+// optim/adamw.cpp — AdamW over parameter groups; the per-parameter update is the fused
+// kernel tg::kernels::adamw_step. See adamw.hpp for the formulas and the state-dict names.
+#include "optim/adamw.hpp"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "autograd/kernels/adamw.hpp"
+
+namespace tg::optim {
+
+namespace {
+
+AdamWOptions checked(const AdamWOptions& o) {
+  auto bad = [](const std::string& what, double v) {
+    return std::invalid_argument("AdamW: " + what + ", got " + std::to_string(v));
+  };
+  if (!(o.lr >= 0.0) || !std::isfinite(o.lr)) throw bad("lr must be finite and >= 0", o.lr);
+  if (!(o.beta1 >= 0.0 && o.beta1 < 1.0)) throw bad("beta1 must be in [0, 1)", o.beta1);
+  if (!(o.beta2 >= 0.0 && o.beta2 < 1.0)) throw bad("beta2 must be in [0, 1)", o.beta2);
+  if (!(o.eps >= 0.0) || !std::isfinite(o.eps)) throw bad("eps must be finite and >= 0", o.eps);
+  if (!(o.weight_decay >= 0.0) || !std::isfinite(o.weight_decay))
+    throw bad("weight_decay must be finite and >= 0", o.weight_decay);
+  return o;
+}
+
+template <class T>
+std::vector<ParamGroup<T>> one_group(const NamedParameters<T>& params) {
+  return {ParamGroup<T>{"all", params, std::nullopt, 1.0}};
+}
+
+}  // namespace
+
+template <class T>
+AdamW<T>::AdamW(std::vector<ParamGroup<T>> groups, AdamWOptions options)
+    : Optimizer<T>("AdamW", std::move(groups), checked(options).lr), options_(options) {
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      State s;
+      s.exp_avg = xt::zeros<T>(p.shape());
+      s.exp_avg_sq = xt::zeros<T>(p.shape());
+      state_.push_back(std::move(s));
+    }
+}
+
+template <class T>
+AdamW<T>::AdamW(const NamedParameters<T>& params, AdamWOptions options)
+    : AdamW(one_group(params), options) {}
+
+template <class T>
+void AdamW<T>::step() {
+  // Check every shape first, so a mistake leaves all parameters untouched.
+  std::size_t k = 0;
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      const State& s = state_[k++];
+      if (!p.has_grad()) continue;
+      if (p.grad().shape() != p.value().shape() || p.value().shape() != s.exp_avg.shape())
+        throw std::invalid_argument("AdamW::step: parameter '" + name + "' is " + p.shape_str() +
+                                    ", its gradient " + shape_to_string(p.grad().shape()) + ", its state " +
+                                    shape_to_string(s.exp_avg.shape()));
+    }
+  k = 0;
+  for (auto& g : this->groups_) {
+    const double lr = this->lr_ * g.lr_scale;
+    const double wd = g.weight_decay.value_or(options_.weight_decay);
+    for (auto& [name, p] : g.params) {
+      State& s = state_[k++];
+      if (!p.has_grad()) continue;  // as PyTorch: no .grad, no update, no step
+      ++s.step;
+      xt::xarray<T>& value = p.mutable_value();
+      kernels::adamw_step<T>(std::int64_t(value.size()), value.data(), p.grad().data(), s.exp_avg.data(),
+                             s.exp_avg_sq.data(), T(lr), T(options_.beta1), T(options_.beta2), T(options_.eps),
+                             T(wd), s.step);
+    }
+  }
+  ++this->step_count_;
+}
+
+template <class T>
+StateDict<T> AdamW<T>::state_dict() const {
+  StateDict<T> out;
+  std::size_t k = 0;
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      const State& s = state_[k++];
+      out.emplace_back("exp_avg." + name, s.exp_avg);
+      out.emplace_back("exp_avg_sq." + name, s.exp_avg_sq);
+      out.emplace_back("step." + name, detail::step_array<T>(s.step));
+    }
+  out.emplace_back("step", detail::step_array<T>(this->step_count_));
+  return out;
+}
+
+template <class T>
+void AdamW<T>::load_state_dict(const StateDict<T>& state, bool strict) {
+  detail::StateReader<T> in("AdamW", state);
+  std::vector<State> loaded;
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      State s;
+      s.exp_avg = in.get("exp_avg." + name, p.shape());
+      s.exp_avg_sq = in.get("exp_avg_sq." + name, p.shape());
+      s.step = in.get_step("step." + name);
+      loaded.push_back(std::move(s));
+    }
+  const std::int64_t steps = in.get_step("step");
+  in.finish(strict);
+  state_ = std::move(loaded);
+  this->step_count_ = steps;
+}
+
+template class AdamW<float>;
+template class AdamW<double>;
+
+}  // namespace tg::optim

@@ -1,0 +1,112 @@
+// optim/sgd.cpp — SGD over parameter groups; the per-parameter update is the fused kernel
+// tg::kernels::sgd_step. See sgd.hpp for the formulas and the state-dict names.
+#include "optim/sgd.hpp"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "autograd/kernels/adamw.hpp"
+
+namespace tg::optim {
+
+namespace {
+
+SGDOptions checked(const SGDOptions& o) {
+  auto bad = [](const std::string& what, double v) {
+    return std::invalid_argument("SGD: " + what + ", got " + std::to_string(v));
+  };
+  if (!(o.lr >= 0.0) || !std::isfinite(o.lr)) throw bad("lr must be finite and >= 0", o.lr);
+  if (!(o.momentum >= 0.0) || !std::isfinite(o.momentum)) throw bad("momentum must be finite and >= 0", o.momentum);
+  if (!std::isfinite(o.dampening)) throw bad("dampening must be finite", o.dampening);
+  if (!(o.weight_decay >= 0.0) || !std::isfinite(o.weight_decay))
+    throw bad("weight_decay must be finite and >= 0", o.weight_decay);
+  if (o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0))
+    throw std::invalid_argument("SGD: nesterov momentum requires momentum > 0 and dampening == 0 (got momentum " +
+                                std::to_string(o.momentum) + ", dampening " + std::to_string(o.dampening) + ")");
+  return o;
+}
+
+}  // namespace
+
+template <class T>
+SGD<T>::SGD(std::vector<ParamGroup<T>> groups, SGDOptions options)
+    : Optimizer<T>("SGD", std::move(groups), checked(options).lr), options_(options) {
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      State s;
+      if (has_momentum()) s.momentum_buffer = xt::zeros<T>(p.shape());
+      state_.push_back(std::move(s));
+    }
+}
+
+template <class T>
+SGD<T>::SGD(const NamedParameters<T>& params, SGDOptions options)
+    : SGD(std::vector<ParamGroup<T>>{ParamGroup<T>{"all", params, std::nullopt, 1.0}}, options) {}
+
+template <class T>
+void SGD<T>::step() {
+  // Check every shape first, so a mistake leaves all parameters untouched.
+  std::size_t k = 0;
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      const State& s = state_[k++];
+      if (!p.has_grad()) continue;
+      const bool bad_buf = has_momentum() && s.momentum_buffer.shape() != p.value().shape();
+      if (p.grad().shape() != p.value().shape() || bad_buf)
+        throw std::invalid_argument("SGD::step: parameter '" + name + "' is " + p.shape_str() + ", its gradient " +
+                                    shape_to_string(p.grad().shape()) + ", its momentum buffer " +
+                                    shape_to_string(s.momentum_buffer.shape()));
+    }
+  k = 0;
+  for (auto& g : this->groups_) {
+    const double lr = this->lr_ * g.lr_scale;
+    const double wd = g.weight_decay.value_or(options_.weight_decay);
+    for (auto& [name, p] : g.params) {
+      State& s = state_[k++];
+      if (!p.has_grad()) continue;  // as PyTorch: no .grad, no update
+      xt::xarray<T>& value = p.mutable_value();
+      kernels::sgd_step<T>(std::int64_t(value.size()), value.data(), p.grad().data(),
+                           has_momentum() ? s.momentum_buffer.data() : nullptr, T(lr), T(options_.momentum),
+                           T(options_.dampening), T(wd), options_.nesterov, s.step == 0);
+      ++s.step;
+    }
+  }
+  ++this->step_count_;
+}
+
+template <class T>
+StateDict<T> SGD<T>::state_dict() const {
+  StateDict<T> out;
+  std::size_t k = 0;
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      const State& s = state_[k++];
+      if (has_momentum()) out.emplace_back("momentum_buffer." + name, s.momentum_buffer);
+      out.emplace_back("step." + name, detail::step_array<T>(s.step));
+    }
+  out.emplace_back("step", detail::step_array<T>(this->step_count_));
+  return out;
+}
+
+template <class T>
+void SGD<T>::load_state_dict(const StateDict<T>& state, bool strict) {
+  detail::StateReader<T> in("SGD", state);
+  std::vector<State> loaded;
+  for (const auto& g : this->groups_)
+    for (const auto& [name, p] : g.params) {
+      State s;
+      if (has_momentum()) s.momentum_buffer = in.get("momentum_buffer." + name, p.shape());
+      s.step = in.get_step("step." + name);
+      loaded.push_back(std::move(s));
+    }
+  const std::int64_t steps = in.get_step("step");
+  in.finish(strict);
+  state_ = std::move(loaded);
+  this->step_count_ = steps;
+}
+
+template class SGD<float>;
+template class SGD<double>;
+
+}  // namespace tg::optim
