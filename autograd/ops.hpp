@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "autograd/tape.hpp"
@@ -23,7 +24,11 @@
 
 namespace tg {
 
-using Index = xt::xarray<std::int64_t>;  // integer ids (tokens, targets, top-k indices)
+using Index = xt::xarray<std::int64_t>;
+// A scalar argument of an op on Tensor<T>: not used for deduction, so a double
+// constant works with a Tensor<float> (x * 0.5, rmsnorm(x, w, 1e-6)).
+template <class T>
+using Scalar = std::type_identity_t<T>;  // integer ids (tokens, targets, top-k indices)
 
 // ---- broadcasting ----------------------------------------------------------------------
 // Sum g over the axes that broadcasting added or stretched, so it has shape `shape`.
@@ -45,21 +50,21 @@ template <class T> Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b);
 // neg: z = -a
 template <class T> Tensor<T> neg(const Tensor<T>& a);
 // With a constant: z = a + s, a * s, ...
-template <class T> Tensor<T> add_scalar(const Tensor<T>& a, T s);
-template <class T> Tensor<T> mul_scalar(const Tensor<T>& a, T s);
+template <class T> Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> s);
+template <class T> Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> s);
 
 template <class T> Tensor<T> operator+(const Tensor<T>& a, const Tensor<T>& b) { return add(a, b); }
 template <class T> Tensor<T> operator-(const Tensor<T>& a, const Tensor<T>& b) { return sub(a, b); }
 template <class T> Tensor<T> operator*(const Tensor<T>& a, const Tensor<T>& b) { return mul(a, b); }
 template <class T> Tensor<T> operator/(const Tensor<T>& a, const Tensor<T>& b) { return div(a, b); }
 template <class T> Tensor<T> operator-(const Tensor<T>& a) { return neg(a); }
-template <class T> Tensor<T> operator+(const Tensor<T>& a, T s) { return add_scalar(a, s); }
-template <class T> Tensor<T> operator+(T s, const Tensor<T>& a) { return add_scalar(a, s); }
-template <class T> Tensor<T> operator-(const Tensor<T>& a, T s) { return add_scalar(a, -s); }
-template <class T> Tensor<T> operator-(T s, const Tensor<T>& a) { return add_scalar(neg(a), s); }
-template <class T> Tensor<T> operator*(const Tensor<T>& a, T s) { return mul_scalar(a, s); }
-template <class T> Tensor<T> operator*(T s, const Tensor<T>& a) { return mul_scalar(a, s); }
-template <class T> Tensor<T> operator/(const Tensor<T>& a, T s) { return mul_scalar(a, T(1) / s); }
+template <class T> Tensor<T> operator+(const Tensor<T>& a, Scalar<T> s) { return add_scalar(a, s); }
+template <class T> Tensor<T> operator+(Scalar<T> s, const Tensor<T>& a) { return add_scalar(a, s); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, Scalar<T> s) { return add_scalar(a, -s); }
+template <class T> Tensor<T> operator-(Scalar<T> s, const Tensor<T>& a) { return add_scalar(neg(a), s); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, Scalar<T> s) { return mul_scalar(a, s); }
+template <class T> Tensor<T> operator*(Scalar<T> s, const Tensor<T>& a) { return mul_scalar(a, s); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, Scalar<T> s) { return mul_scalar(a, T(1) / s); }
 
 // ---- elementwise unary --------------------------------------------------------------------
 template <class T> Tensor<T> exp(const Tensor<T>& x);      // y = e^x;        dx = dy * y
@@ -75,9 +80,9 @@ template <class T> Tensor<T> silu(const Tensor<T>& x);     // y = x σ(x);     d
 enum class GeluApprox { Erf, Tanh };
 template <class T> Tensor<T> gelu(const Tensor<T>& x, GeluApprox approx = GeluApprox::Erf);
 // pow with a constant exponent: y = x^p; dx = dy * p x^(p-1)
-template <class T> Tensor<T> pow(const Tensor<T>& x, T p);
+template <class T> Tensor<T> pow(const Tensor<T>& x, Scalar<T> p);
 // clamp: y = min(max(x, lo), hi); dx = dy where lo <= x <= hi, else 0
-template <class T> Tensor<T> clamp(const Tensor<T>& x, T lo, T hi);
+template <class T> Tensor<T> clamp(const Tensor<T>& x, Scalar<T> lo, Scalar<T> hi);
 
 // ---- linear algebra -------------------------------------------------------------------
 // matmul: a (...,M,K) @ b (...,K,N) -> (...,M,N). b may be 2-D (shared by every batch
@@ -114,14 +119,14 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Index& targets, std::int6
 // embedding: ids (...) of integers in [0,V), weight (V,C) -> (...,C). dweight scatter-adds.
 template <class T> Tensor<T> embedding(const Index& ids, const Tensor<T>& weight);
 // rmsnorm over the last axis: y = x * rstd * w, rstd = 1/√(mean(x²) + eps). w (C) may be undefined.
-template <class T> Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, T eps);
+template <class T> Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, Scalar<T> eps);
 // layernorm over the last axis: y = (x - μ) * rstd * w + b. w, b may be undefined.
-template <class T> Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, T eps);
+template <class T> Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, Scalar<T> eps);
 // swiglu: y = silu(g) * u (same shapes).
 template <class T> Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u);
 // dropout: in training, y = x * mask / (1-p) with mask ~ Bernoulli(1-p) from gen;
 // otherwise (or p == 0) y = x.
-template <class T> Tensor<T> dropout(const Tensor<T>& x, T p, Generator& gen, bool training = true);
+template <class T> Tensor<T> dropout(const Tensor<T>& x, Scalar<T> p, Generator& gen, bool training = true);
 
 // ---- RoPE -------------------------------------------------------------------------------
 // YaRN parameters as Hugging Face defines them (rope_type "yarn").
@@ -157,7 +162,7 @@ template <class T> Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table,
 // transposes are needed.) If probs is given, it receives the probabilities (B,H,Tq,Tk).
 template <class T>
 Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
-                    std::optional<T> scale = std::nullopt, xt::xarray<T>* probs = nullptr);
+                    std::optional<double> scale = std::nullopt, xt::xarray<T>* probs = nullptr);
 
 // ---- shape ops ------------------------------------------------------------------------
 // reshape to `shape` (one entry may be -1). dx = reshape(dy, x's shape).
@@ -179,7 +184,7 @@ template <class T> Tensor<T> index_add(std::size_t N, const Index& idx, const Te
 
 // ---- selection ------------------------------------------------------------------------
 // masked_fill: y = x where !mask, value where mask (mask broadcastable to x). dx = dy * !mask.
-template <class T> Tensor<T> masked_fill(const Tensor<T>& x, const xt::xarray<bool>& mask, T value);
+template <class T> Tensor<T> masked_fill(const Tensor<T>& x, const xt::xarray<bool>& mask, Scalar<T> value);
 // where: y = cond ? a : b (all broadcast). da = dy * cond, db = dy * !cond.
 template <class T> Tensor<T> where(const xt::xarray<bool>& cond, const Tensor<T>& a, const Tensor<T>& b);
 // top-k along the last axis: the k largest values (descending; ties: lower index first),

@@ -51,7 +51,7 @@ xt::xarray<T> sum_to(const xt::xarray<T>& g, const Shape& shape) {
       throw std::logic_error("sum_to: gradient " + shape_to_string(gs) + " does not broadcast from " +
                              shape_to_string(shape));
   }
-  xt::xarray<T> r = xt::sum(g, axes, xt::evaluation_strategy::immediate);
+  xt::xarray<T> r = detail::reduce_sum_keepdims(g, axes);
   r.reshape(shape);
   return r;
 }
@@ -130,7 +130,7 @@ Tensor<T> neg(const Tensor<T>& a) {
 }
 
 template <class T>
-Tensor<T> add_scalar(const Tensor<T>& a, T s) {
+Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> s) {
   detail::require_defined(a, "add_scalar", "a");
   Tensor<T> out(xt::xarray<T>(a.value() + s));
   if (needs_grad<T>({&a}))
@@ -140,7 +140,7 @@ Tensor<T> add_scalar(const Tensor<T>& a, T s) {
 }
 
 template <class T>
-Tensor<T> mul_scalar(const Tensor<T>& a, T s) {
+Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> s) {
   detail::require_defined(a, "mul_scalar", "a");
   Tensor<T> out(xt::xarray<T>(a.value() * s));
   if (needs_grad<T>({&a}))
@@ -247,7 +247,7 @@ Tensor<T> gelu(const Tensor<T>& x, GeluApprox approx) {
 }
 
 template <class T>
-Tensor<T> pow(const Tensor<T>& x, T p) {
+Tensor<T> pow(const Tensor<T>& x, Scalar<T> p) {
   // y = x^p
   detail::require_defined(x, "pow", "x");
   Tensor<T> out(xt::xarray<T>(xt::pow(x.value(), p)));
@@ -261,7 +261,7 @@ Tensor<T> pow(const Tensor<T>& x, T p) {
 }
 
 template <class T>
-Tensor<T> clamp(const Tensor<T>& x, T lo, T hi) {
+Tensor<T> clamp(const Tensor<T>& x, Scalar<T> lo, Scalar<T> hi) {
   // y = min(max(x, lo), hi)
   detail::require_defined(x, "clamp", "x");
   if (lo > hi) fail("clamp: lo " + std::to_string(lo) + " > hi " + std::to_string(hi));

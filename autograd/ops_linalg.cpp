@@ -163,6 +163,14 @@ Shape kept_shape(const Shape& s, const std::vector<std::size_t>& axes) {
   return k;
 }
 
+// The shape of a reduction over `axes` without keepdims.
+Shape dropped_shape(const Shape& s, const std::vector<std::size_t>& axes) {
+  Shape r;
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (std::find(axes.begin(), axes.end(), i) == axes.end()) r.push_back(s[i]);
+  return r;
+}
+
 }  // namespace
 
 template <class T>
@@ -170,9 +178,9 @@ Tensor<T> sum(const Tensor<T>& x, std::vector<int> axes_in, bool keepdims) {
   detail::require_defined(x, "sum", "x");
   const Shape sx = x.shape();
   auto axes = norm_axes(axes_in, sx.size(), "sum", sx);
-  xt::xarray<T> y = xt::sum(x.value(), axes, xt::evaluation_strategy::immediate);
   const Shape kept = kept_shape(sx, axes);
-  if (keepdims) y.reshape(kept);
+  xt::xarray<T> y = detail::reduce_sum_keepdims(x.value(), axes);
+  if (!keepdims) y.reshape(dropped_shape(sx, axes));
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&x}))
     attach<T>(out, "sum", {x}, [x, kept, sx](const xt::xarray<T>& dy) {
@@ -192,10 +200,10 @@ Tensor<T> mean(const Tensor<T>& x, std::vector<int> axes_in, bool keepdims) {
   std::size_t count = 1;
   for (auto a : axes) count *= sx[a];
   if (count == 0) fail("mean: reducing over zero elements of shape " + shape_to_string(sx));
-  xt::xarray<T> y = xt::sum(x.value(), axes, xt::evaluation_strategy::immediate);
-  y /= T(count);
   const Shape kept = kept_shape(sx, axes);
-  if (keepdims) y.reshape(kept);
+  xt::xarray<T> y = detail::reduce_sum_keepdims(x.value(), axes);
+  y /= T(count);
+  if (!keepdims) y.reshape(dropped_shape(sx, axes));
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&x}))
     attach<T>(out, "mean", {x}, [x, kept, sx, count](const xt::xarray<T>& dy) {

@@ -199,7 +199,7 @@ Tensor<T> embedding(const Index& ids, const Tensor<T>& weight) {
 }
 
 template <class T>
-Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, T eps) {
+Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, Scalar<T> eps) {
   detail::require_defined(x, "rmsnorm", "x");
   const Shape sx = x.shape();
   if (sx.empty()) fail("rmsnorm: x must have at least one dimension");
@@ -249,7 +249,7 @@ Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, T eps) {
 }
 
 template <class T>
-Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, T eps) {
+Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, Scalar<T> eps) {
   detail::require_defined(x, "layernorm", "x");
   const Shape sx = x.shape();
   if (sx.empty()) fail("layernorm: x must have at least one dimension");
@@ -340,7 +340,7 @@ Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u) {
 }
 
 template <class T>
-Tensor<T> dropout(const Tensor<T>& x, T p, Generator& gen, bool training) {
+Tensor<T> dropout(const Tensor<T>& x, Scalar<T> p, Generator& gen, bool training) {
   detail::require_defined(x, "dropout", "x");
   if (!(p >= T(0) && p <= T(1))) fail("dropout: p = " + std::to_string(p) + " is outside [0, 1]");
   if (!training || p == T(0)) return x;
@@ -453,7 +453,7 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset
 // ---- attention ---------------------------------------------------------------------------
 
 template <class T>
-Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, std::optional<T> scale_opt,
+Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, std::optional<double> scale_opt,
                     xt::xarray<T>* probs_out) {
   detail::require_defined(q, "attention", "q");
   detail::require_defined(k, "attention", "k");
@@ -469,7 +469,7 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, 
   if (sk[0] != B || sk[3] != D) bad("batch or head_dim differ");
   if (Hkv == 0 || H % Hkv != 0) bad("query heads " + std::to_string(H) + " not a multiple of kv heads " + std::to_string(Hkv));
   if (Tq > Tk) bad("more queries than keys");
-  const T scale = scale_opt ? *scale_opt : T(1) / std::sqrt(T(D));
+  const T scale = scale_opt ? T(*scale_opt) : T(1) / std::sqrt(T(D));
   const std::size_t G = H / Hkv, off = Tk - Tq;
   // Reference O(T²) attention. P (B,H,Tq,Tk) is saved for backward.
   // TODO(kernels): flash-style kernel with O(T) memory.
@@ -588,7 +588,7 @@ Tensor<T> topk(const Tensor<T>& x, std::size_t kk, Index* indices) {
   template Tensor<T> dropout<T>(const Tensor<T>&, T, Generator&, bool);                                     \
   template RopeTable<T> rope_table<T>(std::size_t, std::size_t, double, const std::optional<YarnScaling>&); \
   template Tensor<T> rope<T>(const Tensor<T>&, const RopeTable<T>&, std::size_t);                           \
-  template Tensor<T> attention<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, std::optional<T>,   \
+  template Tensor<T> attention<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, std::optional<double>,   \
                                   xt::xarray<T>*);                                                          \
   template Tensor<T> topk<T>(const Tensor<T>&, std::size_t, Index*);
 TG_INSTANTIATE(float)

@@ -239,7 +239,7 @@ Tensor<T> index_add(std::size_t N, const Index& idx, const Tensor<T>& src) {
 }
 
 template <class T>
-Tensor<T> masked_fill(const Tensor<T>& x, const xt::xarray<bool>& mask, T value) {
+Tensor<T> masked_fill(const Tensor<T>& x, const xt::xarray<bool>& mask, Scalar<T> value) {
   detail::require_defined(x, "masked_fill", "x");
   const Shape sx = x.shape();
   Shape bs = broadcast_shapes(sx, detail::to_shape(mask.shape()), "masked_fill");

@@ -1,6 +1,7 @@
 // autograd/tape.cpp — recording nodes and the reverse walk (see Note [Tape and ownership]).
 #include "autograd/tape.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -91,29 +92,49 @@ std::string Tape<T>::dump(bool with_grads) const {
 }
 
 template <class T>
-void Tape<T>::run_backward(const Tensor<T>& root, bool retain_graph) {
+void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph) {
   auto& r = *root.impl();
-  if (!r.grad_fn) return;  // a leaf: its gradient was seeded by the caller
+  if (!r.grad_fn) {  // a leaf: backward just accumulates the seed
+    root.accumulate_grad(seed, "backward (grad_output)");
+    return;
+  }
   const std::uint64_t root_id = r.grad_fn->id;
+  // Intermediate gradients describe one backward pass: clear those left by an earlier
+  // pass (leaves keep accumulating). See Note [Which gradients are kept].
+  for (auto& w : nodes_)
+    if (auto node = w.lock(); node && node->id <= root_id)
+      if (auto out = node->output.lock()) {
+        out->grad = xt::xarray<T>();
+        out->has_grad = false;
+      }
+  root.accumulate_grad(seed, "backward (grad_output)");
+  // Outputs of nodes still to run, kept alive while their consumers release their inputs.
+  std::vector<std::shared_ptr<TensorImpl<T>>> pending;
   // Walk the tape backwards from the root's node. Nodes recorded after the root cannot
   // contribute to it; nodes whose output got no gradient are not on a path to the root.
   for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
     auto node = it->lock();
     if (!node || node->released || node->id > root_id) continue;
     auto out = node->output.lock();
-    if (!out || !out->has_grad) continue;
-    if (!node->backward) continue;
+    if (!out || !out->has_grad || !node->backward) continue;
     node->backward(out->grad);
     if (anomaly_mode())
       for (auto& in : node->inputs)
         if (in->has_grad) check_finite(in->grad, node->op.c_str(), "gradient of an input");
     if (!retain_graph) {
-      // Free the saved tensors and the links to the inputs right away
-      // (see Note [Tape and ownership]).
+      // Free the saved tensors right away (see Note [Tape and ownership]); inputs made
+      // by nodes that have yet to run stay alive in `pending` until they run.
+      for (auto& in : node->inputs)
+        if (in->grad_fn && !in->grad_fn->released) pending.push_back(in);
       node->backward = nullptr;
       node->inputs.clear();
       node->released = true;
+      // This node's output is no longer needed by the walk.
+      for (auto& p : pending)
+        if (p == out) p.reset();
     }
+    if (pending.size() > 64)
+      pending.erase(std::remove(pending.begin(), pending.end(), nullptr), pending.end());
   }
   if (!retain_graph) compact();
 }
@@ -154,6 +175,10 @@ void check_finite(const xt::xarray<T>& value, const char* op, const char* what) 
 template <class T>
 void Tensor<T>::backward(bool retain_graph) const {
   if (!defined()) throw std::logic_error("backward: the tensor is undefined");
+  if (!requires_grad())
+    throw std::logic_error("backward: tensor of shape " + shape_str() +
+                           " does not require grad (no input of its graph has requires_grad, or it was "
+                           "computed under NoGrad)");
   if (numel() != 1)
     throw std::invalid_argument("backward: called without a gradient on a tensor of shape " + shape_str() +
                                 "; only one-element tensors can start backward() implicitly — pass a "
@@ -176,8 +201,7 @@ void Tensor<T>::backward(const array& grad_output, bool retain_graph) const {
                            (i.grad_fn ? i.grad_fn->op : std::string("?")) +
                            "') was already freed by an earlier backward(); pass retain_graph=true to the "
                            "earlier call to run backward twice");
-  accumulate_grad(grad_output, "backward (grad_output)");
-  Tape<T>::current().run_backward(*this, retain_graph);
+  Tape<T>::current().run_backward(*this, grad_output, retain_graph);
 }
 
 template class Tape<float>;

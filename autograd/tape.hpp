@@ -23,7 +23,9 @@
 // Note [Which gradients are kept]
 // Every tensor of the graph that you still hold after backward() has its gradient
 // (leaves and intermediates alike — handy for teaching). Intermediates you do not
-// hold are freed as the walk passes them.
+// hold are freed as the walk passes them. Leaves accumulate across backward() calls
+// until zero_grad(); an intermediate's gradient is that of the latest backward() only
+// (each pass starts the intermediates from zero, so retain_graph passes don't double-count).
 #pragma once
 
 #include <functional>
@@ -63,8 +65,8 @@ class Tape {
   // with the gradient norms when with_grads.
   std::string dump(bool with_grads = false) const;
 
-  // Runs the reverse walk (used by Tensor::backward).
-  void run_backward(const Tensor<T>& root, bool retain_graph);
+  // Seeds root's gradient and runs the reverse walk (used by Tensor::backward).
+  void run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph);
 
  private:
   void compact();
