@@ -436,21 +436,21 @@ void layernorm_backward(int64_t rows, int64_t C, const T* x, const T* w, const T
           sg += g;
           sgx += g * ((xr[i] - mu) * rs);
         }
-        // dx_j += rs*g_j - c0 - c1*xhat_j
-        const T c0 = rs * sg / T(C), c1 = rs * sgx / T(C);
-        const B c0v(c0), c1v(c1);
+        // dx_j += rs * (g_j - mg - xhat_j * mgx). Subtracting inside the bracket, before
+        // scaling by rs, keeps the cancellation g_j - mg at the scale of g, not of rs*g.
+        const T mg = sg / T(C), mgx = sgx / T(C);
+        const B mgv(mg), mgxv(mgx);
         i = 0;
         for (; i + W <= C; i += W) {
           B g = B::load_unaligned(dyr + i);
           if (w) g *= B::load_unaligned(w + i);
           const B xh = (B::load_unaligned(xr + i) - muv) * rsv;
-          B d = xsimd::fma(rsv, g, B::load_unaligned(dxr + i)) - c0v;
-          d = xsimd::fnma(c1v, xh, d);
-          d.store_unaligned(dxr + i);
+          const B t = xsimd::fnma(xh, mgxv, g - mgv);
+          xsimd::fma(rsv, t, B::load_unaligned(dxr + i)).store_unaligned(dxr + i);
         }
         for (; i < C; ++i) {
           const T g = w ? w[i] * dyr[i] : dyr[i];
-          dxr[i] += rs * g - c0 - c1 * ((xr[i] - mu) * rs);
+          dxr[i] += rs * (g - mg - ((xr[i] - mu) * rs) * mgx);
         }
       }
       if (pwt || pbt) {
