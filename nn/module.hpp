@@ -1,0 +1,159 @@
+// nn/module.hpp — Module<T>: named parameters, child modules, train/eval, state dicts.
+//
+// What it is for: the base class of every layer and model in nn/. A module owns its
+// parameters (leaf tensors that require grad) under short names ("weight", "bias") and
+// its children under names ("q_proj", "layers.0"), so that named_parameters() yields the
+// Hugging Face dotted names ("model.layers.0.self_attn.q_proj.weight") in a stable order:
+// registration order, depth first. It also gives train/eval mode, zero_grad, parameter
+// counts, state dicts (save, load with errors that name the missing, unexpected or
+// mis-shaped entry) and copying the state between a float and a double module.
+//
+// What it is not: a forward interface. Modules have forward functions with the
+// signatures they need (Linear::forward(x), Embedding::forward(ids), ...); there is no
+// virtual forward. Nor is it file I/O: nn/safetensors.hpp reads and writes files, and
+// load_from() accepts such a file (or anything with names(), shape(name), get<T>(name)).
+//
+// Note [Parameter slots]
+// A module keeps each parameter's Tensor handle in one place, its registry, and its code
+// reads it through param(slot). So bind_parameters() can swap every parameter for other
+// tensors (of the same shapes) — this is how gradcheck differentiates a whole model with
+// respect to its parameters, since gradcheck hands f fresh leaf copies of its inputs.
+// Loading a state writes into the existing tensors' values (handles stay valid).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+#include <xtensor/xmath.hpp>
+
+#include "autograd/tensor.hpp"
+
+namespace tg::nn {
+
+// Where load_state_dict() reads a state from: the names it holds, each one's shape, and
+// its value converted to T. `what` names the source in error messages (e.g. a path).
+template <class T>
+struct StateSource {
+  std::vector<std::string> names;
+  std::function<Shape(const std::string&)> shape;
+  std::function<xt::xarray<T>(const std::string&)> get;
+  std::string what = "state dict";
+};
+
+template <class T>
+class Module {
+ public:
+  using value_type = T;
+  using NamedTensors = std::vector<std::pair<std::string, Tensor<T>>>;
+
+  Module() = default;
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+  Module(Module&&) noexcept = default;
+  Module& operator=(Module&&) noexcept = default;
+
+  // ---- parameters ----
+  // Every parameter with its full dotted name: own parameters first (registration
+  // order), then each child's (registration order), depth first.
+  NamedTensors named_parameters() const;
+  std::vector<Tensor<T>> parameters() const;
+  std::size_t num_parameters() const;  // total number of elements
+  // The parameter with this full dotted name; throws std::out_of_range naming it.
+  Tensor<T> parameter(const std::string& name) const;
+  bool has_parameter(const std::string& name) const;
+  // See Note [Parameter slots]. ps in named_parameters() order, same shapes.
+  void bind_parameters(const std::vector<Tensor<T>>& ps);
+
+  // ---- modes and gradients ----
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool training() const { return training_; }
+  void zero_grad();
+  void requires_grad_(bool on = true);
+
+  // ---- state ----
+  // (name, value copy) in named_parameters() order.
+  std::vector<std::pair<std::string, xt::xarray<T>>> state_dict() const;
+  // Loads every parameter from `src`. Any missing parameter, any name the module does
+  // not have, or any shape mismatch is an error (std::invalid_argument) that lists them
+  // all; nothing is changed then.
+  void load_state_dict(const StateSource<T>& src);
+  template <class U>
+  void load_state_dict(const std::map<std::string, xt::xarray<U>>& m, const std::string& what = "state dict");
+  // From a file-like object: f.names(), f.shape(name), f.template get<T>(name)
+  // (tg::st::SafeTensorsFile fits).
+  template <class File>
+  void load_from(const File& f, const std::string& what = "file");
+  // Copies another module's state (same structure), converting the scalar type.
+  template <class U>
+  void copy_state_from(const Module<U>& other);
+
+ protected:
+  // Registers a parameter under a short name (no dots); it becomes a leaf that requires
+  // grad. Returns its slot for param().
+  std::size_t register_parameter(const std::string& name, Tensor<T> value);
+  const Tensor<T>& param(std::size_t slot) const { return params_[slot].second; }
+  // Registers a child under a name ("q_proj", or "layers.3" for lists); returns it.
+  template <class M>
+  M& register_module(const std::string& name, std::unique_ptr<M> m) {
+    M& ref = *m;
+    add_child(name, std::unique_ptr<Module<T>>(std::move(m)));
+    return ref;
+  }
+
+ private:
+  void add_child(const std::string& name, std::unique_ptr<Module<T>> m);
+  void collect(const std::string& prefix, NamedTensors& out) const;
+  void bind(const std::vector<Tensor<T>>& ps, std::size_t& next);
+
+  std::vector<std::pair<std::string, Tensor<T>>> params_;
+  std::vector<std::pair<std::string, std::unique_ptr<Module<T>>>> children_;
+  bool training_ = true;
+};
+
+template <class T>
+template <class U>
+void Module<T>::load_state_dict(const std::map<std::string, xt::xarray<U>>& m, const std::string& what) {
+  StateSource<T> s;
+  for (auto& [k, v] : m) s.names.push_back(k);
+  s.shape = [&m](const std::string& n) {
+    const auto& sh = m.at(n).shape();
+    return Shape(sh.begin(), sh.end());
+  };
+  s.get = [&m](const std::string& n) { return xt::xarray<T>(xt::cast<T>(m.at(n))); };
+  s.what = what;
+  load_state_dict(s);
+}
+
+template <class T>
+template <class File>
+void Module<T>::load_from(const File& f, const std::string& what) {
+  StateSource<T> s;
+  s.names = f.names();
+  s.shape = [&f](const std::string& n) {
+    const auto sh = f.shape(n);
+    return Shape(sh.begin(), sh.end());
+  };
+  s.get = [&f](const std::string& n) { return xt::xarray<T>(f.template get<T>(n)); };
+  s.what = what;
+  load_state_dict(s);
+}
+
+template <class T>
+template <class U>
+void Module<T>::copy_state_from(const Module<U>& other) {
+  std::map<std::string, xt::xarray<U>> m;
+  for (auto& [k, v] : other.state_dict()) m.emplace(k, std::move(v));
+  load_state_dict(m, "copy_state_from");
+}
+
+extern template class Module<float>;
+extern template class Module<double>;
+
+}  // namespace tg::nn
