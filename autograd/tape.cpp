@@ -68,8 +68,10 @@ template <class T>
 std::string Tape<T>::dump(bool with_grads) const {
   std::ostringstream s;
   auto label = [](const std::shared_ptr<TensorImpl<T>>& t) {
+    // a named tensor shows its name, an unnamed result the node that made it (#id)
     std::string r = shape_to_string(t->value.shape());
     if (!t->name.empty()) r = t->name + r;
+    else if (t->grad_fn) r = "#" + std::to_string(t->grad_fn->id) + r;
     return r;
   };
   for (auto& n : nodes()) {
