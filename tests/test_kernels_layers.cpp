@@ -620,7 +620,7 @@ TEST_CASE("embedding: naive backward matches finite differences (double)") {
   for (int64_t c = 0; c < C; ++c) CHECK(dW[sz(1 * C + c)] == 0.0);
 }
 
-TEST_CASE("embedding: an id outside [0, V) is an error naming the position and the id") {
+TEST_CASE("embedding: an id outside 0..V-1 is an error naming the position and the id") {
   const int64_t N = 4, V = 5, C = 2;
   std::vector<float> W(sz(V * C), 1.0f), y(sz(N * C), -3.0f);
   const std::vector<int64_t> bad = {0, 4, 9, 1};
