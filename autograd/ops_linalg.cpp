@@ -6,6 +6,8 @@
 #include <xtensor/xreducer.hpp>
 #include <xtensor/xsort.hpp>
 
+#include "autograd/kernels/dispatch.hpp"
+#include "autograd/kernels/gemm.hpp"
 #include "autograd/ops_common.hpp"
 
 namespace tg {
@@ -13,23 +15,9 @@ namespace tg {
 using detail::fail;
 using detail::prod;
 
-namespace {
-
-// C(M,N) = op(A) @ op(B) + beta*C, row-major. The heavy lifting of matmul and linear.
-// TODO(kernels): this becomes kernels::gemm (same signature) once it lands.
-template <class T>
-void gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* A,
-          std::int64_t lda, const T* B, std::int64_t ldb, T beta, T* C, std::int64_t ldc) {
-  for (std::int64_t i = 0; i < M; ++i)
-    for (std::int64_t j = 0; j < N; ++j) {
-      T acc = 0;
-      for (std::int64_t p = 0; p < K; ++p)
-        acc += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
-      C[i * ldc + j] = alpha * acc + (beta == T(0) ? T(0) : beta * C[i * ldc + j]);
-    }
-}
-
-}  // namespace
+// All products run on kernels::gemm (packed, blocked, xsimd + OpenMP) or, in reference
+// mode, on its naive twin; see autograd/kernels/gemm.hpp. Transposes are never
+// materialised: the kernel reads A or B transposed.
 
 template <class T>
 Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
@@ -53,13 +41,11 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
   so.push_back(N);
   // out (batch, M, N) = a (batch, M, K) @ b (batch or 1, K, N)
   xt::xarray<T> out = xt::xarray<T>::from_shape(so);
-  if (shared) {  // one GEMM over all batch rows: (batch*M, K) @ (K, N)
-    gemm<T>(false, false, batch * M, N, K, T(1), a.value().data(), K, b.value().data(), N, T(0), out.data(), N);
-  } else {
-    for (std::size_t i = 0; i < batch; ++i)
-      gemm<T>(false, false, M, N, K, T(1), a.value().data() + i * M * K, K, b.value().data() + i * K * N, N, T(0),
-              out.data() + i * M * N, N);
-  }
+  if (shared)  // one GEMM over all batch rows: (batch*M, K) @ (K, N)
+    TG_KERNEL(gemm)(false, false, batch * M, N, K, T(1), a.value().data(), K, b.value().data(), N, T(0), out.data(), N);
+  else
+    TG_KERNEL(gemm_batched)(false, false, M, N, K, T(1), a.value().data(), K, M * K, b.value().data(), N, K * N, T(0),
+                            out.data(), N, M * N, batch);
   Tensor<T> r(std::move(out));
   if (needs_grad<T>({&a, &b}))
     attach<T>(r, "matmul", {a, b}, [a, b, batch, M, N, K, shared](const xt::xarray<T>& dz) {
@@ -67,21 +53,19 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
       if (a.requires_grad()) {
         xt::xarray<T> da = xt::xarray<T>::from_shape(a.value().shape());
         if (shared)
-          gemm<T>(false, true, batch * M, K, N, T(1), dz.data(), N, b.value().data(), N, T(0), da.data(), K);
+          TG_KERNEL(gemm)(false, true, batch * M, K, N, T(1), dz.data(), N, b.value().data(), N, T(0), da.data(), K);
         else
-          for (std::size_t i = 0; i < batch; ++i)
-            gemm<T>(false, true, M, K, N, T(1), dz.data() + i * M * N, N, b.value().data() + i * K * N, N, T(0),
-                    da.data() + i * M * K, K);
+          TG_KERNEL(gemm_batched)(false, true, M, K, N, T(1), dz.data(), N, M * N, b.value().data(), N, K * N, T(0),
+                                  da.data(), K, M * K, batch);
         a.accumulate_grad(std::move(da), "matmul");
       }
       if (b.requires_grad()) {
         xt::xarray<T> db = xt::xarray<T>::from_shape(b.value().shape());
         if (shared)
-          gemm<T>(true, false, K, N, batch * M, T(1), a.value().data(), K, dz.data(), N, T(0), db.data(), N);
+          TG_KERNEL(gemm)(true, false, K, N, batch * M, T(1), a.value().data(), K, dz.data(), N, T(0), db.data(), N);
         else
-          for (std::size_t i = 0; i < batch; ++i)
-            gemm<T>(true, false, K, N, M, T(1), a.value().data() + i * M * K, K, dz.data() + i * M * N, N, T(0),
-                    db.data() + i * K * N, N);
+          TG_KERNEL(gemm_batched)(true, false, K, N, M, T(1), a.value().data(), K, M * K, dz.data(), N, M * N, T(0),
+                                  db.data(), N, K * N, batch);
         b.accumulate_grad(std::move(db), "matmul");
       }
     });
@@ -109,7 +93,7 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& bias) 
     for (std::size_t r = 0; r < rows; ++r) std::copy_n(bias.value().data(), outf, y.data() + r * outf);
     beta = T(1);
   }
-  gemm<T>(false, true, rows, outf, in, T(1), x.value().data(), in, w.value().data(), in, beta, y.data(), outf);
+  TG_KERNEL(gemm)(false, true, rows, outf, in, T(1), x.value().data(), in, w.value().data(), in, beta, y.data(), outf);
   Tensor<T> out(std::move(y));
   detail::check_forward(out, "linear");
   if (needs_grad<T>({&x, &w, &bias}))
@@ -117,12 +101,12 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& bias) 
       // dy (rows,out).  dx = dy @ w (rows,in);  dw = dy^T @ x (out,in);  dbias = Σ_rows dy
       if (x.requires_grad()) {
         xt::xarray<T> dx = xt::xarray<T>::from_shape(x.value().shape());
-        gemm<T>(false, false, rows, in, outf, T(1), dy.data(), outf, w.value().data(), in, T(0), dx.data(), in);
+        TG_KERNEL(gemm)(false, false, rows, in, outf, T(1), dy.data(), outf, w.value().data(), in, T(0), dx.data(), in);
         x.accumulate_grad(std::move(dx), "linear");
       }
       if (w.requires_grad()) {
         xt::xarray<T> dw = xt::xarray<T>::from_shape(w.value().shape());
-        gemm<T>(true, false, outf, in, rows, T(1), dy.data(), outf, x.value().data(), in, T(0), dw.data(), in);
+        TG_KERNEL(gemm)(true, false, outf, in, rows, T(1), dy.data(), outf, x.value().data(), in, T(0), dw.data(), in);
         w.accumulate_grad(std::move(dw), "linear");
       }
       if (bias.defined() && bias.requires_grad()) {

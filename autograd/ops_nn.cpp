@@ -7,6 +7,12 @@
 #include <limits>
 #include <numeric>
 
+#include "autograd/kernels/attention.hpp"
+#include "autograd/kernels/dispatch.hpp"
+#include "autograd/kernels/embedding.hpp"
+#include "autograd/kernels/norm.hpp"
+#include "autograd/kernels/rope.hpp"
+#include "autograd/kernels/swiglu.hpp"
 #include "autograd/ops_common.hpp"
 
 namespace tg {
@@ -185,14 +191,13 @@ Tensor<T> embedding(const Index& ids, const Tensor<T>& weight) {
   so.push_back(C);
   // y[i] = weight[ids[i]]
   xt::xarray<T> y = xt::xarray<T>::from_shape(so);
-  for (std::size_t i = 0; i < N; ++i) std::copy_n(weight.value().data() + ids.data()[i] * C, C, y.data() + i * C);
+  TG_KERNEL(embedding_forward)(N, V, C, ids.data(), weight.value().data(), y.data());
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&weight}))
-    attach<T>(out, "embedding", {weight}, [weight, ids, N, C](const xt::xarray<T>& dy) {
-      // dweight[ids[i]] += dy[i]
+    attach<T>(out, "embedding", {weight}, [weight, ids, N, V, C](const xt::xarray<T>& dy) {
+      // dweight[ids[i]] += dy[i]   (scatter-add; repeated ids accumulate)
       xt::xarray<T> dw = xt::zeros<T>(weight.value().shape());
-      for (std::size_t i = 0; i < N; ++i)
-        for (std::size_t c = 0; c < C; ++c) dw.data()[ids.data()[i] * C + c] += dy.data()[i * C + c];
+      TG_KERNEL(embedding_backward)(N, V, C, ids.data(), dy.data(), dw.data());
       weight.accumulate_grad(std::move(dw), "embedding");
     });
   return out;
@@ -210,40 +215,21 @@ Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, Scalar<T> eps) {
   // y = x * rstd * w,  rstd = 1/√(mean(x²) + eps), saved per row
   std::vector<T> rstd(rows);
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  const T* xp = x.value().data();
   const T* wp = w.defined() ? w.value().data() : nullptr;
-  for (std::size_t r = 0; r < rows; ++r) {
-    T ss = 0;
-    for (std::size_t c = 0; c < C; ++c) ss += xp[r * C + c] * xp[r * C + c];
-    rstd[r] = T(1) / std::sqrt(ss / T(C) + eps);
-    for (std::size_t c = 0; c < C; ++c) y.data()[r * C + c] = xp[r * C + c] * rstd[r] * (wp ? wp[c] : T(1));
-  }
+  TG_KERNEL(rmsnorm_forward)(rows, C, x.value().data(), wp, T(eps), y.data(), rstd.data());
   Tensor<T> out(std::move(y));
   detail::check_forward(out, "rmsnorm");
   if (needs_grad<T>({&x, &w}))
     attach<T>(out, "rmsnorm", {x, w}, [x, w, rstd = std::move(rstd), rows, C](const xt::xarray<T>& dy) {
       // with x̂ = x*rstd and g = dy*w:  dx = rstd * (g - x̂ * mean(g*x̂)),  dw = Σ_rows dy * x̂
-      const T* xp = x.value().data();
-      const T* wp = w.defined() ? w.value().data() : nullptr;
-      xt::xarray<T> dx = xt::xarray<T>::from_shape(x.value().shape());
-      xt::xarray<T> dw = xt::zeros<T>({C});
-      for (std::size_t r = 0; r < rows; ++r) {
-        T dot = 0;
-        for (std::size_t c = 0; c < C; ++c) {
-          T xh = xp[r * C + c] * rstd[r];
-          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
-          dot += g * xh;
-          dw(c) += dy.data()[r * C + c] * xh;
-        }
-        dot /= T(C);
-        for (std::size_t c = 0; c < C; ++c) {
-          T xh = xp[r * C + c] * rstd[r];
-          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
-          dx.data()[r * C + c] = rstd[r] * (g - xh * dot);
-        }
-      }
+      const bool want_w = w.defined() && w.requires_grad();
+      xt::xarray<T> dx, dw;
+      if (x.requires_grad()) dx = xt::zeros<T>(x.value().shape());
+      if (want_w) dw = xt::zeros<T>({C});
+      TG_KERNEL(rmsnorm_backward)(rows, C, x.value().data(), w.defined() ? w.value().data() : nullptr, rstd.data(),
+                                  dy.data(), x.requires_grad() ? dx.data() : nullptr, want_w ? dw.data() : nullptr);
       if (x.requires_grad()) x.accumulate_grad(std::move(dx), "rmsnorm");
-      if (w.defined() && w.requires_grad()) w.accumulate_grad(std::move(dw), "rmsnorm");
+      if (want_w) w.accumulate_grad(std::move(dw), "rmsnorm");
     }, "eps=" + std::to_string(eps));
   return out;
 }
@@ -261,52 +247,26 @@ Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, 
   // y = (x - μ) * rstd * w + b, μ and rstd saved per row
   std::vector<T> mu(rows), rstd(rows);
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  const T* xp = x.value().data();
-  const T* wp = w.defined() ? w.value().data() : nullptr;
-  const T* bp = b.defined() ? b.value().data() : nullptr;
-  for (std::size_t r = 0; r < rows; ++r) {
-    T m = 0;
-    for (std::size_t c = 0; c < C; ++c) m += xp[r * C + c];
-    m /= T(C);
-    T var = 0;
-    for (std::size_t c = 0; c < C; ++c) var += (xp[r * C + c] - m) * (xp[r * C + c] - m);
-    var /= T(C);
-    mu[r] = m;
-    rstd[r] = T(1) / std::sqrt(var + eps);
-    for (std::size_t c = 0; c < C; ++c)
-      y.data()[r * C + c] = (xp[r * C + c] - m) * rstd[r] * (wp ? wp[c] : T(1)) + (bp ? bp[c] : T(0));
-  }
+  TG_KERNEL(layernorm_forward)(rows, C, x.value().data(), w.defined() ? w.value().data() : nullptr,
+                               b.defined() ? b.value().data() : nullptr, T(eps), y.data(), mu.data(), rstd.data());
   Tensor<T> out(std::move(y));
   detail::check_forward(out, "layernorm");
   if (needs_grad<T>({&x, &w, &b}))
     attach<T>(out, "layernorm", {x, w, b},
               [x, w, b, mu = std::move(mu), rstd = std::move(rstd), rows, C](const xt::xarray<T>& dy) {
       // x̂ = (x-μ)*rstd, g = dy*w:  dx = rstd * (g - mean(g) - x̂ * mean(g*x̂));  dw = Σ dy*x̂;  db = Σ dy
-      const T* xp = x.value().data();
-      const T* wp = w.defined() ? w.value().data() : nullptr;
-      xt::xarray<T> dx = xt::xarray<T>::from_shape(x.value().shape());
-      xt::xarray<T> dw = xt::zeros<T>({C}), db = xt::zeros<T>({C});
-      for (std::size_t r = 0; r < rows; ++r) {
-        T mg = 0, mgx = 0;
-        for (std::size_t c = 0; c < C; ++c) {
-          T xh = (xp[r * C + c] - mu[r]) * rstd[r];
-          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
-          mg += g;
-          mgx += g * xh;
-          dw(c) += dy.data()[r * C + c] * xh;
-          db(c) += dy.data()[r * C + c];
-        }
-        mg /= T(C);
-        mgx /= T(C);
-        for (std::size_t c = 0; c < C; ++c) {
-          T xh = (xp[r * C + c] - mu[r]) * rstd[r];
-          T g = dy.data()[r * C + c] * (wp ? wp[c] : T(1));
-          dx.data()[r * C + c] = rstd[r] * (g - mg - xh * mgx);
-        }
-      }
-      if (x.requires_grad()) x.accumulate_grad(std::move(dx), "layernorm");
-      if (w.defined() && w.requires_grad()) w.accumulate_grad(std::move(dw), "layernorm");
-      if (b.defined() && b.requires_grad()) b.accumulate_grad(std::move(db), "layernorm");
+      const bool want_x = x.requires_grad(), want_w = w.defined() && w.requires_grad(),
+                 want_b = b.defined() && b.requires_grad();
+      xt::xarray<T> dx, dw, db;
+      if (want_x) dx = xt::zeros<T>(x.value().shape());
+      if (want_w) dw = xt::zeros<T>({C});
+      if (want_b) db = xt::zeros<T>({C});
+      TG_KERNEL(layernorm_backward)(rows, C, x.value().data(), w.defined() ? w.value().data() : nullptr, mu.data(),
+                                    rstd.data(), dy.data(), want_x ? dx.data() : nullptr, want_w ? dw.data() : nullptr,
+                                    want_b ? db.data() : nullptr);
+      if (want_x) x.accumulate_grad(std::move(dx), "layernorm");
+      if (want_w) w.accumulate_grad(std::move(dw), "layernorm");
+      if (want_b) b.accumulate_grad(std::move(db), "layernorm");
     }, "eps=" + std::to_string(eps));
   return out;
 }
@@ -319,20 +279,13 @@ Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u) {
   // y = silu(g) * u
   const std::size_t n = g.numel();
   xt::xarray<T> y = xt::xarray<T>::from_shape(g.value().shape());
-  for (std::size_t i = 0; i < n; ++i) {
-    T gv = g.value().data()[i];
-    y.data()[i] = gv / (T(1) + std::exp(-gv)) * u.value().data()[i];
-  }
+  TG_KERNEL(swiglu_forward)(n, g.value().data(), u.value().data(), y.data());
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&g, &u}))
     attach<T>(out, "swiglu", {g, u}, [g, u, n](const xt::xarray<T>& dy) {
       // dg = dy * u * σ(g)(1 + g(1-σ(g))),  du = dy * silu(g)
-      xt::xarray<T> dg = xt::xarray<T>::from_shape(dy.shape()), du = xt::xarray<T>::from_shape(dy.shape());
-      for (std::size_t i = 0; i < n; ++i) {
-        T gv = g.value().data()[i], s = T(1) / (T(1) + std::exp(-gv));
-        dg.data()[i] = dy.data()[i] * u.value().data()[i] * s * (T(1) + gv * (T(1) - s));
-        du.data()[i] = dy.data()[i] * gv * s;
-      }
+      xt::xarray<T> dg = xt::zeros<T>(dy.shape()), du = xt::zeros<T>(dy.shape());
+      TG_KERNEL(swiglu_backward)(n, g.value().data(), u.value().data(), dy.data(), dg.data(), du.data());
       if (g.requires_grad()) g.accumulate_grad(std::move(dg), "swiglu");
       if (u.requires_grad()) u.accumulate_grad(std::move(du), "swiglu");
     });
@@ -408,7 +361,7 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset
   detail::require_defined(x, "rope", "x");
   const Shape sx = x.shape();
   if (sx.size() != 4) fail("rope: x must be (B,T,n,D), got " + shape_to_string(sx));
-  const std::size_t B = sx[0], Tn = sx[1], n = sx[2], D = sx[3], half = D / 2;
+  const std::size_t B = sx[0], Tn = sx[1], n = sx[2], D = sx[3];
   if (D != table.head_dim())
     fail("rope: x " + shape_to_string(sx) + " has head_dim " + std::to_string(D) + " but the table has " +
          std::to_string(table.head_dim()));
@@ -416,35 +369,18 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset
     fail("rope: positions up to " + std::to_string(offset + Tn - 1) + " but the table covers " +
          std::to_string(table.max_positions()));
   // y_i = x_i cos_i - x_{i+h} sin_i,  y_{i+h} = x_{i+h} cos_{i+h} + x_i sin_{i+h}   (h = D/2)
-  auto apply = [B, Tn, n, D, half, offset, &table](const T* in, T* out, bool transpose) {
-    for (std::size_t b = 0; b < B; ++b)
-      for (std::size_t t = 0; t < Tn; ++t) {
-        const T* c = table.cos.data() + (t + offset) * D;
-        const T* s = table.sin.data() + (t + offset) * D;
-        for (std::size_t h = 0; h < n; ++h) {
-          const T* xi = in + ((b * Tn + t) * n + h) * D;
-          T* yo = out + ((b * Tn + t) * n + h) * D;
-          for (std::size_t i = 0; i < half; ++i) {
-            T x1 = xi[i], x2 = xi[i + half];
-            if (!transpose) {
-              yo[i] = x1 * c[i] - x2 * s[i];
-              yo[i + half] = x2 * c[i + half] + x1 * s[i + half];
-            } else {  // R^T: dx_i = dy_i cos_i + dy_{i+h} sin_{i+h};  dx_{i+h} = dy_{i+h} cos_{i+h} - dy_i sin_i
-              yo[i] = x1 * c[i] + x2 * s[i + half];
-              yo[i + half] = x2 * c[i + half] - x1 * s[i];
-            }
-          }
-        }
-      }
-  };
+  // x is viewed as B*T*n rows of D; row (b, t, h) sits at position t + offset.
+  const std::size_t rows = B * Tn * n;
+  auto pos = std::make_shared<std::vector<std::int64_t>>(rows);
+  for (std::size_t r = 0; r < rows; ++r) (*pos)[r] = static_cast<std::int64_t>((r / n) % Tn + offset);
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  apply(x.value().data(), y.data(), false);
+  TG_KERNEL(rope_forward)(rows, D, x.value().data(), D, pos->data(), table.cos.data(), table.sin.data(), y.data(), D);
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&x}))
-    attach<T>(out, "rope", {x}, [x, apply, table](const xt::xarray<T>& dy) {
-      (void)table;  // keeps the tables alive for `apply`
-      xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
-      apply(dy.data(), dx.data(), true);
+    attach<T>(out, "rope", {x}, [x, pos, table, rows, D](const xt::xarray<T>& dy) {
+      // dx = R(p)^T dy:  dx_i = dy_i cos_i + dy_{i+h} sin_{i+h};  dx_{i+h} = dy_{i+h} cos_{i+h} - dy_i sin_i
+      xt::xarray<T> dx = xt::zeros<T>(dy.shape());
+      TG_KERNEL(rope_backward)(rows, D, dy.data(), D, pos->data(), table.cos.data(), table.sin.data(), dx.data(), D);
       x.accumulate_grad(std::move(dx), "rope");
     }, "offset=" + std::to_string(offset));
   return out;
@@ -470,73 +406,41 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, 
   if (Hkv == 0 || H % Hkv != 0) bad("query heads " + std::to_string(H) + " not a multiple of kv heads " + std::to_string(Hkv));
   if (Tq > Tk) bad("more queries than keys");
   const T scale = scale_opt ? T(*scale_opt) : T(1) / std::sqrt(T(D));
-  const std::size_t G = H / Hkv, off = Tk - Tq;
-  // Reference O(T²) attention. P (B,H,Tq,Tk) is saved for backward.
-  // TODO(kernels): flash-style kernel with O(T) memory.
-  auto Q = [&](const T* p, std::size_t b, std::size_t t, std::size_t h) { return p + ((b * Tq + t) * H + h) * D; };
-  auto KV = [&](const T* p, std::size_t b, std::size_t t, std::size_t h) { return p + ((b * Tk + t) * Hkv + h) * D; };
-  xt::xarray<T> P = xt::zeros<T>({B, H, Tq, Tk});
-  xt::xarray<T> o = xt::zeros<T>(sq);
-  for (std::size_t b = 0; b < B; ++b)
-    for (std::size_t h = 0; h < H; ++h)
-      for (std::size_t i = 0; i < Tq; ++i) {
-        T* prow = P.data() + ((b * H + h) * Tq + i) * Tk;
-        const std::size_t last = off + i;  // keys 0..last are visible
-        T m = -std::numeric_limits<T>::infinity();
-        for (std::size_t j = 0; j <= last; ++j) {
-          T s = 0;
-          for (std::size_t d = 0; d < D; ++d) s += Q(q.value().data(), b, i, h)[d] * KV(k.value().data(), b, j, h / G)[d];
-          prow[j] = s * scale;
-          m = std::max(m, prow[j]);
-        }
-        T sum = 0;
-        for (std::size_t j = 0; j <= last; ++j) sum += (prow[j] = std::exp(prow[j] - m));
-        for (std::size_t j = 0; j <= last; ++j) prow[j] /= sum;
-        T* orow = o.data() + ((b * Tq + i) * H + h) * D;
-        for (std::size_t j = 0; j <= last; ++j)
-          for (std::size_t d = 0; d < D; ++d) orow[d] += prow[j] * KV(v.value().data(), b, j, h / G)[d];
-      }
-  if (probs_out) *probs_out = P;
+  // Flash-style kernel (autograd/kernels/attention.hpp): tiles of queries × keys with an
+  // online softmax; only out and the log-sum-exp of each row (B,H,Tq) are saved, and the
+  // backward recomputes the probabilities tile by tile, so memory is linear in T.
+  // Token-major layout: element (b, t, h, d) is at ((b*T + t)*heads + h)*D + d.
+  const kernels::AttnDims dims{std::int64_t(B), std::int64_t(H), std::int64_t(Hkv), std::int64_t(Tq),
+                               std::int64_t(Tk), std::int64_t(D)};
+  const kernels::AttnStrides qs{std::int64_t(Tq * H * D), std::int64_t(D), std::int64_t(H * D)};
+  const kernels::AttnStrides ks{std::int64_t(Tk * Hkv * D), std::int64_t(D), std::int64_t(Hkv * D)};
+  xt::xarray<T> o = xt::xarray<T>::from_shape(sq);
+  auto lse = std::make_shared<std::vector<T>>(B * H * Tq);
+  TG_KERNEL(attention_forward)(dims, scale, q.value().data(), qs, k.value().data(), ks, v.value().data(), ks,
+                               o.data(), qs, lse->data());
+  if (probs_out) {  // diagnostics: the probabilities (B,H,Tq,Tk), recomputed from lse
+    *probs_out = xt::xarray<T>::from_shape({B, H, Tq, Tk});
+    kernels::attention_probs<T>(dims, scale, q.value().data(), qs, k.value().data(), ks, lse->data(),
+                                probs_out->data());
+  }
   Tensor<T> out(std::move(o));
   detail::check_forward(out, "attention");
-  if (needs_grad<T>({&q, &k, &v}))
-    attach<T>(out, "attention", {q, k, v}, [q, k, v, P = std::move(P), B, Tq, Tk, H, Hkv, D, G, scale](const xt::xarray<T>& dO) {
-      // dV_j += Σ_i P_ij dO_i;  dP_ij = dO_i·V_j;  dS_ij = P_ij (dP_ij - Σ_j' P_ij' dP_ij');
-      // dQ_i += scale Σ_j dS_ij K_j;  dK_j += scale Σ_i dS_ij Q_i
-      xt::xarray<T> dq = xt::zeros<T>(q.value().shape()), dk = xt::zeros<T>(k.value().shape()),
-                    dv = xt::zeros<T>(v.value().shape());
-      std::vector<T> dP(Tk);
-      for (std::size_t b = 0; b < B; ++b)
-        for (std::size_t h = 0; h < H; ++h)
-          for (std::size_t i = 0; i < Tq; ++i) {
-            const T* prow = P.data() + ((b * H + h) * Tq + i) * Tk;
-            const T* dorow = dO.data() + ((b * Tq + i) * H + h) * D;
-            const T* qrow = q.value().data() + ((b * Tq + i) * H + h) * D;
-            T* dqrow = dq.data() + ((b * Tq + i) * H + h) * D;
-            T dot = 0;
-            for (std::size_t j = 0; j < Tk; ++j) {
-              const std::size_t kv = ((b * Tk + j) * Hkv + h / G) * D;
-              T s = 0;
-              for (std::size_t d = 0; d < D; ++d) {
-                s += dorow[d] * v.value().data()[kv + d];
-                dv.data()[kv + d] += prow[j] * dorow[d];
-              }
-              dP[j] = s;
-              dot += prow[j] * s;
-            }
-            for (std::size_t j = 0; j < Tk; ++j) {
-              const std::size_t kv = ((b * Tk + j) * Hkv + h / G) * D;
-              T ds = prow[j] * (dP[j] - dot) * scale;
-              for (std::size_t d = 0; d < D; ++d) {
-                dqrow[d] += ds * k.value().data()[kv + d];
-                dk.data()[kv + d] += ds * qrow[d];
-              }
-            }
-          }
+  if (needs_grad<T>({&q, &k, &v})) {
+    std::weak_ptr<TensorImpl<T>> ow = out.impl();
+    attach<T>(out, "attention", {q, k, v}, [q, k, v, ow, lse, dims, qs, ks, scale](const xt::xarray<T>& dO) {
+      // With P = softmax(S), S = scale·QKᵀ (causal):  dV = Pᵀ dO;  dP = dO Vᵀ;
+      // dS = P ⊙ (dP - rowsum(dO ⊙ O));  dQ = scale·dS K;  dK = scale·dSᵀ Q
+      // (grouped-query: a kv head sums the contributions of its query heads).
+      xt::xarray<T> dq = xt::xarray<T>::from_shape(q.value().shape()), dk = xt::xarray<T>::from_shape(k.value().shape()),
+                    dv = xt::xarray<T>::from_shape(v.value().shape());
+      TG_KERNEL(attention_backward)(dims, scale, q.value().data(), qs, k.value().data(), ks, v.value().data(), ks,
+                                    ow.lock()->value.data(), qs, dO.data(), qs, lse->data(), dq.data(), qs, dk.data(),
+                                    ks, dv.data(), ks);
       if (q.requires_grad()) q.accumulate_grad(std::move(dq), "attention");
       if (k.requires_grad()) k.accumulate_grad(std::move(dk), "attention");
       if (v.requires_grad()) v.accumulate_grad(std::move(dv), "attention");
     }, "causal,H=" + std::to_string(H) + ",Hkv=" + std::to_string(Hkv));
+  }
   return out;
 }
 

@@ -18,3 +18,13 @@ int num_threads() {
 void set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
 
 }  // namespace tg
+
+#include "autograd/kernels/dispatch.hpp"
+
+namespace tg {
+namespace {
+thread_local bool t_reference = false;
+}
+bool use_reference_kernels() { return t_reference; }
+void set_use_reference_kernels(bool on) { t_reference = on; }
+}  // namespace tg
