@@ -287,7 +287,7 @@ TEST_CASE("SGD: plain, momentum with dampening, and Nesterov, computed by hand (
   }
 }
 
-TEST_CASE("SGD: vectors match a plain loop; a late parameter starts its own buffer") {
+TEST_CASE("SGD: vectors match a plain loop, and a late parameter starts its own buffer") {
   Generator gen(5);
   const std::size_t n = 4099;
   auto p = TD::randn({n}, gen, 0.0, 1.0, true);
@@ -432,7 +432,7 @@ TEST_CASE("AdamW and SGD: state_dict / load_state_dict round trip gives identica
   }
 }
 
-TEST_CASE("load_state_dict: a missing, mis-shaped or unknown entry is an error naming it; nothing changes") {
+TEST_CASE("load_state_dict: a missing, mis-shaped or unknown entry is an error naming it and changes nothing") {
   auto w = param<double>(AD{{1.0, 2.0}, {3.0, 4.0}});
   auto b = param<double>(AD{0.5, 0.5});
   AdamW<double> opt({{"w", w}, {"b", b}});
