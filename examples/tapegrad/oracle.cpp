@@ -1,0 +1,169 @@
+// examples/tapegrad/oracle.cpp — `tapegrad oracle`: logits, loss and every parameter's
+// gradient of a model on given tokens, written to a safetensors file.
+//
+//   tapegrad oracle --config C.json --weights W.safetensors --tokens T.txt --out O.safetensors
+//                   [--dtype f64|f32]
+//
+// What it is for: the reference other implementations check themselves against. It builds
+// the model of nn/MODEL.md from config.json, loads every parameter from the weights file
+// (missing, unexpected or mis-shaped tensors are errors naming them), reads the token
+// ids (B lines of T ids; see read_token_file), runs forward + loss + backward once and
+// writes, in the chosen dtype (f64 by default):
+//   logits                      (B,T,V)
+//   loss                        []   ce + router_aux_loss_coef*aux + router_z_loss_coef*z
+//   aux_loss, z_loss            []   MoE models only (means over the MoE layers)
+//   grad.<parameter name>       d loss / d parameter, for every parameter (zeros for one
+//                                    the loss does not reach, e.g. an expert no token chose)
+// The computation itself runs in that dtype too. Nothing is written if anything fails
+// (the file is written last, atomically: an existing --out file is either replaced
+// whole or left untouched).
+//
+// What it is not: a trainer or a sampler (no optimizer step, no dropout: the model has
+// none), nor a converter of checkpoints.
+#include <charconv>
+#include <cstdint>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "autograd/autograd.hpp"
+#include "commands.hpp"
+#include "nn/config.hpp"
+#include "nn/model.hpp"
+#include "nn/safetensors.hpp"
+
+namespace tg::cli {
+namespace {
+
+// Reads a token file: whitespace-separated integer ids, one sequence per line, every line
+// of the same length T >= 2, every id in [0, vocab). Lines holding only whitespace are
+// skipped (so a trailing newline or blank separator lines are fine). Returns (B,T).
+// Throws std::runtime_error naming the file and the line for: a file that cannot be
+// read, no sequence at all, a token that is not an integer, an id out of range, a line
+// with fewer than 2 ids, lines of different lengths.
+Index read_token_file(const std::string& path, std::size_t vocab) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("tokens file " + path + ": cannot open");
+  std::vector<std::int64_t> ids;
+  std::size_t T = 0, B = 0, first_line = 0;
+  std::string line;
+  for (std::size_t lineno = 1; std::getline(in, line); ++lineno) {
+    const std::string where = "tokens file " + path + ", line " + std::to_string(lineno) + ": ";
+    std::istringstream ss(line);
+    std::string tok;
+    std::size_t n = 0;
+    while (ss >> tok) {
+      std::int64_t v = 0;
+      const auto [end, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
+      if (ec == std::errc::result_out_of_range)
+        throw std::runtime_error(where + "token '" + tok + "' is out of range [0, " + std::to_string(vocab) + ")");
+      if (ec != std::errc() || end != tok.data() + tok.size())
+        throw std::runtime_error(where + "token '" + tok + "' is not an integer");
+      if (v < 0 || static_cast<std::uint64_t>(v) >= vocab)
+        throw std::runtime_error(where + "token id " + tok + " is out of range [0, " + std::to_string(vocab) +
+                                 ") (vocab_size " + std::to_string(vocab) + ")");
+      ids.push_back(v);
+      ++n;
+    }
+    if (n == 0) continue;  // blank line
+    if (n < 2)
+      throw std::runtime_error(where + "has " + std::to_string(n) +
+                               " token; a sequence needs at least 2 (the loss predicts each next token)");
+    if (B == 0) {
+      T = n;
+      first_line = lineno;
+    } else if (n != T) {
+      throw std::runtime_error(where + "has " + std::to_string(n) + " tokens but line " + std::to_string(first_line) +
+                               " has " + std::to_string(T) + " (ragged sequences: all lines must have one length)");
+    }
+    ++B;
+  }
+  if (in.bad()) throw std::runtime_error("tokens file " + path + ": read error");
+  if (B == 0) throw std::runtime_error("tokens file " + path + ": empty (no token ids found)");
+  Index tokens = Index::from_shape({B, T});
+  std::copy(ids.begin(), ids.end(), tokens.data());
+  return tokens;
+}
+
+struct OracleArgs {
+  std::string config, weights, tokens, out, dtype = "f64";
+};
+
+template <class T>
+void run_oracle_as(const OracleArgs& a, const nn::ModelConfig& config, const Index& tokens,
+                   const st::SafeTensorsFile& weights) {
+  nn::CausalLM<T> model(config);
+  model.load_from(weights, "weights file " + a.weights);
+  model.eval();
+  model.zero_grad();
+  nn::LossOutput<T> out = model.loss(tokens);
+  out.loss.backward();
+
+  st::SafeTensorsWriter w;
+  w.set_metadata("format", "pt");
+  w.set_metadata("generator", "tapegrad oracle");
+  w.set_metadata("dtype", a.dtype);
+  w.add("logits", out.logits.value());
+  w.add("loss", out.loss.value());
+  if (config.is_moe()) {
+    w.add("aux_loss", out.aux.value());
+    w.add("z_loss", out.z.value());
+  }
+  std::size_t n_params = 0;
+  for (const auto& [name, p] : model.named_parameters()) {
+    if (p.has_grad()) w.add("grad." + name, p.grad());
+    else w.add("grad." + name, xt::xarray<T>(xt::zeros<T>(p.shape())));
+    ++n_params;
+  }
+  w.write(a.out);
+  std::cout << "tapegrad oracle: B=" << tokens.shape()[0] << " T=" << tokens.shape()[1] << ", " << n_params
+            << " parameters (" << model.num_parameters() << " values), loss "
+            << static_cast<double>(out.loss.value()()) << " (" << a.dtype << "); wrote " << w.size()
+            << " tensors to " << a.out << "\n";
+}
+
+int run_oracle(int argc, char** argv) {
+  OracleArgs a;
+  CLI::App app{
+      "Writes a model's logits, loss (MoE: aux_loss, z_loss) and the gradient of the loss with respect to every "
+      "parameter (grad.<name>) to a safetensors file: the reference other implementations check themselves against.",
+      "tapegrad oracle"};
+  app.add_option("--config", a.config, "config.json of the model (Hugging Face Qwen3 style)")->required();
+  app.add_option("--weights", a.weights, "safetensors file holding every parameter, Hugging Face names")->required();
+  app.add_option("--tokens", a.tokens,
+                 "token ids: whitespace-separated integers in [0, vocab_size), one sequence per line, "
+                 "all lines of one length >= 2")
+      ->required();
+  app.add_option("--out", a.out, "output safetensors file (written atomically; untouched on any error)")->required();
+  app.add_option("--dtype", a.dtype,
+                 "computation and output dtype: f64 (the default, as an oracle should be) or f32")
+      ->check(CLI::IsMember({"f64", "f32"}))
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    const nn::ModelConfig config = nn::ModelConfig::load(a.config);
+    const Index tokens = read_token_file(a.tokens, config.vocab_size);
+    const st::SafeTensorsFile weights = st::SafeTensorsFile::load(a.weights);
+    if (a.dtype == "f64") run_oracle_as<double>(a, config, tokens, weights);
+    else run_oracle_as<float>(a, config, tokens, weights);
+  } catch (const std::exception& e) {
+    std::cerr << "tapegrad oracle: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+const bool registered = register_command(
+    {"oracle", "logits, loss and every parameter gradient of a model on given tokens -> safetensors", run_oracle});
+
+}  // namespace
+}  // namespace tg::cli
