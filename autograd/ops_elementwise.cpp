@@ -8,6 +8,8 @@
 #include <xtensor/xreducer.hpp>
 #include <xtensor/xview.hpp>
 
+#include "autograd/kernels/dispatch.hpp"
+#include "autograd/kernels/elementwise.hpp"
 #include "autograd/ops_common.hpp"
 
 namespace tg {
@@ -58,13 +60,32 @@ xt::xarray<T> sum_to(const xt::xarray<T>& g, const Shape& shape) {
 
 namespace {
 
-// Shared skeleton of the four broadcasting binary ops.
+// Shared skeleton of the four broadcasting binary ops. Equal shapes (the common case)
+// run on kernels::binary_forward / binary_backward; broadcasting goes through xtensor
+// expressions and sum_to.
 template <class T, class Fwd, class Bwd>
-Tensor<T> binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, Fwd fwd, Bwd bwd) {
+Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const Tensor<T>& b, Fwd fwd, Bwd bwd) {
   detail::require_defined(a, op, "a");
   detail::require_defined(b, op, "b");
   Shape sa = a.shape(), sb = b.shape();
   broadcast_shapes(sa, sb, op);  // throws with a clear message
+  if (sa == sb) {
+    xt::xarray<T> z = xt::xarray<T>::from_shape(sa);
+    TG_KERNEL(binary_forward)(kind, z.size(), a.value().data(), b.value().data(), z.data());
+    Tensor<T> out(std::move(z));
+    detail::check_forward(out, op);
+    if (needs_grad<T>({&a, &b}))
+      attach<T>(out, op, {a, b}, [a, b, kind, op](const xt::xarray<T>& dz) {
+        xt::xarray<T> da, db;
+        if (a.requires_grad()) da = xt::zeros<T>(dz.shape());
+        if (b.requires_grad()) db = xt::zeros<T>(dz.shape());
+        TG_KERNEL(binary_backward)(kind, dz.size(), a.value().data(), b.value().data(), dz.data(),
+                                   a.requires_grad() ? da.data() : nullptr, b.requires_grad() ? db.data() : nullptr);
+        if (a.requires_grad()) a.accumulate_grad(std::move(da), op);
+        if (b.requires_grad()) b.accumulate_grad(std::move(db), op);
+      });
+    return out;
+  }
   Tensor<T> out(xt::xarray<T>(fwd(a.value(), b.value())));
   detail::check_forward(out, op);
   if (needs_grad<T>({&a, &b})) attach<T>(out, op, {a, b}, [a, b, bwd, sa, sb](const xt::xarray<T>& dz) {
@@ -78,7 +99,7 @@ Tensor<T> binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, Fwd fwd
 template <class T>
 Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a + b
-  return binary<T>("add", a, b, [](auto& x, auto& y) { return x + y; },
+  return binary<T>("add", kernels::Binary::Add, a, b, [](auto& x, auto& y) { return x + y; },
       // da = dz, db = dz (each summed back to its shape)
       [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
         if (a.requires_grad()) a.accumulate_grad(sum_to(dz, sa), "add");
@@ -89,7 +110,7 @@ Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
 template <class T>
 Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a - b
-  return binary<T>("sub", a, b, [](auto& x, auto& y) { return x - y; },
+  return binary<T>("sub", kernels::Binary::Sub, a, b, [](auto& x, auto& y) { return x - y; },
       // da = dz, db = -dz
       [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
         if (a.requires_grad()) a.accumulate_grad(sum_to(dz, sa), "sub");
@@ -100,7 +121,7 @@ Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
 template <class T>
 Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a * b
-  return binary<T>("mul", a, b, [](auto& x, auto& y) { return x * y; },
+  return binary<T>("mul", kernels::Binary::Mul, a, b, [](auto& x, auto& y) { return x * y; },
       // da = dz * b, db = dz * a
       [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
         if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(dz * b.value()), sa), "mul");
@@ -111,7 +132,7 @@ Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
 template <class T>
 Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a / b
-  return binary<T>("div", a, b, [](auto& x, auto& y) { return x / y; },
+  return binary<T>("div", kernels::Binary::Div, a, b, [](auto& x, auto& y) { return x / y; },
       // da = dz / b, db = -dz * a / b²
       [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
         if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(dz / b.value()), sa), "div");
@@ -151,78 +172,27 @@ Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> s) {
 }
 
 // ---- unary functions ----------------------------------------------------------------
-// One skeleton for all: forward y = f(x); backward dx += dy * f'(x, y).
-// TODO(kernels): route through autograd/kernels/elementwise when it lands.
+// One skeleton for all: forward y = f(x); backward dx += dy * f'(x, y). The loops are
+// kernels::unary_forward / unary_backward (xsimd + OpenMP), whose naive twins spell out
+// each f and f' as plain scalar code (autograd/kernels/elementwise.cpp).
 namespace {
 
-enum class U { Exp, Log, Sqrt, Rsqrt, Abs, Relu, Sigmoid, Tanh, Silu, GeluErf, GeluTanh };
-
-template <class T>
-T unary_f(U k, T x) {
-  constexpr T c = T(0.7978845608028654);  // √(2/π)
-  switch (k) {
-    case U::Exp: return std::exp(x);
-    case U::Log: return std::log(x);
-    case U::Sqrt: return std::sqrt(x);
-    case U::Rsqrt: return T(1) / std::sqrt(x);
-    case U::Abs: return std::abs(x);
-    case U::Relu: return x > T(0) ? x : T(0);
-    case U::Sigmoid: return T(1) / (T(1) + std::exp(-x));
-    case U::Tanh: return std::tanh(x);
-    case U::Silu: return x / (T(1) + std::exp(-x));
-    case U::GeluErf: return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
-    case U::GeluTanh: return T(0.5) * x * (T(1) + std::tanh(c * (x + T(0.044715) * x * x * x)));
-  }
-  return x;
-}
-
-// f'(x), given x and y = f(x).
-template <class T>
-T unary_df(U k, T x, T y) {
-  constexpr T c = T(0.7978845608028654);
-  switch (k) {
-    case U::Exp: return y;
-    case U::Log: return T(1) / x;
-    case U::Sqrt: return T(0.5) / y;
-    case U::Rsqrt: return T(-0.5) * y * y * y;
-    case U::Abs: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
-    case U::Relu: return x > T(0) ? T(1) : T(0);
-    case U::Sigmoid: return y * (T(1) - y);
-    case U::Tanh: return T(1) - y * y;
-    case U::Silu: {
-      T s = T(1) / (T(1) + std::exp(-x));
-      return s * (T(1) + x * (T(1) - s));
-    }
-    case U::GeluErf: {
-      T cdf = T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476)));
-      T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);
-      return cdf + x * pdf;
-    }
-    case U::GeluTanh: {
-      T u = c * (x + T(0.044715) * x * x * x);
-      T t = std::tanh(u);
-      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * x * x);
-    }
-  }
-  return T(0);
-}
+using U = kernels::Unary;
 
 template <class T>
 Tensor<T> unary(const char* op, U kind, const Tensor<T>& x) {
   detail::require_defined(x, op, "x");
   const xt::xarray<T>& xv = x.value();
   xt::xarray<T> y = xt::xarray<T>::from_shape(xv.shape());
-  for (std::size_t i = 0; i < xv.size(); ++i) y.data()[i] = unary_f(kind, xv.data()[i]);
+  TG_KERNEL(unary_forward)(kind, xv.size(), xv.data(), y.data());
   Tensor<T> out(std::move(y));
   detail::check_forward(out, op);
   if (needs_grad<T>({&x})) {
     std::weak_ptr<TensorImpl<T>> out_w = out.impl();  // the output owns the node: hold it weakly
     attach<T>(out, op, {x}, [x, kind, out_w, op](const xt::xarray<T>& dy) {
       auto o = out_w.lock();
-      const T* xp = x.value().data();
-      const T* yp = o->value.data();
-      xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
-      for (std::size_t i = 0; i < dy.size(); ++i) dx.data()[i] = dy.data()[i] * unary_df(kind, xp[i], yp[i]);
+      xt::xarray<T> dx = xt::zeros<T>(dy.shape());
+      TG_KERNEL(unary_backward)(kind, dy.size(), x.value().data(), o->value.data(), dy.data(), dx.data());
       x.accumulate_grad(std::move(dx), op);
     });
   }
