@@ -29,6 +29,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <xsimd/xsimd.hpp>
 
 #include "autograd/kernels/parallel.hpp"
@@ -37,21 +38,29 @@ namespace tg::kernels {
 
 // Note [GEMM block sizes]
 // MR x NR is the register tile: MR rows of C, NR = NV vectors of columns.
-// With AVX-512 (32 vector registers) a 14 x 2-vector tile uses 28 accumulators,
-// 2 registers for the B row and broadcasts come straight from memory. With
-// AVX2 (16 registers) the tile is 6 x 2 vectors (12 accumulators).
-// KC is chosen so one B micro-panel (KC x NR) fits in L1d, MC so the packed
-// A block (MC x KC) sits in L2, NC so the packed B block stays in L3.
-// The reference machine reports 48 KiB L1d and 1 MiB L2 per core (the design
-// note says 32 KiB / 512 KiB; the sizes below are safe for both).
+// With AVX-512 (32 vector registers) the tile is 6 x 4 vectors: 24
+// accumulators, 4 registers for the B row, one for the broadcast of A. (14 x 2,
+// 12 x 2, 8 x 3 and 7 x 4 measured within noise of it; 6 rows waste the least
+// on edge tiles.) With AVX2 (16 registers) the tile has 12 accumulators:
+// 6 x 2 vectors for float, 4 x 3 for double (measured best of 6x2 / 4x3).
+// KC = 256 (384 on AVX2) bounds the k-slab: the packed A block (MC x KC,
+// 240 KiB in float) stays in L2 while the B micro-panels (KC x NR) stream
+// through L1, and each C tile is loaded and stored once per slab. The packed B
+// block (all of K x NC) is kept under B_budget elements (8 MiB), a share of
+// the 32 MiB L3. The reference machine reports 48 KiB L1d and 1 MiB L2 per
+// core (the design note says 32 KiB / 512 KiB); these sizes were measured
+// there, all within a few percent of each other (KC 192..512, MC 168..480).
 //
 // Note [GEMM determinism]
-// Every element of C is produced by one thread: the split is over rows (MR
-// panels) or over column panels (NR panels) of C, never over K. The K loop is
-// cut at fixed multiples of KC and each k-block is accumulated in the same
-// order whatever the thread count, and edge tiles are computed with the same
-// arithmetic as full ones. So results are bitwise identical run to run, and in
-// this implementation also across thread counts.
+// Every element of C is produced by one thread, by one work item, over the
+// whole K range: the split is over blocks of rows and of column panels of C,
+// never over K. Each element's arithmetic is fixed by the problem alone: the
+// k-slabs are cut at multiples of KC, each slab is accumulated in k order in a
+// register, C is updated once per slab in slab order, and edge tiles use the
+// same arithmetic as full ones (std::fma == the vector FMA). Which thread takes
+// which item (items are handed out dynamically) therefore changes nothing, so
+// results are bitwise identical run to run and, in this implementation, also
+// across thread counts.
 
 namespace {
 
@@ -63,24 +72,24 @@ struct Blocking;
 #if defined(__AVX512F__)
 template <>
 struct Blocking<float> {
-  static constexpr int MR = 14, NV = 2;
-  static constexpr int64_t KC = 256, MC = 14 * 24, B_budget = int64_t(2) << 20;
+  static constexpr int MR = 6, NV = 4;  // 6 x 64 tile, 24 zmm accumulators
+  static constexpr int64_t KC = 256, MC = 6 * 40, B_budget = int64_t(2) << 20;
 };
 template <>
 struct Blocking<double> {
-  static constexpr int MR = 14, NV = 2;
-  static constexpr int64_t KC = 256, MC = 14 * 12, B_budget = int64_t(1) << 20;
+  static constexpr int MR = 6, NV = 4;  // 6 x 32 tile
+  static constexpr int64_t KC = 256, MC = 6 * 20, B_budget = int64_t(1) << 20;
 };
 #else
 template <>
 struct Blocking<float> {
-  static constexpr int MR = 6, NV = 2;
-  static constexpr int64_t KC = 256, MC = 6 * 24, B_budget = int64_t(2) << 20;
+  static constexpr int MR = 6, NV = 2;  // 6 x 16 tile, 12 ymm accumulators
+  static constexpr int64_t KC = 384, MC = 6 * 32, B_budget = int64_t(2) << 20;
 };
 template <>
 struct Blocking<double> {
-  static constexpr int MR = 6, NV = 2;
-  static constexpr int64_t KC = 256, MC = 6 * 12, B_budget = int64_t(1) << 20;
+  static constexpr int MR = 4, NV = 3;  // 4 x 12 tile
+  static constexpr int64_t KC = 384, MC = 4 * 24, B_budget = int64_t(1) << 20;
 };
 #endif
 
@@ -126,6 +135,12 @@ template <class T>
 T* buffer_B(std::size_t n) {
   thread_local PackBuffer<T> buf;
   return buf.get(n);
+}
+
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -317,7 +332,7 @@ inline void split_range(int64_t n, int64_t parts, int64_t i, int64_t& lo, int64_
 // each item is computed by one thread over the whole K range, so which thread
 // takes which item changes nothing in the result (Note [GEMM determinism]).
 // B is packed once per NC column block, for all of K, by all threads together;
-// one barrier separates that from the compute items.
+// a thread starts its compute items as soon as the last B item is packed.
 template <class T>
 void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, int nt) {
@@ -347,35 +362,45 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   if (nt > 1) mb = std::max(mb, std::min(target, ceil_div(m_panels, 4)));
   const int64_t mb_panels_max = ceil_div(m_panels, mb);
 
-  // Shared counters, one pair per column block, so no reset (and no extra
-  // barrier) is ever needed.
+  // Shared counters, three per column block (B items claimed, B items done,
+  // compute items claimed), so no reset (and no extra barrier) is needed.
   const int64_t n_jc = ceil_div(N, NC);
-  std::unique_ptr<std::atomic<int64_t>[]> counters(new std::atomic<int64_t>[2 * n_jc]);
-  for (int64_t i = 0; i < 2 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
+  std::unique_ptr<std::atomic<int64_t>[]> counters(new std::atomic<int64_t>[3 * n_jc]);
+  for (int64_t i = 0; i < 3 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
 
   auto body = [&]() {
     T* Ap = buffer_A<T>(std::size_t(mb_panels_max * MR * kc_max));
     for (int64_t jb = 0; jb < n_jc; ++jb) {
       const int64_t jc = jb * NC, nc = std::min<int64_t>(NC, N - jc);
       const int64_t n_panels = ceil_div(nc, NR);
+      std::atomic<int64_t>& b_claim = counters[3 * jb];
+      std::atomic<int64_t>& b_done = counters[3 * jb + 1];
+      std::atomic<int64_t>& c_claim = counters[3 * jb + 2];
       // 1. pack B(:, jc:jc+nc): items are (slab, group of 4 panels).
       const int64_t groups = ceil_div(n_panels, 4);
+      const int64_t b_items = n_slabs * groups;
       for (;;) {
-        const int64_t it = counters[2 * jb].fetch_add(1, std::memory_order_relaxed);
-        if (it >= n_slabs * groups) break;
+        const int64_t it = b_claim.fetch_add(1, std::memory_order_relaxed);
+        if (it >= b_items) break;
         const int64_t s = it / groups, g = it % groups;
         const int64_t pc = s * KC, kc = std::min<int64_t>(KC, K - pc);
         pack_B<T, NR>(transB, B, ldb, jc, nc, pc, kc, 4 * g, std::min<int64_t>(n_panels, 4 * g + 4),
                       Bp + s * kc_max * NC);
+        b_done.fetch_add(1, std::memory_order_release);
       }
-      if (nt > 1) {
-#pragma omp barrier
+      // Wait until every B item is packed. Not a barrier: a thread that has
+      // not arrived yet (descheduled by another process) holds nobody up.
+      for (int spins = 0; b_done.load(std::memory_order_acquire) < b_items; ++spins) {
+        if (spins < 4096)
+          spin_pause();
+        else
+          std::this_thread::yield();
       }
       // 2. compute items.
       int64_t nb = 1;
       if (nt > 1 && mb < target) nb = std::min<int64_t>(n_panels, ceil_div(target, mb));
       for (;;) {
-        const int64_t it = counters[2 * jb + 1].fetch_add(1, std::memory_order_relaxed);
+        const int64_t it = c_claim.fetch_add(1, std::memory_order_relaxed);
         if (it >= mb * nb) break;
         int64_t p0, p1, q0, q1;
         split_range(m_panels, mb, it / nb, p0, p1);
@@ -486,7 +511,13 @@ void gemm_batched(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T a
   check_batched("gemm_batched", transA, transB, M, N, K, A, lda, strideA, B, ldb, strideB, C, ldc,
                 strideC, batch);
   const int nt = threads_here();
-  if (nt > 1 && batch >= nt) {
+  // Whole GEMMs per thread when the batch splits evenly enough; otherwise
+  // (few or uneven entries of a big GEMM) thread inside each GEMM.
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const bool over_batch = nt > 1 && batch >= nt &&
+                          (batch % nt == 0 || batch >= 4 * int64_t(nt) ||
+                           flops < 4 * kParallelMinFlops);
+  if (over_batch) {
     // Each thread runs whole GEMMs, single-threaded, on its own packing buffers.
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < batch; ++b)
