@@ -9,7 +9,8 @@
 // - RoPE tables against the direct formula, the rotate_half pairing by hand;
 // - errors: bad ids, bad sizes, bad hyper-parameters;
 // - determinism: bitwise identical results from run to run at a fixed thread count;
-// - AdamW and SGD over a few steps against a scalar textbook reference in long double.
+// - AdamW and SGD over a few steps against a scalar textbook reference in long double,
+//   and bit for bit against PyTorch's order of operations and roundings.
 //
 // What it does not check: speed (benchmarks do that), or the ops built on these kernels.
 #include <doctest/doctest.h>
@@ -676,8 +677,8 @@ TEST_CASE("layer kernels: bitwise identical from run to run at a fixed thread co
         out.push_back(y), out.push_back(dg), out.push_back(du);
         auto p = x, m1 = std::vector<float>(sz(n), 0.f), v1 = m1;
         for (int64_t step = 1; step <= 2; ++step)
-          k::adamw_step(n, p.data(), dy.data(), m1.data(), v1.data(), 1e-3f, 0.9f, 0.95f, 1e-8f,
-                        0.1f, step);
+          k::adamw_step(n, p.data(), dy.data(), m1.data(), v1.data(), 1e-3, 0.9, 0.95, 1e-8,
+                        0.1, step);
         out.push_back(p);
         return out;
       };
@@ -710,48 +711,56 @@ struct AdamRef {
     p -= lr * mhat / (std::sqrt(vhat) + eps);
   }
 };
+
+// PyTorch 1.13's _single_tensor_adamw for one element, op by op in T, with the roundings
+// PyTorch's CPU kernels make (see adamw.hpp): add_ with alpha and addcmul_ are fused
+// multiply-adds, mul_ is rounded on its own (volatile keeps the compiler from fusing it
+// into the next add).
+template <class T>
+void adam_torch_order(T& p, T& m, T& v, T g, double lr, double b1, double b2, double eps,
+                      double wd, int t) {
+  volatile T pd = p * T(1 - lr * wd);                        // param.mul_(1 - lr*wd)
+  m = std::fma(T(1 - b1), g, m * T(b1));                     // exp_avg.mul_(b1).add_(g, alpha=1-b1)
+  v = std::fma(T(1 - b2) * g, g, v * T(b2));                 // exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2)
+  const double bc1 = 1 - std::pow(b1, double(t)), bc2 = 1 - std::pow(b2, double(t));
+  const T denom = std::sqrt(v) / T(std::sqrt(bc2)) + T(eps);  // (v.sqrt() / sqrt(bc2)).add_(eps)
+  p = pd + (T(-(lr / bc1)) * m) / denom;                     // param.addcdiv_(m, denom, value=-lr/bc1)
+}
 }  // namespace
 
-TEST_CASE("adamw: a few steps match a scalar reference (double), fast equals naive") {
-  const int64_t n = 37;  // vector body and scalar tail
-  auto p = randn<double>(sz(n), 71), p0 = p;
-  std::vector<double> m(sz(n), 0.0), v(sz(n), 0.0), m0 = m, v0 = v;
+TEST_CASE_TEMPLATE("adamw: steps match the textbook formula, PyTorch's rounding, and the twin",
+                   T, float, double) {
+  const int64_t n = 4096 + 37;  // vector body, several OpenMP blocks, scalar tail
+  auto p = randn<T>(sz(n), 71), p0 = p, pt = p;
+  std::vector<T> m(sz(n), T(0)), v(sz(n), T(0)), m0 = m, v0 = v, mt = m, vt = v;
   std::vector<AdamRef> ref;
-  for (double x : p) ref.push_back(AdamRef{x});
+  for (T x : p) ref.push_back(AdamRef{x});
   const double lr = 3e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
   for (int t = 1; t <= 6; ++t) {
-    const auto g = randn<double>(sz(n), 80 + uint64_t(t), 0.5);
+    const auto g = randn<T>(sz(n), 80 + uint64_t(t), 0.5);
     k::adamw_step(n, p.data(), g.data(), m.data(), v.data(), lr, b1, b2, eps, wd, t);
     k::adamw_step_naive(n, p0.data(), g.data(), m0.data(), v0.data(), lr, b1, b2, eps, wd, t);
-    for (size_t i = 0; i < sz(n); ++i) ref[i].step(g[i], lr, b1, b2, eps, wd, t);
+    for (size_t i = 0; i < sz(n); ++i) {
+      ref[i].step(g[i], lr, b1, b2, eps, wd, t);
+      adam_torch_order(pt[i], mt[i], vt[i], g[i], lr, b1, b2, eps, wd, t);
+    }
   }
-  std::vector<double> pr, mr, vr;
-  for (auto& r : ref) pr.push_back(double(r.p)), mr.push_back(double(r.m)), vr.push_back(double(r.v));
-  CHECK_CLOSE(p, pr, 1e-14);
-  CHECK_CLOSE(m, mr, 1e-14);
-  CHECK_CLOSE(v, vr, 1e-14);
-  CHECK_CLOSE(p, p0, 1e-15);
-  CHECK_CLOSE(m, m0, 1e-15);
-  CHECK_CLOSE(v, v0, 1e-15);
-
-  // Float: the fast kernel against the same reference (float round-off).
-  auto pf = randn<float>(sz(n), 71);
-  std::vector<float> mf(sz(n), 0.f), vf(sz(n), 0.f);
-  std::vector<AdamRef> reff;
-  for (float x : pf) reff.push_back(AdamRef{x});
-  for (int t = 1; t <= 6; ++t) {
-    const auto g = randn<float>(sz(n), 90 + uint64_t(t), 0.5);
-    k::adamw_step<float>(n, pf.data(), g.data(), mf.data(), vf.data(), 3e-3f, 0.9f, 0.95f, 1e-8f,
-                         0.1f, t);
-    for (size_t i = 0; i < sz(n); ++i)
-      reff[i].step(g[i], 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t);
-  }
-  std::vector<float> prf;
-  for (auto& r : reff) prf.push_back(float(r.p));
-  CHECK_CLOSE(pf, prf, 1e-5);
+  // Same maths as the textbook, up to round-off.
+  std::vector<T> pr, mr, vr;
+  for (auto& r : ref) pr.push_back(T(r.p)), mr.push_back(T(r.m)), vr.push_back(T(r.v));
+  CHECK_CLOSE(p, pr, sizeof(T) == 4 ? 1e-5 : 1e-14);
+  CHECK_CLOSE(m, mr, sizeof(T) == 4 ? 1e-5 : 1e-14);
+  CHECK_CLOSE(v, vr, sizeof(T) == 4 ? 1e-5 : 1e-14);
+  // Same roundings as PyTorch, and fast and naive agree, bit for bit.
+  CHECK(p == pt);
+  CHECK(m == mt);
+  CHECK(v == vt);
+  CHECK(p == p0);
+  CHECK(m == m0);
+  CHECK(v == v0);
 }
 
-TEST_CASE_TEMPLATE("adamw: fast matches naive on large parameters", T, float, double) {
+TEST_CASE_TEMPLATE("adamw: fast equals naive on large parameters", T, float, double) {
   for (int64_t n : {1, 15, 4096 + 17, 100003}) {
     CAPTURE(n);
     auto p = randn<T>(sz(n), 91), p0 = p;
@@ -760,36 +769,36 @@ TEST_CASE_TEMPLATE("adamw: fast matches naive on large parameters", T, float, do
     for (auto& x : v) x = x * x;
     auto v0 = v;
     const auto g = randn<T>(sz(n), 94);
-    k::adamw_step(n, p.data(), g.data(), m.data(), v.data(), T(1e-3), T(0.9), T(0.999), T(1e-8),
-                  T(0.01), 7);
-    k::adamw_step_naive(n, p0.data(), g.data(), m0.data(), v0.data(), T(1e-3), T(0.9),
-                        T(0.999), T(1e-8), T(0.01), 7);
-    CHECK_CLOSE(p, p0, tol<T>() * 1e-2);
-    CHECK_CLOSE(m, m0, tol<T>() * 1e-2);
-    CHECK_CLOSE(v, v0, tol<T>() * 1e-2);
+    k::adamw_step(n, p.data(), g.data(), m.data(), v.data(), 1e-3, 0.9, 0.999, 1e-8, 0.01, 7);
+    k::adamw_step_naive(n, p0.data(), g.data(), m0.data(), v0.data(), 1e-3, 0.9, 0.999, 1e-8,
+                        0.01, 7);
+    CHECK(p == p0);
+    CHECK(m == m0);
+    CHECK(v == v0);
   }
 }
 
 TEST_CASE("adamw and sgd: bad hyper-parameters are errors") {
   std::vector<float> p(4), g(4), m(4), v(4);
-  CHECK_THROWS_WITH_AS(k::adamw_step<float>(4, p.data(), g.data(), m.data(), v.data(), 1e-3f,
-                                            0.9f, 0.999f, 1e-8f, 0.f, 0),
+  CHECK_THROWS_WITH_AS(k::adamw_step<float>(4, p.data(), g.data(), m.data(), v.data(), 1e-3,
+                                            0.9, 0.999, 1e-8, 0.0, 0),
                        doctest::Contains("step is 1-based"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(k::adamw_step<float>(4, p.data(), g.data(), m.data(), v.data(), 1e-3f,
-                                            1.0f, 0.999f, 1e-8f, 0.f, 1),
+  CHECK_THROWS_WITH_AS(k::adamw_step<float>(4, p.data(), g.data(), m.data(), v.data(), 1e-3,
+                                            1.0, 0.999, 1e-8, 0.0, 1),
                        doctest::Contains("beta1"), std::invalid_argument);
-  CHECK_THROWS_AS(k::adamw_step<float>(4, p.data(), g.data(), m.data(), v.data(), -1.f, 0.9f,
-                                       0.999f, 1e-8f, 0.f, 1),
+  CHECK_THROWS_AS(k::adamw_step<float>(4, p.data(), g.data(), m.data(), v.data(), -1.0, 0.9,
+                                       0.999, 1e-8, 0.0, 1),
                   std::invalid_argument);
-  CHECK_THROWS_WITH_AS(k::sgd_step<float>(4, p.data(), g.data(), m.data(), 0.1f, 0.9f, 0.1f,
-                                          0.f, true, false),
+  CHECK_THROWS_WITH_AS(k::sgd_step<float>(4, p.data(), g.data(), m.data(), 0.1, 0.9, 0.1, 0.0,
+                                          true, false),
                        doctest::Contains("nesterov"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(k::sgd_step<float>(4, p.data(), g.data(), nullptr, 0.1f, 0.9f, 0.f, 0.f,
+  CHECK_THROWS_WITH_AS(k::sgd_step<float>(4, p.data(), g.data(), nullptr, 0.1, 0.9, 0.0, 0.0,
                                           false, true),
                        doctest::Contains("sgd_step"), std::invalid_argument);
 }
 
-TEST_CASE_TEMPLATE("sgd: a few steps match a scalar reference", T, float, double) {
+TEST_CASE_TEMPLATE("sgd: steps match the textbook formula, PyTorch's rounding, and the twin", T,
+                   float, double) {
   struct Cfg {
     double momentum, dampening, wd;
     bool nesterov;
@@ -802,32 +811,41 @@ TEST_CASE_TEMPLATE("sgd: a few steps match a scalar reference", T, float, double
     CAPTURE(cf.dampening);
     CAPTURE(cf.wd);
     CAPTURE(cf.nesterov);
-    auto p = randn<T>(sz(n), 101), p0 = p;
-    std::vector<T> buf(sz(n), T(0)), buf0 = buf;
+    auto p = randn<T>(sz(n), 101), p0 = p, pt = p;
+    std::vector<T> buf(sz(n), T(0)), buf0 = buf, buft = buf;
     std::vector<long double> pr(p.begin(), p.end()), br(sz(n), 0.0L);
     const double lr = 0.05;
     for (int t = 1; t <= 4; ++t) {
       const auto g = randn<T>(sz(n), 110 + uint64_t(t));
       T* bp = cf.momentum != 0 ? buf.data() : nullptr;
       T* bp0 = cf.momentum != 0 ? buf0.data() : nullptr;
-      k::sgd_step<T>(n, p.data(), g.data(), bp, T(lr), T(cf.momentum), T(cf.dampening),
-                     T(cf.wd), cf.nesterov, t == 1);
-      k::sgd_step_naive<T>(n, p0.data(), g.data(), bp0, T(lr), T(cf.momentum), T(cf.dampening),
-                           T(cf.wd), cf.nesterov, t == 1);
-      // Reference, straight from the definition of SGD with momentum.
+      k::sgd_step<T>(n, p.data(), g.data(), bp, lr, cf.momentum, cf.dampening, cf.wd,
+                     cf.nesterov, t == 1);
+      k::sgd_step_naive<T>(n, p0.data(), g.data(), bp0, lr, cf.momentum, cf.dampening, cf.wd,
+                           cf.nesterov, t == 1);
       for (size_t i = 0; i < sz(n); ++i) {
-        long double d = (long double)g[i] + (long double)T(cf.wd) * pr[i];
+        // Textbook SGD with momentum, in long double.
+        long double d = (long double)g[i] + (long double)cf.wd * pr[i];
         if (cf.momentum != 0) {
-          const long double mo = (long double)T(cf.momentum);
-          br[i] = (t == 1) ? d : mo * br[i] + (1 - (long double)T(cf.dampening)) * d;
-          d = cf.nesterov ? d + mo * br[i] : br[i];
+          br[i] = (t == 1) ? d : cf.momentum * br[i] + (1 - (long double)cf.dampening) * d;
+          d = cf.nesterov ? d + cf.momentum * br[i] : br[i];
         }
-        pr[i] -= (long double)T(lr) * d;
+        pr[i] -= lr * d;
+        // PyTorch's _single_tensor_sgd in T: every `add(x, alpha=a)` is fma(a, x, .).
+        T dt = g[i];
+        if (cf.wd != 0) dt = std::fma(T(cf.wd), pt[i], dt);
+        if (cf.momentum != 0) {
+          buft[i] = (t == 1) ? dt : std::fma(T(1 - cf.dampening), dt, buft[i] * T(cf.momentum));
+          dt = cf.nesterov ? std::fma(T(cf.momentum), buft[i], dt) : buft[i];
+        }
+        pt[i] = std::fma(T(-lr), dt, pt[i]);
       }
     }
     std::vector<T> prt(pr.begin(), pr.end());
     CHECK_CLOSE(p, prt, sizeof(T) == 4 ? 1e-5 : 1e-14);
-    CHECK_CLOSE(p, p0, sizeof(T) == 4 ? 1e-6 : 1e-15);
-    if (cf.momentum != 0) CHECK_CLOSE(buf, buf0, sizeof(T) == 4 ? 1e-6 : 1e-15);
+    CHECK(p == pt);
+    CHECK(p == p0);
+    if (cf.momentum != 0) CHECK(buf == buft);
+    if (cf.momentum != 0) CHECK(buf == buf0);
   }
 }
