@@ -492,7 +492,7 @@ double abs_sum(const T* x, int64_t n, int64_t stride = 1) {
 }
 }  // namespace
 
-TEST_CASE_TEMPLATE("sum_rows and sum_cols: exact on integers, close on reals", T, float, double) {
+TEST_CASE_TEMPLATE("sum_rows and sum_cols: exact on integers and close on reals", T, float, double) {
   const double eps = std::numeric_limits<T>::epsilon();
   for (int nt : {1, 2, 3}) {
     Threads th(nt);
@@ -557,7 +557,7 @@ TEST_CASE_TEMPLATE("sum_cols splits by columns: bitwise equal to the naive twin"
   }
 }
 
-TEST_CASE_TEMPLATE("max_rows equals its naive twin, with ties, NaN and -inf", T, float, double) {
+TEST_CASE_TEMPLATE("max_rows equals its naive twin with ties and NaN and -inf", T, float, double) {
   const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
   for (int nt : {1, 2, 3}) {
     Threads th(nt);
