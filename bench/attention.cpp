@@ -10,8 +10,10 @@
 //     kernel allocates, attention_scratch_bytes) and measured (the rise of the
 //     peak resident set, VmHWM, across one forward+backward).
 // Each (case, threads, kernel) runs in its own forked child, so one measurement's
-// heap cannot hide or inflate another's. The child resets the high-water mark
-// through /proc/self/clear_refs (falls back to VmHWM as is, if not allowed).
+// heap cannot hide or inflate another's. The child warms up on a tiny problem
+// (OpenMP threads, code pages), returns freed heap to the OS (malloc_trim), then
+// resets the high-water mark through /proc/self/clear_refs (if not allowed, the
+// rise is taken from VmHWM as is) and runs one forward+backward.
 //
 // What it is not: a test (it checks nothing), nor the GEMM or op benchmarks.
 //
@@ -21,7 +23,7 @@
 //                    ratio = ours / peer; "NA" where naive was skipped)
 //   --no-naive-4096  skip the naive twin at T = 4096 (its single run takes
 //                    ~15 s per cell and ~0.8 GB of scores)
-#include <sys/resource.h>
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -120,6 +122,10 @@ Measurement measure(const Case& c, int threads, bool naive, int reps) {
     tiny.forward(naive);
     tiny.backward(naive);
   }
+  // Give the warm-up's freed scratch back to the OS, so the measured call has to
+  // fault its own scratch pages in (the flash tiles do not grow with T and would
+  // otherwise reuse the warm-up's resident pages unseen).
+  malloc_trim(0);
   Buffers buf(AttnDims{1, c.H, c.Hkv, c.T, c.T, 64});
   m.hwm_reset = reset_hwm() ? 1 : 0;
   const long before = status_kib("VmHWM:");
