@@ -90,6 +90,27 @@ void parallel_for(int64_t count, bool big, F&& body) {
   }
 }
 
+// Runs body(i0, i1) over [0, nvec·W) split into per-thread ranges of whole
+// vectors (static, one contiguous range per thread) when `big`, else once.
+template <class Body>
+void parallel_vectors(int64_t nvec, int64_t W, bool big, Body&& body) {
+  const int nt = tg::num_threads();
+  if (big && nt > 1 && nvec > 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int p = 0; p < nt; ++p) body(nvec * p / nt * W, nvec * (p + 1) / nt * W);
+  } else {
+    body(0, nvec * W);
+  }
+}
+
+// The vector loop of vmap over [i0, i1). The pointers are parameters (not
+// captured by reference), so the compiler keeps them in registers instead of
+// reloading them after every store.
+template <class V, class F, class T, class... In>
+void vmap_range(int64_t i0, int64_t i1, F f, T* out, const In*... in) {
+  for (int64_t i = i0; i < i1; i += int64_t(V::size)) f(V::load_unaligned(in + i)...).store_unaligned(out + i);
+}
+
 // out[i] = f(in_0[i], in_1[i], ...) for i in [0, n), f a function of
 // xsimd::batch<T>. out may alias any input. The last n % W elements are
 // copied into vectors padded with 1 (a value every f here accepts), so they
@@ -100,10 +121,8 @@ void vmap(int64_t n, int64_t grain, F f, T* out, const In*... in) {
   constexpr int64_t W = V::size;
   static_assert((std::is_same_v<In, T> && ...), "vmap: all arrays have the same type");
   const int64_t nvec = n / W;
-  parallel_for(nvec, n >= grain, [&](int64_t b) {
-    const int64_t i = b * W;
-    f(V::load_unaligned(in + i)...).store_unaligned(out + i);
-  });
+  parallel_vectors(nvec, W, n >= grain,
+                   [&](int64_t i0, int64_t i1) { vmap_range<V>(i0, i1, f, out, in...); });
   const int64_t i0 = nvec * W, k = n - i0;
   if (k == 0) return;
   constexpr std::size_t N = sizeof...(In);
@@ -251,7 +270,11 @@ bool unary_backward_uses_x(Unary f) {
 bool unary_backward_uses_y(Unary f) { return !unary_backward_uses_x(f); }
 
 namespace {
-bool unary_is_cheap(Unary f) { return f == Unary::Relu || f == Unary::Abs; }
+// Maps with no transcendental call are memory bound and get the larger grain.
+bool unary_forward_is_cheap(Unary f) { return f == Unary::Relu || f == Unary::Abs; }
+bool unary_backward_is_cheap(Unary f) {
+  return !(f == Unary::Silu || f == Unary::GeluTanh || f == Unary::GeluErf);
+}
 
 template <class T>
 void check_unary_backward(Unary f, int64_t n, const T* x, const T* y, const T* dy, T* dx) {
@@ -269,20 +292,20 @@ template <class T>
 void unary_forward(Unary f, int64_t n, const T* x, T* y) {
   using V = xsimd::batch<T>;
   check_n("unary_forward", n);
-  const int64_t g = unary_is_cheap(f) ? kGrainSimple : kGrainMath;
+  const int64_t g = unary_forward_is_cheap(f) ? kGrainSimple : kGrainMath;
   const V one(T(1)), zero(T(0));
   switch (f) {
     case Unary::Exp: vmap(n, g, [](V a) { return xsimd::exp(a); }, y, x); break;
     case Unary::Log: vmap(n, g, [](V a) { return xsimd::log(a); }, y, x); break;
     case Unary::Sqrt: vmap(n, g, [](V a) { return xsimd::sqrt(a); }, y, x); break;
     // Not xsimd::rsqrt: that is the ~12-bit hardware estimate.
-    case Unary::Rsqrt: vmap(n, g, [&](V a) { return one / xsimd::sqrt(a); }, y, x); break;
+    case Unary::Rsqrt: vmap(n, g, [=](V a) { return one / xsimd::sqrt(a); }, y, x); break;
     case Unary::Tanh: vmap(n, g, [](V a) { return xsimd::tanh(a); }, y, x); break;
-    case Unary::Sigmoid: vmap(n, g, [&](V a) { return one / (one + xsimd::exp(-a)); }, y, x); break;
-    case Unary::Silu: vmap(n, g, [&](V a) { return a / (one + xsimd::exp(-a)); }, y, x); break;
-    case Unary::Relu: vmap(n, g, [&](V a) { return xsimd::select(a < zero, zero, a); }, y, x); break;
+    case Unary::Sigmoid: vmap(n, g, [=](V a) { return one / (one + xsimd::exp(-a)); }, y, x); break;
+    case Unary::Silu: vmap(n, g, [=](V a) { return a / (one + xsimd::exp(-a)); }, y, x); break;
+    case Unary::Relu: vmap(n, g, [=](V a) { return xsimd::select(a < zero, zero, a); }, y, x); break;
     case Unary::GeluTanh:
-      vmap(n, g, [&](V a) { return a / (one + xsimd::exp(V(T(-2)) * v_gelu_u(a))); }, y, x);
+      vmap(n, g, [=](V a) { return a / (one + xsimd::exp(V(T(-2)) * v_gelu_u(a))); }, y, x);
       break;
     case Unary::GeluErf:
       vmap(n, g, [](V a) { return V(T(0.5)) * a * erfc_vec(a * V(T(-kSqrt1_2))); }, y, x);
@@ -318,7 +341,7 @@ void unary_backward(Unary f, int64_t n, const T* x, const T* y, const T* dy, T* 
   using V = xsimd::batch<T>;
   check_unary_backward(f, n, x, y, dy, dx);
   if (n == 0) return;
-  const int64_t g = unary_is_cheap(f) ? kGrainSimple : kGrainMath;
+  const int64_t g = unary_backward_is_cheap(f) ? kGrainSimple : kGrainMath;
   const V one(T(1)), zero(T(0));
   switch (f) {
     case Unary::Exp:
@@ -335,26 +358,26 @@ void unary_backward(Unary f, int64_t n, const T* x, const T* y, const T* dy, T* 
            dx);
       break;
     case Unary::Tanh:
-      vmap(n, g, [&](V yv, V d, V acc) { return acc + d * (one - yv * yv); }, dx, y, dy, dx);
+      vmap(n, g, [=](V yv, V d, V acc) { return acc + d * (one - yv * yv); }, dx, y, dy, dx);
       break;
     case Unary::Sigmoid:
-      vmap(n, g, [&](V yv, V d, V acc) { return acc + d * yv * (one - yv); }, dx, y, dy, dx);
+      vmap(n, g, [=](V yv, V d, V acc) { return acc + d * yv * (one - yv); }, dx, y, dy, dx);
       break;
     case Unary::Silu:
       vmap(n, g,
-           [&](V xv, V d, V acc) {
+           [=](V xv, V d, V acc) {
              const V s = one / (one + xsimd::exp(-xv));
              return acc + d * (s * (one + xv * (one - s)));
            },
            dx, x, dy, dx);
       break;
     case Unary::Relu:
-      vmap(n, g, [&](V yv, V d, V acc) { return acc + xsimd::select(yv > zero, d, zero); }, dx, y,
+      vmap(n, g, [=](V yv, V d, V acc) { return acc + xsimd::select(yv > zero, d, zero); }, dx, y,
            dy, dx);
       break;
     case Unary::GeluTanh:
       vmap(n, g,
-           [&](V xv, V d, V acc) {
+           [=](V xv, V d, V acc) {
              const V s = one / (one + xsimd::exp(V(T(-2)) * v_gelu_u(xv)));
              return acc + d * (s + V(T(2)) * xv * s * (one - s) * v_gelu_du(xv));
            },
@@ -371,7 +394,7 @@ void unary_backward(Unary f, int64_t n, const T* x, const T* y, const T* dy, T* 
       break;
     case Unary::Abs:
       vmap(n, g,
-           [&](V xv, V d, V acc) {
+           [=](V xv, V d, V acc) {
              return acc + xsimd::select(xv > zero, d, xsimd::select(xv < zero, -d, zero));
            },
            dx, x, dy, dx);
@@ -465,10 +488,10 @@ void binary_forward_scalar(Binary op, int64_t n, const T* x, T s, T* z) {
   const int64_t g = kGrainSimple;
   const V sv(s);
   switch (op) {
-    case Binary::Add: vmap(n, g, [&](V a) { return a + sv; }, z, x); break;
-    case Binary::Sub: vmap(n, g, [&](V a) { return a - sv; }, z, x); break;
-    case Binary::Mul: vmap(n, g, [&](V a) { return a * sv; }, z, x); break;
-    case Binary::Div: vmap(n, g, [&](V a) { return a / sv; }, z, x); break;
+    case Binary::Add: vmap(n, g, [=](V a) { return a + sv; }, z, x); break;
+    case Binary::Sub: vmap(n, g, [=](V a) { return a - sv; }, z, x); break;
+    case Binary::Mul: vmap(n, g, [=](V a) { return a * sv; }, z, x); break;
+    case Binary::Div: vmap(n, g, [=](V a) { return a / sv; }, z, x); break;
   }
 }
 
@@ -490,10 +513,10 @@ void binary_forward_scalar_lhs(Binary op, int64_t n, T s, const T* y, T* z) {
   const int64_t g = kGrainSimple;
   const V sv(s);
   switch (op) {
-    case Binary::Add: vmap(n, g, [&](V b) { return sv + b; }, z, y); break;
-    case Binary::Sub: vmap(n, g, [&](V b) { return sv - b; }, z, y); break;
-    case Binary::Mul: vmap(n, g, [&](V b) { return sv * b; }, z, y); break;
-    case Binary::Div: vmap(n, g, [&](V b) { return sv / b; }, z, y); break;
+    case Binary::Add: vmap(n, g, [=](V b) { return sv + b; }, z, y); break;
+    case Binary::Sub: vmap(n, g, [=](V b) { return sv - b; }, z, y); break;
+    case Binary::Mul: vmap(n, g, [=](V b) { return sv * b; }, z, y); break;
+    case Binary::Div: vmap(n, g, [=](V b) { return sv / b; }, z, y); break;
   }
 }
 
@@ -586,7 +609,7 @@ void axpy(int64_t n, T a, const T* x, T* y) {
   using V = xsimd::batch<T>;
   check_n("axpy", n);
   const V av(a);
-  vmap(n, kGrainSimple, [&](V xv, V yv) { return fmadd(av, xv, yv); }, y, x, y);
+  vmap(n, kGrainSimple, [=](V xv, V yv) { return fmadd(av, xv, yv); }, y, x, y);
 }
 
 template <class T>
@@ -600,7 +623,7 @@ void scale(int64_t n, T a, const T* x, T* y) {
   using V = xsimd::batch<T>;
   check_n("scale", n);
   const V av(a);
-  vmap(n, kGrainSimple, [&](V xv) { return av * xv; }, y, x);
+  vmap(n, kGrainSimple, [=](V xv) { return av * xv; }, y, x);
 }
 
 template <class T>

@@ -235,7 +235,7 @@ void softmax_forward(int64_t rows, int64_t n, const T* x, T* y) {
     }
     const double s = exp_sum(xr, n, m, yr);  // yr holds exp(x - m)
     const V inv(T(1.0 / s));
-    row_map(n, T(0), [&](V e) { return e * inv; }, yr, yr);
+    row_map(n, T(0), [=](V e) { return e * inv; }, yr, yr);
   });
 }
 
@@ -270,7 +270,7 @@ void softmax_backward(int64_t rows, int64_t n, const T* y, const T* dy, T* dx) {
     const T* dyr = dy + r * n;
     T* dxr = dx + r * n;
     const V dot(T(dot_double(dyr, yr, n)));
-    row_map(n, T(0), [&](V yv, V d, V acc) { return acc + yv * (d - dot); }, dxr, yr, dyr, dxr);
+    row_map(n, T(0), [=](V yv, V d, V acc) { return acc + yv * (d - dot); }, dxr, yr, dyr, dxr);
   });
 }
 
@@ -304,7 +304,7 @@ void log_softmax_forward(int64_t rows, int64_t n, const T* x, T* y) {
       return;
     }
     const V mv(m), ls(T(std::log(exp_sum(xr, n, m, static_cast<T*>(nullptr)))));
-    row_map(n, T(0), [&](V xv) { return (xv - mv) - ls; }, yr, xr);
+    row_map(n, T(0), [=](V xv) { return (xv - mv) - ls; }, yr, xr);
   });
 }
 
@@ -338,7 +338,7 @@ void log_softmax_backward(int64_t rows, int64_t n, const T* y, const T* dy, T* d
     T* dxr = dx + r * n;
     if (row_max(yr, n) == kNegInf<T> && all_neg_inf(yr, n)) return;  // Note [Fully masked rows]
     const V sdy(T(sum_double(dyr, n)));
-    row_map(n, T(0), [&](V yv, V d, V acc) { return acc + (d - xsimd::exp(yv) * sdy); }, dxr, yr,
+    row_map(n, T(0), [=](V yv, V d, V acc) { return acc + (d - xsimd::exp(yv) * sdy); }, dxr, yr,
             dyr, dxr);
   });
 }
