@@ -1,0 +1,567 @@
+// examples/tapegrad/train.cpp — `tapegrad train`: a byte-level language model on a text file.
+//
+// What it is for: the main job of the project. It builds a model (a named size or a
+// config.json, with any preset of the gating zoo), reads the corpus once, and trains with
+// AdamW, warm-up + cosine decay and gradient clipping, showing a progress bar (step, loss,
+// tokens/s, ETA) and evaluating on the held-out tail of the corpus (loss and bits per
+// byte). Everything goes to a run folder (run_folder.hpp): config.json, train.json,
+// metrics.csv, checkpoints, loss.png. `--resume` continues a run exactly where it stopped
+// (same losses as without the interruption, at the same thread count); Ctrl-C finishes the
+// current step, writes a checkpoint and exits with status 130. At the end it prints a
+// sample of generated text.
+//
+// With no flags (and so `tapegrad` with no command) it trains the baby model on the King
+// James Bible (data/kjv.txt, written by setup.sh) for a few minutes on 2 cores.
+//
+// What it is not: the model (nn/), the optimizer (optim/), the checkpoint format
+// (run_folder.cpp), or a multi-process trainer.
+//
+// Note [Exact resume]
+// A step draws its batch from the data generator, whose state is saved in
+// optimizer.safetensors with the step count; the weights and AdamW moments are saved in
+// the training dtype (exact); the learning rate is a pure function of the step; the
+// validation batches come from a generator seeded afresh at every evaluation. So a run
+// stopped at step k and resumed computes bit for bit what the uninterrupted run computes
+// (given the same thread count: OpenMP reductions are deterministic per thread count).
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "autograd/kernels/parallel.hpp"
+#include "commands.hpp"
+#include "nn/data.hpp"
+#include "nn/model.hpp"
+#include "optim/optim.hpp"
+#include "run_folder.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace tg;
+using tg::cli::run::MetricsRow;
+using tg::cli::run::TrainArgs;
+using tg::cli::run::TrainState;
+
+// ---- Ctrl-C ----------------------------------------------------------------------------
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+  static const char msg[] =
+      "\ntapegrad train: interrupted: finishing this step, then saving a checkpoint (press Ctrl-C again to quit "
+      "without saving)\n";
+  ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)ignored;
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND;  // a second signal takes the default action: quit at once
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// ---- the settings of one invocation ---------------------------------------------------------
+
+struct Invocation {
+  TrainArgs args;         // what defines the run (train.json)
+  std::string out;        // the run folder
+  bool resume = false;
+  bool default_data = false;
+  std::int64_t sample_len = 0;
+  std::string sample_prompt;
+  double sample_temperature = 0.8;
+  std::int64_t log_every = 0;  // lines between progress lines when stdout is not a terminal
+  std::int64_t stop_at = 0;    // stop (with a checkpoint) at this step; 0: never
+  nn::ModelConfig config;
+  std::string preset;
+  std::vector<MetricsRow> metrics;  // rows already in metrics.csv (resume)
+};
+
+std::string default_data_path(bool* found_note) {
+  std::vector<fs::path> tried = {fs::path("data") / "kjv.txt"};
+  const std::string exe = cli::run::executable_path();
+  if (!exe.empty()) tried.push_back(fs::path(exe).parent_path() / ".." / ".." / "data" / "kjv.txt");
+  std::error_code ec;
+  for (const auto& p : tried)
+    if (fs::is_regular_file(p, ec)) {
+      *found_note = true;
+      return fs::weakly_canonical(p, ec).string();
+    }
+  std::string where;
+  for (const auto& p : tried) where += (where.empty() ? "" : ", ") + p.lexically_normal().string();
+  throw std::runtime_error(
+      "no --data given and the default corpus was not found (looked for " + where +
+      "): run `bash setup.sh` in the repository (it writes data/kjv.txt, the King James Bible, from Debian's "
+      "bible-kjv package) or pass --data FILE");
+}
+
+std::string hex64(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// A seed for a separate stream (splitmix64), so the model, the batches and the validation
+// batches never share random numbers.
+std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t stream) {
+  std::uint64_t z = seed + 0x9E3779B97F4A7C15ull * (stream + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+bool folder_holds_a_run(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return false;
+  for (const char* f : {cli::run::kTrainFile, cli::run::kConfigFile, cli::run::kModelFile, cli::run::kOptimizerFile,
+                        cli::run::kMetricsFile})
+    if (fs::exists(fs::path(dir) / f, ec)) return true;
+  return false;
+}
+
+std::string with_commas(std::uint64_t v) {
+  std::string s = std::to_string(v), r;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) r += ',';
+    r += s[i];
+  }
+  return r;
+}
+
+// ---- the training loop ---------------------------------------------------------------------
+
+class Progress {
+ public:
+  Progress(std::int64_t total, std::int64_t log_every)
+      : tty_(::isatty(STDOUT_FILENO) == 1), total_(total), log_every_(log_every) {}
+
+  // One finished step; `seconds` is its wall time (training only).
+  void step(std::int64_t s, double loss, double lr, double seconds, std::size_t tokens) {
+    window_.push_back({seconds, tokens});
+    if (window_.size() > 20) window_.pop_front();
+    double t = 0, n = 0;
+    for (auto& [sec, tok] : window_) t += sec, n += double(tok);
+    tokens_per_s_ = t > 0 ? n / t : 0;
+    const double eta = t / double(window_.size()) * double(total_ - s);
+    std::ostringstream line;
+    line.setf(std::ios::fixed);
+    const int width = 24;
+    const int filled = static_cast<int>(double(width) * double(s) / double(total_));
+    line << "step " << s << "/" << total_ << " [" << std::string(filled, '#') << std::string(width - filled, '.')
+         << "] loss " << std::setprecision(4) << loss << "  lr " << std::scientific << std::setprecision(2) << lr
+         << std::fixed << std::setprecision(0) << "  " << tokens_per_s_ << " tok/s  ETA "
+         << cli::run::format_duration(eta);
+    if (tty_) {
+      std::string l = line.str();
+      const std::size_t pad = last_len_ > l.size() ? last_len_ - l.size() : 0;
+      std::cout << '\r' << l << std::string(pad, ' ') << std::flush;
+      last_len_ = l.size();
+    } else if (s % log_every_ == 0 || s == total_) {
+      std::cout << line.str() << "\n" << std::flush;
+    }
+  }
+  // A line of its own (evaluation, checkpoint), above the bar.
+  void message(const std::string& m) {
+    if (tty_ && last_len_) {
+      std::cout << '\r' << std::string(last_len_, ' ') << '\r';
+      last_len_ = 0;
+    }
+    std::cout << m << "\n" << std::flush;
+  }
+  void finish() {
+    if (tty_ && last_len_) std::cout << "\n";
+    last_len_ = 0;
+  }
+  double tokens_per_s() const { return tokens_per_s_; }
+
+ private:
+  bool tty_;
+  std::int64_t total_, log_every_;
+  std::deque<std::pair<double, std::size_t>> window_;
+  double tokens_per_s_ = 0;
+  std::size_t last_len_ = 0;
+};
+
+template <class T>
+double evaluate(const nn::CausalLM<T>& model, const data::BatchSampler& val, std::int64_t batches,
+                std::uint64_t val_seed) {
+  NoGrad no_grad;
+  Generator gen(val_seed);  // the same validation batches at every evaluation
+  double sum = 0;
+  for (std::int64_t i = 0; i < batches; ++i) sum += static_cast<double>(model.loss(val.next(gen)).ce.item());
+  return sum / static_cast<double>(batches);
+}
+
+template <class T>
+int train(Invocation& inv) {
+  const TrainArgs& a = inv.args;
+  const std::string& dir = inv.out;
+  namespace run = cli::run;
+
+  // ---- everything that can fail on bad input happens before anything is written ----
+  data::Corpus corpus = data::Corpus::open(a.data);
+  const std::string fingerprint = hex64(corpus.fingerprint());
+  if (inv.resume && (fingerprint != a.data_fingerprint || corpus.size() != a.data_bytes))
+    throw std::runtime_error("the data file " + a.data + " is not the text this run was trained on (" +
+                             std::to_string(corpus.size()) + " bytes, fingerprint " + fingerprint +
+                             "; train.json says " + std::to_string(a.data_bytes) + " bytes, " + a.data_fingerprint +
+                             ")");
+  const std::size_t B = static_cast<std::size_t>(a.batch), Tn = static_cast<std::size_t>(a.seq_len);
+  const data::Split parts = data::split(corpus, a.val_fraction, Tn + 1);
+  const data::BatchSampler train_batches(parts.train, B, Tn, "the training split");
+  const data::BatchSampler val_batches(parts.val, B, Tn, "the validation split");
+
+  nn::CausalLM<T> model(inv.config, a.seed);
+  optim::AdamWOptions ao;
+  ao.lr = a.lr, ao.beta1 = a.beta1, ao.beta2 = a.beta2, ao.weight_decay = a.weight_decay;
+  optim::AdamW<T> opt(optim::make_param_groups(model.named_parameters(), a.weight_decay), ao);
+  const optim::LrSchedule schedule = optim::LrSchedule::warmup_cosine(a.lr, a.warmup, a.steps, a.min_lr);
+
+  Generator data_gen(derive_seed(a.seed, 1));
+  const std::uint64_t val_seed = derive_seed(a.seed, 2);
+  TrainState state;
+  state.data_rng = data::generator_state(data_gen);
+  if (inv.resume) {
+    state = run::load_checkpoint(dir, model, opt);
+    data::set_generator_state(data_gen, state.data_rng);
+    // Rows past the checkpoint belong to steps that will be done again.
+    std::vector<MetricsRow> kept;
+    for (const auto& r : inv.metrics)
+      if (r.step <= state.step) kept.push_back(r);
+    inv.metrics = std::move(kept);
+    if (state.step >= a.steps) {
+      std::cout << "tapegrad train: the run in " << dir << " already finished its " << a.steps
+                << " steps; pass --steps N (more than " << state.step << ") to train it further\n";
+      return 0;
+    }
+  }
+
+  // ---- from here on the run folder is written ----
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error("cannot create the run folder " + dir + ": " + ec.message());
+  TrainArgs recorded = a;
+  recorded.threads = tg::num_threads();
+  recorded.data_bytes = corpus.size();
+  recorded.data_fingerprint = fingerprint;
+  if (!inv.resume) run::save_model_spec(run::join(dir, run::kConfigFile), {inv.config, inv.preset});
+  run::write_file_atomic(run::join(dir, run::kTrainFile), run::to_json(recorded).dump(2) + "\n");
+
+  const std::size_t nparams = model.num_parameters();
+  std::cout << "tapegrad train: " << (a.config.empty() ? a.size : a.config) << " model, preset " << inv.preset
+            << ", " << with_commas(nparams) << " parameters, " << dtype_name<T>() << ", " << tg::num_threads()
+            << " thread" << (tg::num_threads() == 1 ? "" : "s") << "\n";
+  if (inv.default_data)
+    std::cout << "data: no --data given, using the default corpus " << a.data << "\n";
+  std::cout << "data: " << a.data << " (" << with_commas(corpus.size()) << " bytes: " << with_commas(parts.train.size)
+            << " for training, the last " << with_commas(parts.val.size) << " for validation)\n";
+  const double tokens_total = double(a.steps) * double(B * Tn);
+  std::cout << "training: " << a.steps << " steps of " << B << " x " << Tn << " tokens (" << with_commas(std::uint64_t(tokens_total))
+            << " tokens, " << std::setprecision(2) << tokens_total / double(parts.train.size) << " epochs), AdamW "
+            << schedule.describe() << ", weight decay " << a.weight_decay << ", clip "
+            << (a.clip > 0 ? std::to_string(a.clip) : std::string("off")) << "\n";
+  std::cout << "run folder: " << dir << (inv.resume ? " (resuming at step " + std::to_string(state.step) + ")" : "")
+            << "\n"
+            << std::flush;
+
+  install_stop_handlers();
+  const bool gnuplot = run::have_gnuplot();
+  if (!gnuplot) std::cerr << "tapegrad train: warning: gnuplot not found, " << run::kPlotFile << " will not be drawn\n";
+
+  auto write_metrics = [&] {
+    run::write_file_atomic(run::join(dir, run::kMetricsFile), run::metrics_csv(inv.metrics));
+  };
+  auto plot = [&] {
+    if (!gnuplot) return;
+    std::string why;
+    const std::string title = "tapegrad " + inv.preset + " " + (a.config.empty() ? a.size : a.config) + ", seed " +
+                              std::to_string(a.seed);
+    if (!run::plot_loss(inv.metrics, run::join(dir, run::kPlotFile), title, &why))
+      std::cerr << "tapegrad train: warning: no loss plot: " << why << "\n";
+  };
+  auto checkpoint = [&] {
+    state.data_rng = data::generator_state(data_gen);
+    run::save_checkpoint(dir, model, opt, state);
+    write_metrics();
+    plot();
+  };
+
+  Progress progress(a.steps, inv.log_every);
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const double elapsed0 = state.elapsed_s;
+  auto elapsed = [&] { return elapsed0 + std::chrono::duration<double>(clock::now() - t0).count(); };
+  double last_val = run::kNone;
+  std::int64_t last_val_step = -1;
+  const std::int64_t first_step = state.step;
+  model.train();
+
+  while (state.step < a.steps) {
+    const auto ts = clock::now();
+    opt.zero_grad();
+    const Index batch = train_batches.next(data_gen);  // (B, T+1)
+    const nn::LossOutput<T> out = model.loss(batch);
+    out.loss.backward();
+    const double gnorm = a.clip > 0 ? optim::clip_grad_norm(opt.parameters(), a.clip) : optim::grad_norm(opt.parameters());
+    const double loss = static_cast<double>(out.ce.item());
+    const double lr = schedule.at(state.step);
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      progress.finish();
+      write_metrics();
+      std::cerr << "tapegrad train: step " << state.step + 1 << ": the loss is " << loss << " and the gradient norm "
+                << gnorm << ": training diverged. The last checkpoint in " << dir
+                << " is kept; try a lower --lr or --clip.\n";
+      return 3;
+    }
+    opt.set_lr(lr);
+    opt.step();
+    ++state.step;
+    state.tokens_seen += B * Tn;
+    const double step_s = std::chrono::duration<double>(clock::now() - ts).count();
+    progress.step(state.step, loss, lr, step_s, B * Tn);
+
+    MetricsRow row;
+    row.step = state.step, row.lr = lr, row.train_loss = loss, row.grad_norm = gnorm;
+    row.tokens_per_s = progress.tokens_per_s();
+    const bool last = state.step == a.steps;
+    if (state.step % a.eval_every == 0 || last) {
+      model.eval();
+      last_val = evaluate(model, val_batches, a.eval_batches, val_seed);
+      model.train();
+      last_val_step = state.step;
+      row.val_loss = last_val;
+      row.val_bpb = last_val / std::log(2.0);
+      std::ostringstream m;
+      m.setf(std::ios::fixed);
+      m << "step " << state.step << "/" << a.steps << ": val loss " << std::setprecision(4) << last_val << " ("
+        << std::setprecision(3) << row.val_bpb << " bits/byte), train loss " << std::setprecision(4) << loss
+        << ", elapsed " << run::format_duration(elapsed());
+      progress.message(m.str());
+    }
+    row.elapsed_s = elapsed();
+    state.elapsed_s = row.elapsed_s;
+    inv.metrics.push_back(row);
+    if (row.val_loss == row.val_loss) write_metrics();
+
+    const bool stop_requested = g_stop_signal != 0;
+    const bool stop_at = inv.stop_at > 0 && state.step == inv.stop_at && !last;
+    if (last || stop_requested || stop_at || (a.save_every > 0 && state.step % a.save_every == 0)) {
+      checkpoint();
+      if (!last && !stop_requested && !stop_at)
+        progress.message("step " + std::to_string(state.step) + ": checkpoint written to " + dir);
+    }
+    if (stop_requested || stop_at) {
+      progress.finish();
+      const std::string how = stop_requested ? "interrupted" : "stopped (--stop-at)";
+      std::cerr << "tapegrad train: " << how << " at step " << state.step << "/" << a.steps
+                << "; checkpoint written to " << dir << ". Continue with:\n  tapegrad train --resume " << dir << "\n";
+      return stop_requested ? 130 : 0;
+    }
+  }
+  progress.finish();
+
+  const double wall = elapsed() - elapsed0;
+  std::cout << std::fixed << std::setprecision(4) << "done: " << a.steps - first_step << " steps in "
+            << run::format_duration(wall) << " (" << std::setprecision(0)
+            << double((a.steps - first_step) * std::int64_t(B * Tn)) / std::max(wall, 1e-9)
+            << " tokens/s including evaluation); validation loss " << std::setprecision(4) << last_val << " = "
+            << std::setprecision(3) << last_val / std::log(2.0) << " bits per byte at step " << last_val_step << "\n"
+            << "run folder: " << dir << " (config.json, train.json, metrics.csv, model.safetensors, "
+               "optimizer.safetensors"
+            << (gnuplot ? ", loss.png" : "") << ")\n";
+
+  if (inv.sample_len > 0) {
+    cli::run::SampleOptions so;
+    so.length = static_cast<std::size_t>(inv.sample_len);
+    so.temperature = inv.sample_temperature;
+    so.seed = a.seed;
+    so.context = Tn;
+    model.eval();
+    const Index prompt_ids = data::ByteTokenizer::encode(inv.sample_prompt);
+    const std::vector<std::int64_t> prompt(prompt_ids.begin(), prompt_ids.end());
+    const auto ids = cli::run::generate(model, prompt, so);
+    std::cout << "\n--- a sample (temperature " << std::setprecision(2) << so.temperature << ", " << ids.size()
+              << " bytes; more with `tapegrad sample --run " << dir << "`) ---\n"
+              << data::printable(inv.sample_prompt + data::ByteTokenizer::decode(ids.data(), ids.size())) << "\n---\n";
+  }
+  return 0;
+}
+
+// ---- the command line ------------------------------------------------------------------------
+
+int run_train(int argc, char** argv) {
+  CLI::App app{
+      "Train a byte-level language model on a text file (default: the baby model on the King James Bible, a few "
+      "minutes on 2 cores), writing a run folder with config.json, train.json, metrics.csv, the checkpoint "
+      "(model.safetensors + optimizer.safetensors) and loss.png; then print a sample."};
+  app.name("tapegrad train");
+  app.get_formatter()->column_width(34);
+
+  TrainArgs a;
+  a.steps = 600, a.batch = 8, a.seq_len = 128;
+  a.lr = 2e-3, a.warmup = 40, a.min_lr = 1e-4, a.weight_decay = 0.1, a.clip = 1.0;
+  a.eval_every = 100, a.eval_batches = 8, a.save_every = 200;
+  Invocation inv;
+  inv.sample_len = 400;
+  inv.sample_prompt = "\n";
+  std::string resume_dir;
+
+  app.add_option("--preset,--variant", a.preset, "gating preset (nn/MODEL.md \"Presets\")")
+      ->capture_default_str()
+      ->check(CLI::IsMember(nn::list_presets()));
+  app.add_option("--size", a.size, "model size (nn/config.hpp)")
+      ->capture_default_str()
+      ->check(CLI::IsMember(nn::size_names()));
+  auto* config_opt = app.add_option("--config", a.config, "a config.json for the model (instead of --size)");
+  app.add_option("--data", a.data, "the text to train on (default: data/kjv.txt, written by setup.sh)");
+  app.add_option("--val-fraction", a.val_fraction, "the last part of the text held out for validation")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-6, 0.5));
+  app.add_option("--steps", a.steps, "optimizer steps")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 40));
+  app.add_option("--batch", a.batch, "sequences per step (B)")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  app.add_option("--seq-len", a.seq_len, "tokens per sequence (T)")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  app.add_option("--lr", a.lr, "peak learning rate")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  app.add_option("--warmup", a.warmup, "linear warm-up steps")->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  app.add_option("--min-lr", a.min_lr, "floor of the cosine decay")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  app.add_option("--weight-decay", a.weight_decay, "AdamW weight decay (matrices only; not norms, biases)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
+  app.add_option("--clip", a.clip, "clip the global gradient norm to this (0: off)")->capture_default_str()->check(CLI::Range(0.0, 1e9));
+  app.add_option("--seed", a.seed, "seed of the initialisation and the batches")->capture_default_str();
+  app.add_option("--threads", a.threads, "threads (0: OMP_NUM_THREADS or all cores)")->capture_default_str()->check(CLI::Range(0, 4096));
+  app.add_option("--eval-every", a.eval_every, "steps between validation evaluations")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 40));
+  app.add_option("--eval-batches", a.eval_batches, "batches per validation evaluation")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  app.add_option("--save-every", a.save_every, "steps between checkpoints (0: only at the end)")->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  app.add_option("--dtype", a.dtype, "f32 or f64")->capture_default_str()->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--out", inv.out, "the run folder (default: runs/<preset>-<size>-s<seed>, numbered if it exists)");
+  app.add_option("--resume", resume_dir, "continue the run in this folder (or --out) from its checkpoint")
+      ->expected(0, 1);
+  app.add_option("--sample-len", inv.sample_len, "bytes of the sample printed at the end (0: none)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 30));
+  app.add_option("--sample-prompt", inv.sample_prompt, "the prompt of that sample (default: a newline)");
+  app.add_option("--log-every", inv.log_every, "steps between progress lines when the output is not a terminal (0: auto)")
+      ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  app.add_option("--stop-at", inv.stop_at, "stop with a checkpoint after this step, as if interrupted (for tests)")
+      ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  CLI11_PARSE(app, argc, argv);
+
+  inv.resume = app.count("--resume") > 0;
+  auto given = [&](const char* flag) { return app.count(flag) > 0; };
+  tg::set_num_threads(a.threads);
+
+  if (inv.resume) {
+    // ---- continue a run: its settings come from train.json ----
+    if (!resume_dir.empty() && !inv.out.empty() && fs::path(resume_dir) != fs::path(inv.out))
+      throw std::runtime_error("--resume " + resume_dir + " and --out " + inv.out + " name different folders");
+    if (!resume_dir.empty()) inv.out = resume_dir;
+    if (inv.out.empty()) throw std::runtime_error("--resume needs the run folder: --resume DIR (or --out DIR)");
+    if (!folder_holds_a_run(inv.out)) throw std::runtime_error("--resume: " + inv.out + " holds no run");
+    TrainArgs stored = cli::run::train_args_from_json(cli::run::read_json(cli::run::join(inv.out, cli::run::kTrainFile)),
+                                                      cli::run::join(inv.out, cli::run::kTrainFile));
+    auto fixed = [&](const char* flag, bool same) {
+      if (given(flag) && !same)
+        throw std::runtime_error(std::string(flag) +
+                                 " differs from the run's value in train.json; a resumed run keeps its settings "
+                                 "(only --steps, --eval-every, --eval-batches, --save-every, --threads, --data (same "
+                                 "text), --sample-len, --sample-prompt, --log-every and --stop-at may change)");
+    };
+    fixed("--preset", a.preset == stored.preset);
+    fixed("--size", a.size == stored.size);
+    fixed("--config", a.config == stored.config);
+    fixed("--val-fraction", a.val_fraction == stored.val_fraction);
+    fixed("--batch", a.batch == stored.batch);
+    fixed("--seq-len", a.seq_len == stored.seq_len);
+    fixed("--lr", a.lr == stored.lr);
+    fixed("--warmup", a.warmup == stored.warmup);
+    fixed("--min-lr", a.min_lr == stored.min_lr);
+    fixed("--weight-decay", a.weight_decay == stored.weight_decay);
+    fixed("--clip", a.clip == stored.clip);
+    fixed("--seed", a.seed == stored.seed);
+    fixed("--dtype", a.dtype == stored.dtype);
+    TrainArgs r = stored;
+    if (given("--steps")) r.steps = a.steps;
+    if (given("--eval-every")) r.eval_every = a.eval_every;
+    if (given("--eval-batches")) r.eval_batches = a.eval_batches;
+    if (given("--save-every")) r.save_every = a.save_every;
+    if (given("--data")) r.data = fs::absolute(a.data).lexically_normal().string();
+    if (tg::num_threads() != stored.threads)
+      std::cerr << "tapegrad train: warning: this run used " << stored.threads << " thread(s), now "
+                << tg::num_threads() << ": the losses may differ from an uninterrupted run in the last bits\n";
+    if (r.warmup > r.steps) throw std::runtime_error("--steps " + std::to_string(r.steps) + " is less than the run's warm-up");
+    inv.args = r;
+    const auto spec = cli::run::load_model_spec(cli::run::join(inv.out, cli::run::kConfigFile));
+    inv.config = spec.config;
+    inv.preset = spec.preset;
+    const std::string mpath = cli::run::join(inv.out, cli::run::kMetricsFile);
+    if (fs::exists(mpath)) inv.metrics = cli::run::parse_metrics_csv(cli::run::read_file(mpath), mpath);
+  } else {
+    // ---- a new run ----
+    if (!given("--warmup")) a.warmup = std::min(a.warmup, a.steps);  // short runs: a shorter warm-up
+    if (a.warmup > a.steps)
+      throw std::runtime_error("--warmup " + std::to_string(a.warmup) + " exceeds --steps " + std::to_string(a.steps));
+    if (a.min_lr > a.lr)
+      throw std::runtime_error("--min-lr " + std::to_string(a.min_lr) + " exceeds --lr " + std::to_string(a.lr));
+    if (config_opt->count() > 0) {
+      if (given("--size")) throw std::runtime_error("give --size or --config, not both");
+      const auto spec = cli::run::load_model_spec(a.config);
+      inv.config = spec.config;
+      inv.preset = spec.preset;
+      if (given("--preset")) {
+        nn::apply_preset(inv.config, a.preset);
+        inv.preset = a.preset;
+      }
+      if (inv.config.vocab_size < data::ByteTokenizer::vocab_size)
+        throw std::runtime_error(a.config + ": vocab_size " + std::to_string(inv.config.vocab_size) +
+                                 " is smaller than the byte tokenizer's 256");
+      a.config = fs::absolute(a.config).lexically_normal().string();
+      a.size = "custom";
+      a.preset = inv.preset;
+    } else {
+      inv.config = nn::named_size(a.size);
+      inv.config.vocab_size = data::ByteTokenizer::vocab_size;  // bytes
+      nn::apply_preset(inv.config, a.preset);
+      inv.preset = a.preset;
+    }
+    if (static_cast<std::size_t>(a.seq_len) + 1 > inv.config.max_position_embeddings)
+      throw std::runtime_error("--seq-len " + std::to_string(a.seq_len) + " needs " + std::to_string(a.seq_len + 1) +
+                               " positions, more than the model's max_position_embeddings " +
+                               std::to_string(inv.config.max_position_embeddings));
+    if (a.data.empty()) {
+      a.data = default_data_path(&inv.default_data);
+    } else {
+      a.data = fs::absolute(a.data).lexically_normal().string();
+    }
+    if (inv.out.empty()) {
+      const std::string size_label = a.config.empty() ? a.size : fs::path(a.config).stem().string();
+      const std::string base = (fs::path("runs") / (inv.preset + "-" + size_label + "-s" + std::to_string(a.seed))).string();
+      inv.out = base;
+      for (int k = 2; folder_holds_a_run(inv.out); ++k) inv.out = base + "-" + std::to_string(k);
+    } else if (folder_holds_a_run(inv.out)) {
+      throw std::runtime_error("the run folder " + inv.out +
+                               " already holds a run: continue it with --resume, or choose another --out");
+    }
+    inv.args = a;
+  }
+  if (inv.log_every == 0) inv.log_every = std::max<std::int64_t>(1, inv.args.steps / 20);
+  return inv.args.dtype == "f64" ? train<double>(inv) : train<float>(inv);
+}
+
+const bool registered = tg::cli::register_command(
+    {"train", "train a byte-level language model on a text file (the default job)", run_train});
+
+}  // namespace

@@ -1,0 +1,228 @@
+// nn/data.cpp — see data.hpp: byte tokenizer, memory-mapped corpus, split, random batches.
+#include "nn/data.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+namespace tg::data {
+
+// ---- tokenizer ---------------------------------------------------------------------------
+
+Index ByteTokenizer::encode(std::string_view text) {
+  Index ids = Index::from_shape({text.size()});
+  for (std::size_t i = 0; i < text.size(); ++i) ids(i) = static_cast<unsigned char>(text[i]);
+  return ids;
+}
+
+std::string ByteTokenizer::decode(const std::int64_t* ids, std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= static_cast<std::int64_t>(vocab_size))
+      throw std::invalid_argument("ByteTokenizer::decode: id " + std::to_string(ids[i]) + " at position " +
+                                  std::to_string(i) + " is not a byte (valid: 0..255)");
+    s[i] = static_cast<char>(static_cast<unsigned char>(ids[i]));
+  }
+  return s;
+}
+
+std::string ByteTokenizer::decode(const Index& ids) { return decode(ids.data(), ids.size()); }
+
+std::string printable(std::string_view b) {
+  static const char kReplacement[] = "\xEF\xBF\xBD";  // U+FFFD
+  std::string out;
+  out.reserve(b.size());
+  std::size_t i = 0;
+  while (i < b.size()) {
+    const unsigned char c = static_cast<unsigned char>(b[i]);
+    if (c < 0x80) {
+      if (c == '\n' || c == '\t' || (c >= 0x20 && c != 0x7F)) out += static_cast<char>(c);
+      else out += kReplacement;
+      ++i;
+      continue;
+    }
+    // The length of a UTF-8 sequence from its lead byte, and the smallest code point it may
+    // encode (overlong forms are invalid).
+    std::size_t len = 0;
+    std::uint32_t cp = 0, min_cp = 0;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min_cp = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min_cp = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min_cp = 0x10000;
+    bool ok = len > 0 && i + len <= b.size();
+    for (std::size_t k = 1; ok && k < len; ++k) {
+      const unsigned char cc = static_cast<unsigned char>(b[i + k]);
+      if ((cc & 0xC0) != 0x80) ok = false;
+      else cp = (cp << 6) | (cc & 0x3F);
+    }
+    ok = ok && cp >= min_cp && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+    if (ok) {
+      out.append(b.substr(i, len));
+      i += len;
+    } else {
+      out += kReplacement;
+      ++i;  // resynchronise on the next byte
+    }
+  }
+  return out;
+}
+
+// ---- corpus ------------------------------------------------------------------------------
+
+Corpus Corpus::open(const std::string& path) {
+  auto fail = [&](const std::string& why) -> std::runtime_error {
+    return std::runtime_error("data file '" + path + "': " + why);
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ENOENT) throw fail("no such file");
+    throw fail(std::string("cannot open: ") + std::strerror(e));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    throw fail(std::string("cannot stat: ") + std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw fail(S_ISDIR(st.st_mode) ? "is a directory, not a text file" : "is not a regular file");
+  }
+  if (st.st_size == 0) {
+    ::close(fd);
+    throw fail("is empty (a corpus needs text to learn from)");
+  }
+  const std::size_t n = static_cast<std::size_t>(st.st_size);
+  void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int e = errno;
+  ::close(fd);  // the mapping keeps the file alive
+  if (p == MAP_FAILED) throw fail(std::string("cannot map: ") + std::strerror(e));
+  ::madvise(p, n, MADV_WILLNEED);
+  Corpus c;
+  c.path_ = path;
+  c.map_ = p;
+  c.data_ = static_cast<const unsigned char*>(p);
+  c.size_ = n;
+  return c;
+}
+
+Corpus Corpus::from_string(std::string text, std::string label) {
+  if (text.empty()) throw std::runtime_error("data '" + label + "': is empty (a corpus needs text to learn from)");
+  Corpus c;
+  c.path_ = std::move(label);
+  c.owned_ = std::move(text);
+  c.data_ = reinterpret_cast<const unsigned char*>(c.owned_.data());
+  c.size_ = c.owned_.size();
+  return c;
+}
+
+Corpus::Corpus(Corpus&& o) noexcept { *this = std::move(o); }
+
+Corpus& Corpus::operator=(Corpus&& o) noexcept {
+  if (this != &o) {
+    release();
+    path_ = std::move(o.path_);
+    map_ = o.map_;
+    size_ = o.size_;
+    owned_ = std::move(o.owned_);
+    // A moved std::string may move its buffer or (short strings) copy it: point at ours.
+    data_ = map_ ? o.data_ : reinterpret_cast<const unsigned char*>(owned_.data());
+    o.map_ = nullptr, o.data_ = nullptr, o.size_ = 0;
+  }
+  return *this;
+}
+
+Corpus::~Corpus() { release(); }
+
+void Corpus::release() {
+  if (map_) ::munmap(map_, size_);
+  map_ = nullptr;
+  data_ = nullptr;
+  size_ = 0;
+}
+
+std::uint64_t Corpus::fingerprint() const {
+  std::uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
+  for (std::size_t i = 0; i < size_; ++i) {
+    h ^= data_[i];
+    h *= 1099511628211ull;  // FNV prime
+  }
+  return h;
+}
+
+Split split(const Corpus& corpus, double val_fraction, std::size_t min_bytes) {
+  if (!(val_fraction > 0.0 && val_fraction < 1.0))
+    throw std::invalid_argument("validation fraction must be in (0, 1), got " + std::to_string(val_fraction));
+  const std::size_t n = corpus.size();
+  const std::size_t n_val = static_cast<std::size_t>(std::llround(static_cast<double>(n) * val_fraction));
+  const std::size_t n_train = n - std::min(n_val, n);
+  auto too_small = [&](const char* part, std::size_t have) {
+    std::ostringstream m;
+    m << "data '" << corpus.path() << "' (" << n << " bytes): the " << part << " split has " << have
+      << " bytes but needs at least " << min_bytes << " (a sequence length T needs T+1 bytes; validation is the last "
+      << val_fraction * 100 << "% of the file): use a shorter --seq-len, a larger corpus or another --val-fraction";
+    return std::invalid_argument(m.str());
+  };
+  if (n_train < min_bytes || n_train == 0) throw too_small("training", n_train);
+  if (n_val < min_bytes || n_val == 0) throw too_small("validation", n_val);
+  return {{corpus.data(), n_train}, {corpus.data() + n_train, n_val}};
+}
+
+// ---- batches -----------------------------------------------------------------------------
+
+std::uint64_t uniform_index(Generator& gen, std::uint64_t n) {
+  if (n == 0) throw std::invalid_argument("uniform_index: n must be >= 1");
+  // Accept words below the largest multiple of n that fits in 2^64; the rest would bias.
+  const std::uint64_t limit = -n % n;  // (2^64 - n) mod n == 2^64 mod n
+  for (;;) {
+    const std::uint64_t r = gen.next_u64();
+    if (r >= limit) return r % n;
+  }
+}
+
+BatchSampler::BatchSampler(Span span, std::size_t B, std::size_t T, std::string what) : span_(span), B_(B), T_(T) {
+  if (B == 0 || T == 0)
+    throw std::invalid_argument("BatchSampler: batch size and sequence length must be >= 1, got B=" +
+                                std::to_string(B) + " T=" + std::to_string(T));
+  if (span.size < T + 1)
+    throw std::invalid_argument(what + " has " + std::to_string(span.size) + " bytes, fewer than a sequence of " +
+                                std::to_string(T) + "+1: use a shorter --seq-len or more text");
+}
+
+Index BatchSampler::next(Generator& gen) const {
+  Index x = Index::from_shape({B_, T_ + 1});  // (B, T+1)
+  const std::uint64_t windows = num_windows();
+  for (std::size_t b = 0; b < B_; ++b) {
+    const std::size_t start = static_cast<std::size_t>(uniform_index(gen, windows));
+    const unsigned char* src = span_.data + start;
+    std::int64_t* dst = x.data() + b * (T_ + 1);
+    for (std::size_t t = 0; t <= T_; ++t) dst[t] = src[t];
+  }
+  return x;
+}
+
+std::string generator_state(Generator& gen) {
+  std::ostringstream os;
+  os << gen.engine();  // the standard textual form of a mersenne_twister_engine
+  return os.str();
+}
+
+void set_generator_state(Generator& gen, const std::string& state) {
+  std::istringstream is(state);
+  std::mt19937_64 e;
+  is >> e;
+  std::string rest;
+  if (is.fail() || (is >> rest, !rest.empty()))
+    throw std::invalid_argument("generator state: not a saved mt19937_64 state (" + std::to_string(state.size()) +
+                                " characters)");
+  gen.engine() = e;
+}
+
+}  // namespace tg::data
