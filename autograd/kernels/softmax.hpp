@@ -3,8 +3,8 @@
 // What it is for: the row-wise kernels under the softmax, log_softmax and
 // cross_entropy ops. Each row is handled in a few passes over memory (max,
 // exp-sum, write) with xsimd vectors; rows are spread over OpenMP threads
-// (schedule(static), one row per thread at a time, so results do not depend
-// on the thread count). Each fast kernel has a `_naive` twin with the same
+// (schedule(static), each row done whole by one thread, so results do not
+// depend on the thread count; a single long row therefore runs on one thread). Each fast kernel has a `_naive` twin with the same
 // signature, a plain scalar loop over std:: math, used as its test oracle.
 //
 // What it is not: softmax over an axis other than the last (the op layer
