@@ -369,18 +369,22 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset
     fail("rope: positions up to " + std::to_string(offset + Tn - 1) + " but the table covers " +
          std::to_string(table.max_positions()));
   // y_i = x_i cos_i - x_{i+h} sin_i,  y_{i+h} = x_{i+h} cos_{i+h} + x_i sin_{i+h}   (h = D/2)
-  // x is viewed as B*T*n rows of D; row (b, t, h) sits at position t + offset.
+  // x is viewed as B*T*n rows of D; row (b, t, h) sits at position t + offset. The rows
+  // offset..offset+T-1 of the tables are copied (small: T×D) so the backward needs
+  // nothing from the caller's table.
   const std::size_t rows = B * Tn * n;
   auto pos = std::make_shared<std::vector<std::int64_t>>(rows);
-  for (std::size_t r = 0; r < rows; ++r) (*pos)[r] = static_cast<std::int64_t>((r / n) % Tn + offset);
+  for (std::size_t r = 0; r < rows; ++r) (*pos)[r] = static_cast<std::int64_t>((r / n) % Tn);
+  auto cs = std::make_shared<std::vector<T>>(table.cos.data() + offset * D, table.cos.data() + (offset + Tn) * D);
+  auto sn = std::make_shared<std::vector<T>>(table.sin.data() + offset * D, table.sin.data() + (offset + Tn) * D);
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  TG_KERNEL(rope_forward)(rows, D, x.value().data(), D, pos->data(), table.cos.data(), table.sin.data(), y.data(), D);
+  TG_KERNEL(rope_forward)(rows, D, x.value().data(), D, pos->data(), cs->data(), sn->data(), y.data(), D);
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&x}))
-    attach<T>(out, "rope", {x}, [x, pos, table, rows, D](const xt::xarray<T>& dy) {
+    attach<T>(out, "rope", {x}, [x, pos, cs, sn, rows, D](const xt::xarray<T>& dy) {
       // dx = R(p)^T dy:  dx_i = dy_i cos_i + dy_{i+h} sin_{i+h};  dx_{i+h} = dy_{i+h} cos_{i+h} - dy_i sin_i
       xt::xarray<T> dx = xt::zeros<T>(dy.shape());
-      TG_KERNEL(rope_backward)(rows, D, dy.data(), D, pos->data(), table.cos.data(), table.sin.data(), dx.data(), D);
+      TG_KERNEL(rope_backward)(rows, D, dy.data(), D, pos->data(), cs->data(), sn->data(), dx.data(), D);
       x.accumulate_grad(std::move(dx), "rope");
     }, "offset=" + std::to_string(offset));
   return out;
