@@ -12,6 +12,7 @@
 #include "autograd/kernels/embedding.hpp"
 #include "autograd/kernels/norm.hpp"
 #include "autograd/kernels/rope.hpp"
+#include "autograd/kernels/softmax.hpp"
 #include "autograd/kernels/swiglu.hpp"
 #include "autograd/ops_common.hpp"
 
@@ -58,7 +59,10 @@ Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
   const AxisView v = axis_view(sx, axis);
   // y = exp(x - lse(x)) along the axis
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  softmax_rows(v, x.value().data(), y.data(), false);
+  if (v.inner == 1)  // the last axis: the fused kernel
+    TG_KERNEL(softmax_forward)(v.outer, v.n, x.value().data(), y.data());
+  else
+    softmax_rows(v, x.value().data(), y.data(), false);
   Tensor<T> out(std::move(y));
   detail::check_forward(out, "softmax");
   if (needs_grad<T>({&x})) {
@@ -67,6 +71,12 @@ Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
       // dx = y * (dy - Σ_k dy*y)
       const T* y = yw.lock()->value.data();
       xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
+      if (v.inner == 1) {
+        dx.fill(T(0));
+        TG_KERNEL(softmax_backward)(v.outer, v.n, y, dy.data(), dx.data());
+        x.accumulate_grad(std::move(dx), "softmax");
+        return;
+      }
       for (std::size_t o = 0; o < v.outer; ++o)
         for (std::size_t i = 0; i < v.inner; ++i) {
           auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
@@ -88,7 +98,10 @@ Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
   const AxisView v = axis_view(sx, axis);
   // y = x - lse(x) along the axis
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  softmax_rows(v, x.value().data(), y.data(), true);
+  if (v.inner == 1)
+    TG_KERNEL(log_softmax_forward)(v.outer, v.n, x.value().data(), y.data());
+  else
+    softmax_rows(v, x.value().data(), y.data(), true);
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&x})) {
     std::weak_ptr<TensorImpl<T>> yw = out.impl();
@@ -96,6 +109,12 @@ Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
       // dx = dy - exp(y) * Σ_k dy   (zero on fully masked rows, where y = -inf)
       const T* y = yw.lock()->value.data();
       xt::xarray<T> dx = xt::xarray<T>::from_shape(dy.shape());
+      if (v.inner == 1) {
+        dx.fill(T(0));
+        TG_KERNEL(log_softmax_backward)(v.outer, v.n, y, dy.data(), dx.data());
+        x.accumulate_grad(std::move(dx), "log_softmax");
+        return;
+      }
       for (std::size_t o = 0; o < v.outer; ++o)
         for (std::size_t i = 0; i < v.inner; ++i) {
           auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
@@ -124,25 +143,17 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Index& targets, std::int6
     fail("cross_entropy: logits " + shape_to_string(sl) + " need targets of shape " + shape_to_string(lead) +
          ", got " + shape_to_string(targets.shape()));
   const std::size_t N = prod(lead), V = sl.back();
-  const T* x = logits.value().data();
-  // loss_i = lse_i - x_i[t_i] for counted rows; lse saved for backward.
-  std::vector<T> lse(N, T(0));
-  xt::xarray<T> per_row = xt::zeros<T>(lead);
-  std::size_t count = 0;
   for (std::size_t i = 0; i < N; ++i) {
     const std::int64_t t = targets.data()[i];
-    if (t == ignore_index) continue;
-    if (t < 0 || t >= static_cast<std::int64_t>(V))
+    if (t != ignore_index && (t < 0 || t >= static_cast<std::int64_t>(V)))
       fail("cross_entropy: target " + std::to_string(t) + " at row " + std::to_string(i) + " is outside [0, " +
            std::to_string(V) + ") (ignore_index is " + std::to_string(ignore_index) + ")");
-    const T* row = x + i * V;
-    T m = *std::max_element(row, row + V);
-    T s = 0;
-    for (std::size_t k = 0; k < V; ++k) s += std::exp(row[k] - m);
-    lse[i] = m + std::log(s);
-    per_row.data()[i] = lse[i] - row[t];
-    ++count;
   }
+  // loss_i = lse_i - x_i[t_i] for counted rows (the fused kernel); lse saved for backward.
+  auto lse = std::make_shared<std::vector<T>>(N, T(0));
+  xt::xarray<T> per_row = xt::zeros<T>(lead);
+  const std::size_t count = static_cast<std::size_t>(TG_KERNEL(cross_entropy_forward)(
+      N, V, logits.value().data(), targets.data(), ignore_index, per_row.data(), lse->data()));
   xt::xarray<T> y;
   if (red == Reduction::None) {
     y = per_row;
@@ -158,18 +169,15 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Index& targets, std::int6
   detail::check_forward(out, "cross_entropy");
   if (needs_grad<T>({&logits}))
     attach<T>(out, "cross_entropy", {logits},
-              [logits, targets, ignore_index, red, lse = std::move(lse), N, V, count](const xt::xarray<T>& dy) {
+              [logits, targets, ignore_index, red, lse, N, V, count](const xt::xarray<T>& dy) {
       // dlogits_i = (softmax(x_i) - onehot(t_i)) * dloss_i,
       // dloss_i = dy (sum), dy / count (mean), dy_i (none)
+      std::vector<T> dloss(N);
+      for (std::size_t i = 0; i < N; ++i)
+        dloss[i] = red == Reduction::None ? dy.data()[i] : (red == Reduction::Sum ? dy() : dy() / T(count));
       xt::xarray<T> dx = xt::zeros<T>(logits.value().shape());
-      const T* x = logits.value().data();
-      for (std::size_t i = 0; i < N; ++i) {
-        const std::int64_t t = targets.data()[i];
-        if (t == ignore_index) continue;
-        T g = red == Reduction::None ? dy.data()[i] : (red == Reduction::Sum ? dy() : dy() / T(count));
-        for (std::size_t k = 0; k < V; ++k) dx.data()[i * V + k] = g * std::exp(x[i * V + k] - lse[i]);
-        dx.data()[i * V + t] -= g;
-      }
+      TG_KERNEL(cross_entropy_backward)(N, V, logits.value().data(), targets.data(), ignore_index, lse->data(),
+                                        dloss.data(), dx.data());
       logits.accumulate_grad(std::move(dx), "cross_entropy");
     }, "ignore_index=" + std::to_string(ignore_index));
   return out;
