@@ -182,6 +182,20 @@ Row run_case(const Case& c, const char* dtype, int threads, int reps, double blo
   return {std::string(dtype) + "/" + c.name, threads, median(g_ours), median(g_peer)};
 }
 
+// Alternates both libraries on a 512^3 product for about `seconds`.
+template <class T>
+void warm_up(double seconds) {
+  const int64_t n = 512;
+  std::vector<T> A(size_t(n * n), T(0.5)), B(size_t(n * n), T(0.25)), C(size_t(n * n));
+  const double t0 = now_s();
+  while (now_s() - t0 < seconds) {
+    for (int i = 0; i < 4; ++i)
+      tg::kernels::gemm<T>(false, false, n, n, n, T(1), A.data(), n, B.data(), n, T(0), C.data(), n);
+    for (int i = 0; i < 4; ++i)
+      cblas_call(false, false, n, n, n, T(1), A.data(), n, B.data(), n, T(0), C.data(), n);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,6 +269,13 @@ int main(int argc, char** argv) {
     for (int th : thread_list) {
       tg::set_num_threads(th);
       openblas_set_num_threads(th);
+      // Start both libraries' thread pools and let the scheduler settle them
+      // on the cores before timing (the first calls after a team is created
+      // can be much slower).
+      if (dt == "f32")
+        warm_up<float>(0.3);
+      else
+        warm_up<double>(0.3);
       for (const Case& c : make_cases(quick)) {
         if (!only.empty() && c.name.find(only) == std::string::npos) continue;
         Row r = dt == "f32" ? run_case<float>(c, "f32", th, reps, block_s)
