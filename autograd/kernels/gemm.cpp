@@ -355,11 +355,15 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   const int64_t kc_max = std::min<int64_t>(KC, K);
   T* Bp = buffer_B<T>(std::size_t(NC * n_slabs * kc_max));
 
-  // Items: mb row blocks x nb column chunks (per column block).
+  // Items: mb row blocks x nb column chunks (per column block). Row blocks
+  // stay near MC tall (each B micro-panel is reused by mc/MR micro-kernels, so
+  // short blocks would stream B from L3 too often); with several threads the
+  // item count is made a multiple of the thread count, and columns are cut
+  // too until there are at least 2 items per thread (more, smaller items
+  // measured slower: each repacks its A block).
   const int64_t m_panels = ceil_div(M, MR);
   int64_t mb = ceil_div(m_panels, MC_panels);
-  const int64_t target = nt > 1 ? 8 * int64_t(nt) : 1;
-  if (nt > 1) mb = std::max(mb, std::min(target, ceil_div(m_panels, 4)));
+  if (nt > 1 && mb % nt != 0 && mb < 8 * int64_t(nt)) mb = std::min(m_panels, ceil_div(mb, nt) * nt);
   const int64_t mb_panels_max = ceil_div(m_panels, mb);
 
   // Shared counters, three per column block (B items claimed, B items done,
@@ -398,7 +402,8 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
       }
       // 2. compute items.
       int64_t nb = 1;
-      if (nt > 1 && mb < target) nb = std::min<int64_t>(n_panels, ceil_div(target, mb));
+      if (nt > 1 && mb < 2 * int64_t(nt))
+        nb = std::min<int64_t>(n_panels, ceil_div(2 * int64_t(nt), mb));
       for (;;) {
         const int64_t it = c_claim.fetch_add(1, std::memory_order_relaxed);
         if (it >= mb * nb) break;
