@@ -91,6 +91,7 @@ int run_sample(int argc, char** argv) {
   CLI::App app{"Generate text from a trained model: a run folder (--run) or a config.json with a safetensors file"};
   app.name("tapegrad sample");
   app.get_formatter()->column_width(30);
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
   std::string run_dir, config_path, weights, dtype;
   SampleInvocation s;
   s.prompt = "\n";

@@ -69,7 +69,7 @@ void install_stop_handlers() {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND;  // a second signal takes the default action: quit at once
+  sa.sa_flags = SA_RESETHAND | SA_RESTART;  // a second signal takes the default action: quit at once
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 }
@@ -271,9 +271,11 @@ int train(Invocation& inv) {
             << " for training, the last " << with_commas(parts.val.size) << " for validation)\n";
   const double tokens_total = double(a.steps) * double(B * Tn);
   std::cout << "training: " << a.steps << " steps of " << B << " x " << Tn << " tokens (" << with_commas(std::uint64_t(tokens_total))
-            << " tokens, " << std::setprecision(2) << tokens_total / double(parts.train.size) << " epochs), AdamW "
-            << schedule.describe() << ", weight decay " << a.weight_decay << ", clip "
-            << (a.clip > 0 ? std::to_string(a.clip) : std::string("off")) << "\n";
+            << " tokens, " << std::setprecision(2) << tokens_total / double(parts.train.size) << std::setprecision(6) << " epochs), AdamW "
+            << schedule.describe() << ", weight decay " << a.weight_decay << ", clip ";
+  if (a.clip > 0) std::cout << a.clip;
+  else std::cout << "off";
+  std::cout << "\n";
   std::cout << "run folder: " << dir << (inv.resume ? " (resuming at step " + std::to_string(state.step) + ")" : "")
             << "\n"
             << std::flush;
@@ -410,6 +412,7 @@ int run_train(int argc, char** argv) {
       "(model.safetensors + optimizer.safetensors) and loss.png; then print a sample."};
   app.name("tapegrad train");
   app.get_formatter()->column_width(34);
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
 
   TrainArgs a;
   a.steps = 600, a.batch = 8, a.seq_len = 128;

@@ -1,0 +1,498 @@
+// tests/test_train.cpp — `tapegrad train` and `tapegrad sample`, driven as programs on tiny
+// models: the run folder, exact resume, Ctrl-C, the KV-cache sampler, and bad input.
+//
+// The program is the one built beside this test (<build>/bin/tapegrad; TAPEGRAD_BIN
+// overrides). Every run is the `tiny` size on a small generated text with one thread, so
+// the whole file takes a few seconds.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "nn/config.hpp"
+#include "nn/model.hpp"
+#include "nn/safetensors.hpp"
+
+namespace fs = std::filesystem;
+using namespace tg;
+
+namespace {
+
+std::string program() {
+  if (const char* env = std::getenv("TAPEGRAD_BIN")) return env;
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  return (self.parent_path().parent_path() / "bin" / "tapegrad").string();
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "tg_test_train_XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// English-like text with a little structure: enough for a tiny model to learn something.
+std::string corpus_text(std::size_t bytes) {
+  const char* words[] = {"the", "lord", "said", "unto", "moses", "and", "he", "went", "up", "into", "mountain",
+                         "of", "god", "light", "was", "good", "earth", "heaven", "water", "day"};
+  std::string s;
+  std::uint64_t x = 12345;
+  while (s.size() < bytes) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    s += words[(x >> 33) % 20];
+    s += ((x >> 20) % 9 == 0) ? ".\n" : " ";
+  }
+  s.resize(bytes);
+  return s;
+}
+
+struct Result {
+  int status = -1;     // exit code, or 128 + signal
+  std::string output;  // stdout and stderr
+};
+
+// Starts the program with `args` in `cwd`, its output going to `log`; returns the pid.
+pid_t spawn(const std::vector<std::string>& args, const std::string& log, const std::string& cwd = "",
+            const std::string& exe = "") {
+  const std::string prog = exe.empty() ? program() : exe;
+  std::vector<std::string> full = {prog};
+  full.insert(full.end(), args.begin(), args.end());
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) ::_exit(126);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    if (!cwd.empty() && ::chdir(cwd.c_str()) != 0) ::_exit(126);
+    std::vector<char*> argv;
+    for (auto& a : full) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::setenv("OMP_NUM_THREADS", "1", 1);
+    ::execv(prog.c_str(), argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int wait_status(pid_t pid) {
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+Result run(const std::vector<std::string>& args, const std::string& cwd = "", const std::string& exe = "") {
+  static int counter = 0;
+  const std::string log = (fs::temp_directory_path() / ("tg_test_train_log_" + std::to_string(::getpid()) + "_" +
+                                                         std::to_string(counter++)))
+                              .string();
+  Result r;
+  r.status = wait_status(spawn(args, log, cwd, exe));
+  r.output = read(log);
+  fs::remove(log);
+  return r;
+}
+
+// A tiny run on `data`: one thread, no sample, no periodic checkpoints.
+std::vector<std::string> tiny_args(const std::string& data, const std::string& out, int steps) {
+  return {"train", "--size", "tiny", "--data", data, "--out", out, "--steps", std::to_string(steps), "--batch", "2",
+          "--seq-len", "16", "--eval-every", "4", "--eval-batches", "2", "--save-every", "0", "--sample-len", "0",
+          "--threads", "1"};
+}
+
+std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// The metrics.csv lines without the timing columns (tokens_per_s, elapsed_s).
+std::vector<std::string> loss_columns(const std::string& csv) {
+  std::vector<std::string> out;
+  std::istringstream in(csv);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    std::string x;
+    while (std::getline(ls, x, ',')) f.push_back(x);
+    while (f.size() < 8) f.push_back("");
+    out.push_back(f[0] + "," + f[1] + "," + f[2] + "," + f[3] + "," + f[4] + "," + f[7]);
+  }
+  return out;
+}
+
+// Every file of a folder with its bytes.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> m;
+  for (auto& e : fs::directory_iterator(dir)) m[e.path().filename().string()] = read(e.path().string());
+  return m;
+}
+
+nn::ModelConfig run_config(const std::string& dir) {
+  auto j = nlohmann::json::parse(read(dir + "/config.json"));
+  j.erase("preset");
+  return nn::ModelConfig::from_json(j);
+}
+
+bool have_program() {
+  const bool ok = fs::exists(program());
+  if (!ok) FAIL_CHECK("the tapegrad program was not found at " << program() << " (build it, or set TAPEGRAD_BIN)");
+  return ok;
+}
+
+}  // namespace
+
+TEST_CASE("train: a tiny run writes the run folder and learns") {
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(20000));
+  const std::string out = d / "run";
+  const Result r = run(plus(tiny_args(d / "text.txt", out, 60), {"--lr", "1e-2", "--sample-len", "40"}));
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  for (const char* f : {"config.json", "train.json", "metrics.csv", "model.safetensors", "optimizer.safetensors"})
+    CHECK(fs::exists(out + "/" + f));
+  CHECK(contains(r.output, "val loss"));
+  CHECK(contains(r.output, "bits/byte"));
+  CHECK(contains(r.output, "--- a sample"));
+
+  // config.json: the model config plus the preset; the byte vocabulary.
+  const auto cj = nlohmann::json::parse(read(out + "/config.json"));
+  CHECK(cj["preset"] == "baseline");
+  const nn::ModelConfig cfg = run_config(out);
+  CHECK(cfg.vocab_size == 256);
+  CHECK(cfg.hidden_size == nn::named_size("tiny").hidden_size);
+  const auto tj = nlohmann::json::parse(read(out + "/train.json"));
+  CHECK(tj["steps"] == 60);
+  CHECK(tj["seq_len"] == 16);
+  CHECK(tj["data_bytes"] == 20000);
+
+  // metrics.csv: one row per step, validation every 4 steps and at the end, bpb = loss / ln 2.
+  std::istringstream csv(read(out + "/metrics.csv"));
+  std::string line;
+  std::getline(csv, line);
+  CHECK(line == "step,lr,train_loss,val_loss,val_bpb,tokens_per_s,elapsed_s,grad_norm");
+  int rows = 0;
+  double first_val = 0, last_val = 0;
+  while (std::getline(csv, line)) {
+    ++rows;
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    std::string x;
+    while (std::getline(ls, x, ',')) f.push_back(x);
+    f.resize(8);
+    CHECK(std::stoi(f[0]) == rows);
+    const bool evaluated = rows % 4 == 0 || rows == 60;
+    CHECK(!f[3].empty() == evaluated);
+    if (evaluated) {
+      const double v = std::stod(f[3]), bpb = std::stod(f[4]);
+      CHECK(bpb == doctest::Approx(v / std::log(2.0)).epsilon(1e-12));
+      if (first_val == 0) first_val = v;
+      last_val = v;
+    }
+    CHECK(std::stod(f[7]) > 0);  // grad norm
+  }
+  CHECK(rows == 60);
+  // From ln 256 = 5.55 nats (uniform) the model learns the 20-word text's letters.
+  CHECK(first_val > 4.5);
+  CHECK(last_val < 3.3);
+
+  // The weights load into the model of config.json (Hugging Face names, F32).
+  const auto weights = st::SafeTensorsFile::load(out + "/model.safetensors");
+  CHECK(weights.contains("model.embed_tokens.weight"));
+  CHECK(weights.dtype("model.embed_tokens.weight") == "F32");
+  CHECK(weights.metadata().at("step") == "60");
+  nn::CausalLM<float> model(cfg);
+  CHECK_NOTHROW(model.load_from(weights));
+  const auto optim = st::SafeTensorsFile::load(out + "/optimizer.safetensors");
+  CHECK(optim.metadata().at("step") == "60");
+  CHECK(optim.contains("exp_avg.model.embed_tokens.weight"));
+
+  if (std::system("command -v gnuplot > /dev/null 2>&1") == 0) {
+    const std::string png = read(out + "/loss.png");
+    REQUIRE(png.size() > 8);
+    CHECK(png.substr(0, 8) == std::string("\x89PNG\r\n\x1a\n", 8));
+  }
+  // No temporary files are left behind.
+  for (auto& e : fs::directory_iterator(out)) CHECK(!contains(e.path().filename().string(), ".tmp"));
+}
+
+TEST_CASE("train: --resume gives the same losses as an uninterrupted run") {
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(20000));
+  for (const char* dtype : {"f32", "f64"}) {
+    CAPTURE(dtype);
+    const std::string whole = d / (std::string("whole_") + dtype), parts = d / (std::string("parts_") + dtype);
+    const Result a = run(plus(tiny_args(d / "text.txt", whole, 24), {"--dtype", dtype}));
+    REQUIRE(a.status == 0);
+    const Result b1 = run(plus(tiny_args(d / "text.txt", parts, 24), {"--dtype", dtype, "--stop-at", "10"}));
+    INFO(b1.output);
+    REQUIRE(b1.status == 0);
+    CHECK(contains(b1.output, "--resume"));
+    CHECK(loss_columns(read(parts + "/metrics.csv")).size() == 11);  // header + 10 steps
+    // Only the folder: every setting comes from train.json.
+    const Result b2 = run({"train", "--resume", parts, "--threads", "1", "--sample-len", "0"});
+    INFO(b2.output);
+    REQUIRE(b2.status == 0);
+    CHECK(contains(b2.output, "resuming at step 10"));
+    const auto la = loss_columns(read(whole + "/metrics.csv")), lb = loss_columns(read(parts + "/metrics.csv"));
+    REQUIRE(la.size() == 25);
+    CHECK(la == lb);
+    // The final weights are the same bytes too.
+    CHECK(read(whole + "/model.safetensors") == read(parts + "/model.safetensors"));
+
+    // Resuming a finished run changes nothing.
+    const auto before = snapshot(parts);
+    const Result again = run({"train", "--resume", parts, "--threads", "1"});
+    CHECK(again.status == 0);
+    CHECK(contains(again.output, "already finished"));
+    CHECK(snapshot(parts) == before);
+  }
+}
+
+TEST_CASE("train: Ctrl-C finishes the step, writes a checkpoint that loads and resumes, exits non-zero") {
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(20000));
+  const std::string out = d / "run", log = d / "log.txt";
+  const pid_t pid = spawn(plus(tiny_args(d / "text.txt", out, 1000000), {"--log-every", "1", "--warmup", "2"}), log);
+  // Wait for a few steps (at most 30 s).
+  bool started = false;
+  for (int i = 0; i < 300 && !started; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    started = contains(read(log), "step 3/");
+  }
+  if (!started) ::kill(pid, SIGKILL);
+  REQUIRE(started);
+  REQUIRE(::kill(pid, SIGINT) == 0);
+  const int status = wait_status(pid);
+  const std::string output = read(log);
+  INFO(output);
+  CHECK(status == 130);
+  CHECK(contains(output, "interrupted"));
+  CHECK(contains(output, "checkpoint written"));
+
+  const auto weights = st::SafeTensorsFile::load(out + "/model.safetensors");
+  const auto optim = st::SafeTensorsFile::load(out + "/optimizer.safetensors");
+  const std::string step = weights.metadata().at("step");
+  CHECK(optim.metadata().at("step") == step);
+  const long k = std::stol(step);
+  CHECK(k >= 3);
+  nn::CausalLM<float> model(run_config(out));
+  CHECK_NOTHROW(model.load_from(weights));
+  // metrics.csv holds exactly the steps done.
+  CHECK(loss_columns(read(out + "/metrics.csv")).size() == static_cast<std::size_t>(k) + 1);
+
+  // And the run continues from it.
+  const Result r = run({"train", "--resume", out, "--steps", std::to_string(k + 3), "--threads", "1"});
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(loss_columns(read(out + "/metrics.csv")).size() == static_cast<std::size_t>(k) + 4);
+}
+
+TEST_CASE("sample: the same tokens with and without the KV cache") {
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(20000));
+  const std::string out = d / "run";
+  REQUIRE(run(plus(tiny_args(d / "text.txt", out, 40), {"--lr", "1e-2", "--dtype", "f64"})).status == 0);
+  auto sample = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"sample", "--run", out, "--length", "60", "--raw", "--threads", "1",
+                                     "--prompt", "the lord"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Result r = run(args);
+    INFO(r.output);
+    CHECK(r.status == 0);
+    // stdout and stderr share the log: keep the text before the timing line.
+    return r.output.substr(0, r.output.rfind("\n("));
+  };
+  for (const std::vector<std::string>& mode :
+       {std::vector<std::string>{"--temperature", "0"}, {"--temperature", "1", "--seed", "3"},
+        {"--temperature", "0.7", "--top-k", "5", "--seed", "4"}, {"--temperature", "1", "--top-p", "0.8"},
+        {"--temperature", "0", "--context", "8"}}) {
+    const std::string cached = sample(mode);
+    const std::string uncached = sample(plus(mode, {"--no-cache"}));
+    CAPTURE(mode[1]);
+    CHECK(cached.rfind("the lord", 0) == 0);
+    CHECK(cached.size() == std::string("the lord").size() + 60);  // the prompt, then 60 bytes
+    CHECK(cached == uncached);
+  }
+  // Different seeds give different samples at temperature 1.
+  CHECK(sample({"--temperature", "1", "--seed", "1"}) != sample({"--temperature", "1", "--seed", "2"}));
+
+  // --config + --weights is the same model.
+  const std::string via_files = sample({"--temperature", "0", "--dtype", "f64"});
+  Result r = run({"sample", "--config", out + "/config.json", "--weights", out + "/model.safetensors", "--length",
+                  "60", "--raw", "--threads", "1", "--prompt", "the lord", "--temperature", "0", "--dtype", "f64",
+                  "--context", "16"});
+  CHECK(r.status == 0);
+  CHECK(r.output.substr(0, r.output.rfind("\n(")) == via_files);
+}
+
+TEST_CASE("train and sample: bad input is a clear error, a non-zero exit, and nothing is destroyed") {
+  if (!have_program()) return;
+  TempDir d;
+  const std::string text = d / "text.txt";
+  write(text, corpus_text(2000));
+  auto fails_with = [&](const std::vector<std::string>& args, const std::vector<std::string>& parts) {
+    const Result r = run(args);
+    INFO(r.output);
+    CHECK(r.status != 0);
+    for (const auto& p : parts) CHECK_MESSAGE(contains(r.output, p), "expected '" << p << "' in the output");
+    return r;
+  };
+
+  SUBCASE("data problems") {
+    fails_with(tiny_args(d / "missing.txt", d / "r1", 5), {"missing.txt", "no such file"});
+    CHECK(!fs::exists(d / "r1"));
+    fails_with(tiny_args(d.path.string(), d / "r2", 5), {"is a directory"});
+    write(d / "empty.txt", "");
+    fails_with(tiny_args(d / "empty.txt", d / "r3", 5), {"is empty"});
+    // 2000 bytes: the validation split (2%) has 40 bytes, too few for 50+1.
+    fails_with(plus(tiny_args(text, d / "r4", 5), {"--seq-len", "50", "--val-fraction", "0.02"}),
+               {"validation split has 40 bytes", "at least 51"});
+    fails_with(plus(tiny_args(text, d / "r5", 5), {"--seq-len", "5000"}), {"max_position_embeddings"});
+    for (const char* r : {"r2", "r3", "r4", "r5"}) CHECK(!fs::exists(d / r));
+  }
+
+  SUBCASE("flags and values") {
+    fails_with(plus(tiny_args(text, d / "r", 5), {"--bogus"}), {"--bogus"});
+    fails_with({"train", "--steps", "-5", "--size", "tiny", "--data", text}, {"--steps"});
+    fails_with({"train", "--steps", "ten", "--data", text}, {"--steps"});
+    fails_with({"train", "--preset", "g7_magic", "--data", text}, {"g7_magic", "baseline", "g1_elementwise"});
+    fails_with({"train", "--size", "huge", "--data", text}, {"huge", "tiny", "baby"});
+    fails_with({"train", "--dtype", "f16", "--data", text}, {"f16"});
+    fails_with(plus(tiny_args(text, d / "r", 5), {"--warmup", "10"}), {"--warmup 10 exceeds --steps 5"});
+    fails_with(plus(tiny_args(text, d / "r", 5), {"--lr", "1e-4", "--min-lr", "1e-3"}), {"--min-lr"});
+    fails_with({"sample", "--temperature", "-1"}, {"--temperature"});
+    fails_with({"sample"}, {"--run"});
+    fails_with({"sample", "--run", d / "nothing"}, {"not a run folder"});
+    fails_with({"frobnicate"}, {"unknown command"});
+    CHECK(!fs::exists(d / "r"));
+  }
+
+  SUBCASE("a run folder is never overwritten, and a failed resume leaves it as it was") {
+    const std::string out = d / "run";
+    REQUIRE(run(plus(tiny_args(text, out, 12), {"--stop-at", "6"})).status == 0);
+    const auto original = snapshot(out);
+
+    // A new run into the same folder.
+    fails_with(tiny_args(text, out, 12), {"already holds a run", "--resume"});
+    CHECK(snapshot(out) == original);
+    // Settings that define the run cannot change on resume.
+    fails_with({"train", "--resume", out, "--batch", "3"}, {"--batch", "train.json"});
+    CHECK(snapshot(out) == original);
+    // Another text.
+    write(d / "other.txt", corpus_text(3000));
+    fails_with({"train", "--resume", out, "--data", d / "other.txt"}, {"not the text this run was trained on"});
+    CHECK(snapshot(out) == original);
+    // No run there.
+    fails_with({"train", "--resume", d / "elsewhere"}, {"holds no run"});
+
+    // A truncated checkpoint.
+    const std::string model = out + "/model.safetensors";
+    write(model, original.at("model.safetensors").substr(0, original.at("model.safetensors").size() / 2));
+    auto damaged = snapshot(out);
+    fails_with({"train", "--resume", out, "--threads", "1"}, {"model.safetensors"});
+    CHECK(snapshot(out) == damaged);
+    fails_with({"sample", "--run", out}, {"model.safetensors"});
+    write(model, original.at("model.safetensors"));
+
+    // Model and optimizer from different steps (a crash between the two renames).
+    const std::string other = d / "other_run";
+    REQUIRE(run(plus(tiny_args(text, other, 12), {"--stop-at", "8"})).status == 0);
+    write(out + "/optimizer.safetensors", read(other + "/optimizer.safetensors"));
+    damaged = snapshot(out);
+    fails_with({"train", "--resume", out, "--threads", "1"}, {"inconsistent", "step 6", "step 8"});
+    CHECK(snapshot(out) == damaged);
+    write(out + "/optimizer.safetensors", original.at("optimizer.safetensors"));
+
+    // A config.json that does not match the weights (another width, another preset).
+    auto cfg = nlohmann::json::parse(original.at("config.json"));
+    cfg["intermediate_size"] = cfg["intermediate_size"].get<int>() + 8;
+    write(out + "/config.json", cfg.dump());
+    damaged = snapshot(out);
+    fails_with({"train", "--resume", out, "--threads", "1"}, {"do not fit", "mlp"});
+    CHECK(snapshot(out) == damaged);
+    fails_with({"sample", "--run", out}, {"do not fit"});
+    write(out + "/config.json", original.at("config.json"));
+    write(d / "gated.json", nn::with_preset(run_config(out), "g1_elementwise").to_json().dump());
+    fails_with({"sample", "--config", d / "gated.json", "--weights", model}, {"do not fit", "q_proj"});
+    // Garbage JSON.
+    write(out + "/train.json", "{ not json");
+    fails_with({"train", "--resume", out}, {"train.json", "not valid JSON"});
+    write(out + "/train.json", original.at("train.json"));
+
+    // After all that, the intact folder still resumes.
+    CHECK(snapshot(out) == original);
+    const Result r = run({"train", "--resume", out, "--threads", "1", "--sample-len", "0"});
+    INFO(r.output);
+    CHECK(r.status == 0);
+  }
+}
+
+TEST_CASE("train: the default corpus data/kjv.txt, and a clear error without it") {
+  if (!have_program()) return;
+  TempDir d;
+  // A copy of the program at <d>/a/b/bin/tapegrad: its ../../data is <d>/a/data, which does
+  // not exist, so only the current directory's data/kjv.txt can be found.
+  fs::create_directories(d.path / "a" / "b" / "bin");
+  const std::string exe = (d.path / "a" / "b" / "bin" / "tapegrad").string();
+  fs::copy_file(program(), exe);
+  fs::create_directories(d.path / "work");
+  const std::vector<std::string> args = {"train", "--size", "tiny", "--steps", "3", "--batch", "2", "--seq-len", "16",
+                                         "--eval-batches", "1", "--sample-len", "0", "--threads", "1", "--out", "run"};
+  const Result missing = run(args, d / "work", exe);
+  INFO(missing.output);
+  CHECK(missing.status != 0);
+  CHECK(contains(missing.output, "setup.sh"));
+  CHECK(contains(missing.output, "--data"));
+  CHECK(!fs::exists(d.path / "work" / "run"));
+
+  fs::create_directories(d.path / "work" / "data");
+  write((d.path / "work" / "data" / "kjv.txt").string(), corpus_text(5000));
+  const Result found = run(args, d / "work", exe);
+  INFO(found.output);
+  CHECK(found.status == 0);
+  CHECK(contains(found.output, "using the default corpus"));
+  CHECK(contains(found.output, "kjv.txt"));
+  // Without --out the run gets runs/<preset>-<size>-s<seed>, numbered when it exists.
+  std::vector<std::string> no_out(args.begin(), args.end() - 2);
+  REQUIRE(run(no_out, d / "work", exe).status == 0);
+  REQUIRE(run(no_out, d / "work", exe).status == 0);
+  CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0" / "model.safetensors"));
+  CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0-2" / "model.safetensors"));
+}
