@@ -10,21 +10,13 @@
 #include <xtensor/xview.hpp>
 
 #include "autograd/autograd.hpp"
+#include "test_util.hpp"
 
 using namespace tg;
 using TD = Tensor<double>;
 using TF = Tensor<float>;
 using Arr = xt::xarray<double>;
 
-#define THROW_MSG(expr)                 \
-  [&]() -> std::string {                \
-    try {                               \
-      (void)(expr);                     \
-    } catch (const std::exception& e) { \
-      return e.what();                  \
-    }                                   \
-    return "";                          \
-  }()
 
 namespace {
 

@@ -16,6 +16,7 @@
 #include <xtensor/xview.hpp>
 
 #include "autograd/autograd.hpp"
+#include "test_util.hpp"
 #include "nn/safetensors.hpp"
 #include "optim/optim.hpp"
 
@@ -27,16 +28,6 @@ using AD = xt::xarray<double>;
 
 namespace {
 
-// The message of the exception `expr` throws (empty if none).
-#define THROW_MSG(expr)                 \
-  [&]() -> std::string {                \
-    try {                               \
-      (void)(expr);                     \
-    } catch (const std::exception& e) { \
-      return e.what();                  \
-    }                                   \
-    return "";                          \
-  }()
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

@@ -6,20 +6,11 @@
 #include <sstream>
 
 #include "autograd/autograd.hpp"
+#include "test_util.hpp"
 
 using namespace tg;
 using TD = Tensor<double>;
 
-// The message of the exception `expr` throws (empty if none).
-#define THROW_MSG(expr)                 \
-  [&]() -> std::string {                \
-    try {                               \
-      (void)(expr);                     \
-    } catch (const std::exception& e) { \
-      return e.what();                  \
-    }                                   \
-    return "";                          \
-  }()
 
 TEST_CASE("creation, shape and item") {
   Generator gen(7);
