@@ -1,0 +1,307 @@
+// bench/train_step.cpp — wall time and peak memory of one full training step of the
+// model of nn/MODEL.md in tapegrad (float32): forward + loss, backward, AdamW.
+//
+// What it is for: the tapegrad half of issue 6's `bench/train_step` benchmark. It builds
+// CausalLM<float> for a named size (default `baby`) and a preset, an AdamW over
+// make_param_groups (weight decay 0.1 on matrices, none on norms), and runs
+// --warmup-steps + --steps training steps on random token batches (B, T), each step
+//   opt.zero_grad(); out = model.loss(tokens); out.loss.backward(); opt.step();
+// (no gradient clipping, no schedule: the same work as the PyTorch peer in
+// bench/train_step.py). It prints machine-readable lines, `key=value` separated by
+// spaces, which bench/train_step.py parses:
+//   config  preset=... size=... batch=... seq_len=... threads=... params=... matmul_params=...
+//           model_flops=...      (6 * matmul_params * B*T + 12 * L * H * D * T * B*T)
+//   step    i=... warmup=0|1 ms=... cpu_ms=... fwd_ms=... bwd_ms=... opt_ms=...
+//           fwd_cpu_ms=... bwd_cpu_ms=... opt_cpu_ms=... loss=...
+//   result  median_ms=... cpu_ms=... tokens_per_s=... model_gflops=... rss_before_kib=...
+//           peak_rss_kib=... step_rise_kib=... hwm_reset=0|1
+// Memory: rss_before is the resident set after the model, the optimizer and the token
+// batches exist (before the first step); the high-water mark is then reset through
+// /proc/self/clear_refs (hwm_reset=1 when allowed) so peak_rss is the largest resident
+// set during the steps (whole process: weights, gradients, AdamW moments, activations,
+// libraries), and step_rise = peak_rss - rss_before. Run one configuration per process.
+// cpu_ms is the CPU time of the whole process (all threads, CLOCK_PROCESS_CPUTIME_ID)
+// during the step: on a loaded machine it tracks the work done better than the wall time
+// does (with more than one thread it also counts OpenMP's spin-waiting).
+//
+// With --op-profile it also wraps every backward closure on the tape with a timer
+// (instrumentation from outside the engine: Node::backward is a public std::function)
+// and prints, per op name, the backward time of the timed steps per step (process CPU
+// time and wall time; cpu_share is the op's part of all backward CPU time):
+//   opbwd   op=... calls=... cpu_ms_per_step=... ms_per_step=... cpu_share=...
+// Forward time per op is not available this way (use `perf record` for that).
+//
+// What it is not: a test (nothing is asserted), nor the driver that alternates tapegrad
+// and PyTorch and prints the table (bench/train_step.py).
+//
+// Usage: bench_train_step [--preset baseline] [--size baby] [--seq-len 256] [--batch 8]
+//                         [--threads 1] [--steps 5] [--warmup-steps 2] [--seed 0]
+//                         [--lr 1e-3] [--op-profile] [--dump-config PATH]
+#include <cblas.h>
+
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "autograd/kernels/parallel.hpp"
+#include "autograd/tape.hpp"
+#include "nn/config.hpp"
+#include "nn/model.hpp"
+#include "optim/optim.hpp"
+
+namespace {
+
+long status_kib(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::size_t n = std::strlen(key);
+  while (std::getline(f, line))
+    if (line.compare(0, n, key) == 0) return std::atol(line.c_str() + n + 1);
+  return -1;
+}
+
+// Resets VmHWM to the current resident set (Linux >= 4.0); false if not allowed.
+bool reset_hwm() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  if (n == 0) return NAN;
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+// CPU time of the whole process (all threads), in ms.
+double process_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6;
+}
+
+struct Args {
+  std::string preset = "baseline", size = "baby", dump_config;
+  std::int64_t seq_len = 256, batch = 8, steps = 5, warmup = 2;
+  int threads = 1;
+  std::uint64_t seed = 0;
+  double lr = 1e-3;
+  bool op_profile = false;
+};
+
+[[noreturn]] void usage(int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: bench_train_step [--preset NAME] [--size NAME] [--seq-len T] [--batch B]\n"
+               "                        [--threads N] [--steps N] [--warmup-steps N] [--seed S]\n"
+               "                        [--lr LR] [--op-profile] [--dump-config PATH]\n");
+  std::exit(code);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string s = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench_train_step: %s needs a value\n", s.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    auto positive = [&](const std::string& v) -> std::int64_t {
+      char* end = nullptr;
+      const long long x = std::strtoll(v.c_str(), &end, 10);
+      if (!end || *end || x < 0) {
+        std::fprintf(stderr, "bench_train_step: %s wants a whole number >= 0, got '%s'\n", s.c_str(), v.c_str());
+        std::exit(2);
+      }
+      return x;
+    };
+    if (s == "--preset") a.preset = next();
+    else if (s == "--size") a.size = next();
+    else if (s == "--seq-len") a.seq_len = positive(next());
+    else if (s == "--batch") a.batch = positive(next());
+    else if (s == "--threads") a.threads = int(positive(next()));
+    else if (s == "--steps") a.steps = positive(next());
+    else if (s == "--warmup-steps") a.warmup = positive(next());
+    else if (s == "--seed") a.seed = std::uint64_t(positive(next()));
+    else if (s == "--lr") a.lr = std::atof(next().c_str());
+    else if (s == "--op-profile") a.op_profile = true;
+    else if (s == "--dump-config") a.dump_config = next();
+    else if (s == "--help" || s == "-h") usage(0);
+    else {
+      std::fprintf(stderr, "bench_train_step: unknown flag %s\n", s.c_str());
+      usage(2);
+    }
+  }
+  if (a.seq_len < 2 || a.batch < 1 || a.steps < 1 || a.threads < 1) {
+    std::fprintf(stderr, "bench_train_step: need --seq-len >= 2, --batch >= 1, --steps >= 1, --threads >= 1\n");
+    std::exit(2);
+  }
+  return a;
+}
+
+// Per-op backward timer, filled by the wrappers of --op-profile.
+struct OpTimes {
+  std::map<std::string, double> ms, cpu_ms;
+  std::map<std::string, std::int64_t> calls;
+  bool on = false;  // only the timed (non-warm-up) steps count
+};
+
+// Wraps every alive node's backward closure on the calling thread's tape with a timer.
+void instrument_tape(OpTimes& times) {
+  for (const auto& node : tg::Tape<float>::current().nodes()) {
+    if (!node->backward) continue;
+    auto inner = std::move(node->backward);
+    std::string op = node->op;
+    node->backward = [inner = std::move(inner), op = std::move(op), &times](const xt::xarray<float>& dout) {
+      const auto t0 = Clock::now();
+      const double c0 = process_cpu_ms();
+      inner(dout);
+      if (times.on) {
+        times.cpu_ms[op] += process_cpu_ms() - c0;
+        times.ms[op] += ms_since(t0);
+        times.calls[op] += 1;
+      }
+    };
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  tg::set_num_threads(a.threads);
+  openblas_set_num_threads(1);  // linked for the other benchmarks; unused here
+
+  tg::nn::ModelConfig cfg;
+  try {
+    cfg = tg::nn::with_preset(tg::nn::named_size(a.size), a.preset);
+    if (std::size_t(a.seq_len) > cfg.max_position_embeddings) cfg.max_position_embeddings = std::size_t(a.seq_len);
+    cfg.validate();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_train_step: %s\n", e.what());
+    return 2;
+  }
+  if (!a.dump_config.empty()) {
+    cfg.save(a.dump_config);
+    return 0;
+  }
+
+  tg::nn::CausalLM<float> model(cfg, a.seed);
+  const auto named = model.named_parameters();
+  tg::optim::AdamWOptions ao;
+  ao.lr = a.lr;
+  ao.weight_decay = 0.1;
+  tg::optim::AdamW<float> opt(tg::optim::make_param_groups(named, 0.1), ao);
+
+  // Model FLOPs of one step (PaLM's convention, full T x T attention):
+  // 6 * (matmul parameters) * tokens + 12 * L * H * D * T * tokens.
+  std::size_t matmul_params = 0;
+  for (const auto& [name, p] : named)
+    if (p.shape().size() == 2 && name != "model.embed_tokens.weight") matmul_params += p.numel();
+  if (cfg.tie_word_embeddings) matmul_params += cfg.vocab_size * cfg.hidden_size;
+  const double tokens = double(a.batch) * double(a.seq_len);
+  const double model_flops = 6.0 * double(matmul_params) * tokens +
+                             12.0 * double(cfg.num_hidden_layers) * double(cfg.num_attention_heads) *
+                                 double(cfg.head_dim) * double(a.seq_len) * tokens;
+
+  std::printf("config preset=%s size=%s dtype=f32 batch=%lld seq_len=%lld threads=%d params=%zu matmul_params=%zu "
+              "model_flops=%.6e steps=%lld warmup=%lld\n",
+              a.preset.c_str(), a.size.c_str(), (long long)a.batch, (long long)a.seq_len, a.threads,
+              model.num_parameters(), matmul_params, model_flops, (long long)a.steps, (long long)a.warmup);
+  std::fflush(stdout);
+
+  // Token batches, uniform in [0, V), one per step (made before the clock starts).
+  std::mt19937_64 gen(a.seed + 12345);
+  std::uniform_int_distribution<std::int64_t> tok(0, std::int64_t(cfg.vocab_size) - 1);
+  const std::int64_t n_steps = a.warmup + a.steps;
+  std::vector<tg::Index> batches;
+  for (std::int64_t s = 0; s < n_steps; ++s) {
+    tg::Index b = tg::Index::from_shape({std::size_t(a.batch), std::size_t(a.seq_len)});
+    for (auto& v : b) v = tok(gen);
+    batches.push_back(std::move(b));
+  }
+
+  const long rss_before = status_kib("VmRSS:");
+  const long hwm_build = status_kib("VmHWM:");
+  const bool hwm_reset = reset_hwm();
+
+  OpTimes op_times;
+  std::vector<double> total, fwd, bwd, optt, cpu;
+  for (std::int64_t s = 0; s < n_steps; ++s) {
+    const bool warm = s < a.warmup;
+    op_times.on = !warm;
+    double tf = 0, tb = 0, to = 0, cf = 0, cb = 0, co = 0, loss = 0;
+    const double c0 = process_cpu_ms();
+    const auto t0 = Clock::now();
+    {
+      opt.zero_grad();
+      const auto f0 = Clock::now();
+      const double fc0 = process_cpu_ms();
+      tg::nn::LossOutput<float> out = model.loss(batches[std::size_t(s)]);
+      tf = ms_since(f0);
+      cf = process_cpu_ms() - fc0;
+      if (a.op_profile) instrument_tape(op_times);  // outside the timed parts
+      const auto b0 = Clock::now();
+      const double bc0 = process_cpu_ms();
+      out.loss.backward();
+      tb = ms_since(b0);
+      cb = process_cpu_ms() - bc0;
+      loss = double(out.ce.item());
+      const auto o0 = Clock::now();
+      const double oc0 = process_cpu_ms();
+      opt.step();
+      to = ms_since(o0);
+      co = process_cpu_ms() - oc0;
+    }  // the rest of the graph is freed here, inside the step's time
+    const double tt = ms_since(t0);
+    const double tc = process_cpu_ms() - c0;
+    std::printf("step i=%lld warmup=%d ms=%.3f cpu_ms=%.3f fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f fwd_cpu_ms=%.3f "
+                "bwd_cpu_ms=%.3f opt_cpu_ms=%.3f loss=%.6f\n",
+                (long long)s, warm ? 1 : 0, tt, tc, tf, tb, to, cf, cb, co, loss);
+    std::fflush(stdout);
+    if (!std::isfinite(loss)) {
+      std::fprintf(stderr, "bench_train_step: loss is %g at step %lld\n", loss, (long long)s);
+      return 1;
+    }
+    if (!warm) total.push_back(tt), cpu.push_back(tc), fwd.push_back(tf), bwd.push_back(tb), optt.push_back(to);
+  }
+
+  const long hwm_steps = status_kib("VmHWM:");
+  const long peak = hwm_reset ? std::max(hwm_steps, hwm_build) : hwm_steps;
+  const double med = median(total);
+  std::printf("result median_ms=%.3f cpu_ms=%.3f fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f tokens_per_s=%.2f "
+              "model_gflops=%.3f rss_before_kib=%ld peak_rss_kib=%ld step_rise_kib=%ld hwm_reset=%d\n",
+              med, median(cpu), median(fwd), median(bwd), median(optt), tokens / (med / 1e3), model_flops / (med / 1e3) / 1e9,
+              rss_before, peak, hwm_steps - rss_before, hwm_reset ? 1 : 0);
+  if (a.op_profile) {
+    double sum = 0;
+    for (const auto& [op, ms] : op_times.cpu_ms) sum += ms;
+    std::vector<std::pair<double, std::string>> order;
+    for (const auto& [op, ms] : op_times.cpu_ms) order.emplace_back(ms, op);
+    std::sort(order.rbegin(), order.rend());
+    for (const auto& [cpu, op] : order)
+      std::printf("opbwd op=%s calls=%lld cpu_ms_per_step=%.3f ms_per_step=%.3f cpu_share=%.4f\n", op.c_str(),
+                  (long long)(op_times.calls[op] / a.steps), cpu / double(a.steps), op_times.ms[op] / double(a.steps),
+                  sum > 0 ? cpu / sum : 0.0);
+  }
+  return 0;
+}

@@ -1,0 +1,640 @@
+#!/usr/bin/python3
+"""bench/train_step.py — the baby model's training step, tapegrad against PyTorch, side by side.
+
+What it is for: issue 6's `bench/train_step` benchmark. In one run it measures the full
+training step (forward + loss, backward, AdamW) of the model of nn/MODEL.md at the `baby`
+size (V 256, C 384, 6 layers, H = K = 6, D 64, SwiGLU 1024), batch 8, sequence 256, float32:
+
+  - tapegrad: build/bin/bench_train_step (bench/train_step.cpp) at 1 and 2 threads;
+  - PyTorch 1.13 (Debian's python3-torch, /usr/bin/python3): the independent reference
+    model of tests/reference/model.py (imported, not modified), trained with
+    torch.optim.AdamW, run by this script in its `--worker` mode.
+
+Every measurement is a fresh process (so the peak resident set is that configuration's),
+runs warm-up steps then timed steps, and prints one line per step. The configurations are
+run alternately, round after round (the order reversed every other round), and each
+figure is the median over all timed steps of all rounds. Phases:
+
+  1. peak: OpenBLAS sgemm GFLOP/s at n = 2048 (via torch.mm) at 1 and 2 threads, the best
+     of several calls — the peak the model FLOP utilisation (MFU) is stated against;
+  2. PyTorch thread settings on the baseline preset: torch.set_num_threads 1 or 2 times
+     OPENBLAS_NUM_THREADS 1 or 2, with OpenBLAS's kernels as the environment selects them
+     (OPENBLAS_CORETYPE as set, e.g. Haswell = AVX2) and as OpenBLAS detects the CPU
+     itself (OPENBLAS_CORETYPE removed); the fastest setting is "PyTorch best";
+  3. presets baseline, g1_headwise, g1_elementwise: tapegrad 1 and 2 threads against
+     PyTorch best — tokens/s, ratio, MFU, peak memory; the gate overhead in tapegrad;
+  4. tapegrad's step time at sequence lengths 128, 256, 512, 1024 (and PyTorch best's,
+     up to --peer-seq-max).
+
+Model FLOPs per step (PaLM's convention): 6 * (matmul parameters: every 2-D weight except
+the embedding lookup) * tokens + 12 * L * H * D * T * tokens (attention scores and
+values, fwd + bwd, full T x T). MFU = model FLOPs / step time / peak.
+
+The PyTorch model runs in float32 through a thin wrapper (see TorchWorker): the reference
+builds RoPE's cos/sin in float64 (it was written for float64 golden files), which would
+promote q and k to float64; the wrapper replaces model.rope_cos_sin, in this process only,
+by one returning the same table cast to float32 and cached per length. Everything else is
+the reference's own code; the worker checks that the logits come out float32 and that its
+parameter count equals tapegrad's.
+
+What it is not: a test (targets are reported, not asserted) and not a profiler
+(`bench_train_step --op-profile` times tapegrad's backward per op).
+
+Usage:
+  /usr/bin/python3 bench/train_step.py [--bin build/bin/bench_train_step] [--quick]
+      [--rounds 3] [--steps 5] [--warmup-steps 2] [--csv PATH]
+Output: a readable report on stdout; with --csv, rows `case,threads,ours,peer,unit,ratio`.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = ("baseline", "g1_headwise", "g1_elementwise")
+
+
+# ---------------------------------------------------------------------------------------
+# Shared: /proc memory, the line format
+# ---------------------------------------------------------------------------------------
+
+
+def status_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return -1
+
+
+def reset_hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def parse_lines(text):
+    """Lines 'kind k=v k=v ...' -> list of (kind, dict)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or parts[0] not in ("config", "step", "result", "opbwd", "peak"):
+            continue
+        d = {}
+        for p in parts[1:]:
+            if "=" in p:
+                k, v = p.split("=", 1)
+                try:
+                    d[k] = float(v) if any(c in v for c in ".e") or v.lstrip("-").isdigit() else v
+                except ValueError:
+                    d[k] = v
+        out.append((parts[0], d))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Worker: the PyTorch side (runs in its own process)
+# ---------------------------------------------------------------------------------------
+
+
+def torch_worker(a):
+    import torch
+
+    torch.set_num_threads(a.torch_threads)
+    sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
+    import model as ref  # tests/reference/model.py
+
+    # The thin float32 wrapper: the reference's own RoPE table, cast to float32, cached.
+    rope64 = ref.rope_cos_sin
+    cache = {}
+
+    def rope_cos_sin_f32(cfg, T):
+        if T not in cache:
+            c, s = rope64(cfg, T)
+            cache[T] = (c.float(), s.float())
+        return cache[T]
+
+    ref.rope_cos_sin = rope_cos_sin_f32
+
+    with open(a.config) as f:
+        cfg = json.load(f)
+    gen = torch.Generator().manual_seed(a.seed)
+    P = {k: v.float().requires_grad_() for k, v in
+         ref.random_params(cfg, gen, linear_std=0.02, embed_std=0.02).items()}
+    params = sum(p.numel() for p in P.values())
+    matmul = sum(p.numel() for n, p in P.items() if p.dim() == 2 and n != "model.embed_tokens.weight")
+    if cfg.get("tie_word_embeddings", False):
+        matmul += cfg["vocab_size"] * cfg["hidden_size"]
+    B, T = a.batch, a.seq_len
+    L, H, D = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["head_dim"]
+    flops = 6.0 * matmul * B * T + 12.0 * L * H * D * T * B * T
+    # Same rule as tapegrad's make_param_groups: no decay for norms, biases, vectors.
+    decay = [p for n, p in P.items() if p.dim() >= 2 and "norm" not in n]
+    no_decay = [p for n, p in P.items() if not (p.dim() >= 2 and "norm" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, foreach=a.foreach)
+    print("config preset=%s impl=pytorch torch_threads=%d openblas_threads=%s coretype=%s foreach=%d "
+          "batch=%d seq_len=%d params=%d matmul_params=%d model_flops=%.6e" %
+          (a.preset, a.torch_threads, os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+           os.environ.get("OPENBLAS_CORETYPE", "auto"), int(a.foreach), B, T, params, matmul, flops), flush=True)
+
+    g = torch.Generator().manual_seed(a.seed + 12345)
+    n_steps = a.warmup_steps + a.steps
+    batches = [torch.randint(0, cfg["vocab_size"], (B, T), generator=g) for _ in range(n_steps)]
+    rss_before = status_kib("VmRSS:")
+    hwm_build = status_kib("VmHWM:")
+    hwm_reset = reset_hwm()
+    tot, cpu, fw, bw, op = [], [], [], [], []
+    for s in range(n_steps):
+        c0 = time.process_time()  # the whole process, all threads
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        f0, fc0 = time.perf_counter(), time.process_time()
+        logits, _, _ = ref.forward(cfg, P, batches[s])
+        loss = ref.loss_from(cfg, logits, batches[s], None, None)
+        tf, cf = time.perf_counter() - f0, time.process_time() - fc0
+        if logits.dtype != torch.float32:
+            sys.exit("train_step.py worker: logits are %s, not float32" % logits.dtype)
+        b0, bc0 = time.perf_counter(), time.process_time()
+        loss.backward()
+        tb, cb = time.perf_counter() - b0, time.process_time() - bc0
+        lv = float(loss.detach())
+        o0, oc0 = time.perf_counter(), time.process_time()
+        opt.step()
+        to, co = time.perf_counter() - o0, time.process_time() - oc0
+        del logits, loss
+        tt = time.perf_counter() - t0
+        tc = time.process_time() - c0
+        warm = s < a.warmup_steps
+        print("step i=%d warmup=%d ms=%.3f cpu_ms=%.3f fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f fwd_cpu_ms=%.3f "
+              "bwd_cpu_ms=%.3f opt_cpu_ms=%.3f loss=%.6f" % (s, int(warm), tt * 1e3, tc * 1e3, tf * 1e3, tb * 1e3,
+                                                             to * 1e3, cf * 1e3, cb * 1e3, co * 1e3, lv), flush=True)
+        if not math.isfinite(lv):
+            sys.exit("train_step.py worker: loss is %g" % lv)
+        if not warm:
+            tot.append(tt * 1e3), cpu.append(tc * 1e3), fw.append(tf * 1e3), bw.append(tb * 1e3), op.append(to * 1e3)
+    hwm = status_kib("VmHWM:")
+    peak = max(hwm, hwm_build) if hwm_reset else hwm
+    med = statistics.median(tot)
+    print("result median_ms=%.3f cpu_ms=%.3f fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f tokens_per_s=%.2f "
+          "model_gflops=%.3f rss_before_kib=%d peak_rss_kib=%d step_rise_kib=%d hwm_reset=%d" %
+          (med, statistics.median(cpu), statistics.median(fw), statistics.median(bw), statistics.median(op), B * T / (med / 1e3),
+           flops / (med / 1e3) / 1e9, rss_before, peak, hwm - rss_before, int(hwm_reset)), flush=True)
+
+
+def peak_worker(a):
+    """OpenBLAS sgemm (torch.mm, float32) GFLOP/s at n: best and median of several calls."""
+    import torch
+
+    torch.set_num_threads(1)
+    n = a.n
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        torch.mm(x, y)
+    ts = []
+    for _ in range(a.reps):
+        t0 = time.perf_counter()
+        torch.mm(x, y)
+        ts.append(time.perf_counter() - t0)
+    print("peak n=%d best_gflops=%.2f median_gflops=%.2f" %
+          (n, 2 * n ** 3 / min(ts) / 1e9, 2 * n ** 3 / statistics.median(ts) / 1e9), flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, a):
+        self.a = a
+        self.tmp = tempfile.mkdtemp(prefix="bench_train_step_")
+        self.configs = {}
+        self.log = open(a.log, "w") if a.log else None
+
+    def config_path(self, preset):
+        if preset not in self.configs:
+            path = os.path.join(self.tmp, preset + ".json")
+            subprocess.run([self.a.bin, "--size", self.a.size, "--preset", preset, "--seq-len", str(max(self.a.seq_lens + [self.a.seq_len])),
+                            "--dump-config", path], check=True)
+            self.configs[preset] = path
+        return self.configs[preset]
+
+    def run(self, cmd, env=None):
+        e = dict(os.environ)
+        for k, v in (env or {}).items():
+            if v is None:
+                e.pop(k, None)
+            else:
+                e[k] = v
+        t0 = time.time()
+        p = subprocess.run(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if self.log:
+            self.log.write("# %s  env=%s  (%.1f s, rc %d)\n%s%s\n" %
+                           (" ".join(cmd), env, time.time() - t0, p.returncode, p.stdout, p.stderr))
+            self.log.flush()
+        if p.returncode != 0:
+            raise RuntimeError("failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
+        return parse_lines(p.stdout)
+
+    def tapegrad(self, preset, threads, seq_len, steps=None, warmup=None):
+        a = self.a
+        steps, warmup = steps or a.steps, a.warmup_steps if warmup is None else warmup
+        return self.run([a.bin, "--size", a.size, "--preset", preset, "--threads", str(threads), "--seq-len", str(seq_len),
+                         "--batch", str(a.batch), "--steps", str(steps), "--warmup-steps", str(warmup)],
+                        env={"OMP_NUM_THREADS": None})
+
+    def pytorch(self, preset, setting, seq_len, steps=None, warmup=None):
+        a = self.a
+        steps, warmup = steps or a.steps, a.warmup_steps if warmup is None else warmup
+        tt, bt, core = setting
+        env = {"OPENBLAS_NUM_THREADS": str(bt), "OMP_NUM_THREADS": str(tt)}
+        if core == "auto":
+            env["OPENBLAS_CORETYPE"] = None
+        return self.run([sys.executable, os.path.abspath(__file__), "--worker", "--config", self.config_path(preset),
+                         "--preset", preset, "--torch-threads", str(tt), "--seq-len", str(seq_len),
+                         "--batch", str(a.batch), "--steps", str(steps), "--warmup-steps", str(warmup)]
+                        + (["--foreach"] if a.foreach else []), env=env)
+
+    def peak(self, threads, core):
+        env = {"OPENBLAS_NUM_THREADS": str(threads)}
+        if core == "auto":
+            env["OPENBLAS_CORETYPE"] = None
+        lines = self.run([sys.executable, os.path.abspath(__file__), "--peak-worker", "--n", str(self.a.peak_n),
+                          "--reps", str(self.a.peak_reps)], env=env)
+        return [d for k, d in lines if k == "peak"][0]
+
+
+class Stat:
+    """All measurements of one configuration."""
+
+    def __init__(self):
+        self.steps, self.cpu, self.round_medians, self.peak, self.rise = [], [], [], [], []
+        self.fwd, self.bwd, self.opt = [], [], []  # CPU ms of each phase
+        self.config = {}
+
+    def add(self, lines):
+        steps = [d for k, d in lines if k == "step" and not d["warmup"]]
+        res = [d for k, d in lines if k == "result"][0]
+        self.config = [d for k, d in lines if k == "config"][0]
+        self.steps += [d["ms"] for d in steps]
+        self.cpu += [d["cpu_ms"] for d in steps]
+        self.fwd += [d["fwd_cpu_ms"] for d in steps]
+        self.bwd += [d["bwd_cpu_ms"] for d in steps]
+        self.opt += [d["opt_cpu_ms"] for d in steps]
+        self.round_medians.append(res["median_ms"])
+        self.peak.append(res["peak_rss_kib"] / 1024)
+        self.rise.append(res["step_rise_kib"] / 1024)
+
+    @property
+    def ms(self):
+        return statistics.median(self.steps) if self.steps else float("nan")
+
+    @property
+    def cpu_ms(self):
+        return statistics.median(self.cpu) if self.cpu else float("nan")
+
+    def tokens_per_s(self, tokens):
+        return tokens / (self.ms / 1e3)
+
+    @property
+    def peak_mib(self):
+        return statistics.median(self.peak) if self.peak else float("nan")
+
+    @property
+    def rise_mib(self):
+        return statistics.median(self.rise) if self.rise else float("nan")
+
+    def spread(self):
+        if not self.round_medians:
+            return ""
+        return "%.0f-%.0f" % (min(self.round_medians), max(self.round_medians))
+
+
+def setting_name(s):
+    tt, bt, core = s
+    return "torch %d thr, OpenBLAS %d thr, %s" % (tt, bt, "coretype " + core if core != "auto" else "auto-detected")
+
+
+def setting_tag(s):
+    return "t%d_b%d_%s" % s
+
+
+def uptime():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def fmt(x, p=1):
+    return "NA" if x is None or (isinstance(x, float) and not math.isfinite(x)) else "%.*f" % (p, x)
+
+
+def driver(a):
+    if not os.path.exists(a.bin):
+        sys.exit("train_step.py: %s not found (build it: cmake --build build --target bench_train_step)" % a.bin)
+    R = Runner(a)
+    csv = []
+    tokens = a.batch * a.seq_len
+    env_core = os.environ.get("OPENBLAS_CORETYPE")
+    cores = ["env", "auto"] if env_core else ["auto"]
+    if a.coretypes:
+        cores = [c for c in a.coretypes.split(",")]
+    core_label = {"env": env_core or "auto", "auto": "auto"}
+    loads = [uptime()]
+    t_start = time.time()
+    print("bench/train_step: baby training step (forward, backward, AdamW), float32, batch %d, seq %d" %
+          (a.batch, a.seq_len))
+    print("load average (1/5/15 min) at start: %s   cores: %d   OPENBLAS_CORETYPE in env: %s" %
+          (loads[0], os.cpu_count(), env_core or "unset"))
+    print("each figure: median over all timed steps (%d per process, after %d warm-up) of %d alternating rounds;"
+          " a fresh process per measurement" % (a.steps, a.warmup_steps, a.rounds), flush=True)
+
+    # ---- 1. peak --------------------------------------------------------------------
+    peaks = {}
+    for r in range(a.peak_rounds):
+        for core in cores:
+            for th in (1, 2):
+                d = R.peak(th, core)
+                peaks.setdefault((core, th), []).append(d["best_gflops"])
+    peak = {k: max(v) for k, v in peaks.items()}
+    best_peak = {th: max(peak[(c, th)] for c in cores) for th in (1, 2)}
+    print("\n1. peak: OpenBLAS sgemm n=%d (torch.mm float32), best call over %d rounds" % (a.peak_n, a.peak_rounds))
+    for core in cores:
+        print("   coretype %-10s 1 thread %7.1f GFLOP/s   2 threads %7.1f GFLOP/s" %
+              (core_label[core], peak[(core, 1)], peak[(core, 2)]))
+    print("   MFU below is against the best of these: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (2 threads)" %
+          (best_peak[1], best_peak[2]), flush=True)
+    for th in (1, 2):
+        csv.append(("peak_sgemm_%d" % a.peak_n, th, float("nan"), best_peak[th], "GFLOP/s", float("nan")))
+
+    # ---- 2. PyTorch thread settings ----------------------------------------------------
+    settings = []
+    for core in cores:
+        for tt in a.torch_threads:
+            for bt in a.openblas_threads:
+                settings.append((tt, bt, core))
+    if a.torch_setting:
+        tt, bt, core = a.torch_setting.split(",")
+        settings = [(int(tt), int(bt), core)]
+    sweep = {s: Stat() for s in settings}
+    if len(settings) > 1:
+        for r in range(a.sweep_rounds):
+            order = settings if r % 2 == 0 else settings[::-1]
+            for s in order:
+                sweep[s].add(R.pytorch("baseline", s, a.seq_len))
+        print("\n2. PyTorch thread settings (baseline preset), %d rounds" % a.sweep_rounds)
+        print("   %-55s %9s %11s %9s %9s %9s" % ("setting", "ms/step", "round range", "tokens/s", "CPU ms", "peak MiB"))
+        for s in settings:
+            st = sweep[s]
+            print("   %-55s %9.0f %11s %9.0f %9.0f %9.0f" % (setting_name(s), st.ms, st.spread(), st.tokens_per_s(tokens),
+                                                        st.cpu_ms, st.peak_mib))
+            csv.append(("pytorch_setting_" + setting_tag(s), s[0], float("nan"), st.tokens_per_s(tokens), "tokens/s",
+                        float("nan")))
+    best = min(settings, key=lambda s: sweep[s].ms if sweep[s].steps else 0)
+    best_env = None
+    if "env" in cores and "auto" in cores:
+        best_env = min([s for s in settings if s[2] == "env"], key=lambda s: sweep[s].ms)
+    print("   PyTorch best: %s" % setting_name(best), flush=True)
+
+    # ---- 3. presets ---------------------------------------------------------------------
+    one = (1, 1, best[2])  # PyTorch on one core only: the CPU-time comparison below
+    confs = []
+    for p in a.presets:
+        for th in a.threads:
+            confs.append(("tapegrad", p, th))
+        confs.append(("pytorch", p, best))
+        if one != best:
+            confs.append(("pytorch", p, one))
+    stats = {c: Stat() for c in confs}
+    for s_ in (best, one):
+        if s_ in sweep and sweep[s_].steps and ("pytorch", "baseline", s_) in stats:
+            stats[("pytorch", "baseline", s_)] = sweep[s_]  # its sweep rounds count too
+    for r in range(a.rounds):
+        order = confs if r % 2 == 0 else confs[::-1]
+        for c in order:
+            impl, p, x = c
+            lines = R.tapegrad(p, x, a.seq_len) if impl == "tapegrad" else R.pytorch(p, x, a.seq_len)
+            stats[c].add(lines)
+        print("   round %d/%d done (load %s, %.0f s elapsed)" % (r + 1, a.rounds, uptime(), time.time() - t_start),
+              flush=True)
+    loads.append(uptime())
+
+    print("\n3. training step, batch %d x seq %d = %d tokens; PyTorch = %s" %
+          (a.batch, a.seq_len, tokens, setting_name(best)))
+    print("   %-15s %-12s %8s %11s %9s %7s %6s %8s %7s %9s %9s %8s %8s %8s" %
+          ("preset", "impl", "ms/step", "round range", "tokens/s", "ratio", "MFU%", "CPU ms", "CPU rt",
+           "peak MiB", "rise MiB", "fwd CPU", "bwd CPU", "opt CPU"))
+    ratios = {}
+    for p in a.presets:
+        pt = stats[("pytorch", p, best)]
+        rows = [("tapegrad %dt" % th, stats[("tapegrad", p, th)], th) for th in a.threads]
+        rows.append(("pytorch", pt, max(best[0], best[1])))
+        if one != best:
+            rows.append(("pytorch 1x1", stats[("pytorch", p, one)], 1))
+        for name, st, th in rows:
+            flops = st.config.get("model_flops", float("nan"))
+            gflops = flops / (st.ms / 1e3) / 1e9
+            mfu = 100 * gflops / best_peak[min(th, 2)]
+            ratio = pt.ms / st.ms
+            print("   %-15s %-12s %8.0f %11s %9.0f %7.2f %6.1f %8.0f %7.2f %9.0f %9.0f %8.0f %8.0f %8.0f" %
+                  (p, name, st.ms, st.spread(), st.tokens_per_s(tokens), ratio, mfu, st.cpu_ms, pt.cpu_ms / st.cpu_ms,
+                   st.peak_mib, st.rise_mib,
+                   statistics.median(st.fwd), statistics.median(st.bwd), statistics.median(st.opt)))
+            if name.startswith("tapegrad"):
+                ratios[(p, th)] = ratio
+                csv.append(("train_step_tokens_per_s_" + p, th, st.tokens_per_s(tokens), pt.tokens_per_s(tokens),
+                            "tokens/s", ratio))
+                csv.append(("train_step_ms_" + p, th, st.ms, pt.ms, "ms", st.ms / pt.ms))
+                csv.append(("train_step_cpu_ms_" + p, th, st.cpu_ms, pt.cpu_ms, "ms", st.cpu_ms / pt.cpu_ms))
+                csv.append(("train_step_mfu_" + p, th, mfu, 100 * (flops / (pt.ms / 1e3) / 1e9) /
+                            best_peak[min(max(best[0], best[1]), 2)], "%", float("nan")))
+                csv.append(("train_step_peak_rss_" + p, th, st.peak_mib, pt.peak_mib, "MiB", st.peak_mib / pt.peak_mib))
+                csv.append(("train_step_step_rise_" + p, th, st.rise_mib, pt.rise_mib, "MiB",
+                            st.rise_mib / pt.rise_mib))
+    print("   ratio = PyTorch ms / this ms (tokens/s relative to PyTorch best); MFU against the measured peak at"
+          " the thread count used\n   (PyTorch: max(torch threads, OpenBLAS threads)); CPU ms = CPU time of the"
+          " whole process per step (all threads,\n   spin-waiting included), CPU rt = PyTorch CPU ms / this CPU ms;"
+          " peak MiB = whole-process VmHWM during the steps;\n   rise MiB = peak minus the resident set before the"
+          " first step; fwd/bwd/opt CPU = CPU ms of forward+loss, backward, AdamW")
+    if best_env is not None and best_env != best and sweep[best_env].steps:
+        st = sweep[best_env]
+        print("   (PyTorch with OpenBLAS as the environment sets it, %s: baseline %.0f ms/step = %.0f tokens/s)" %
+              (setting_name(best_env), st.ms, st.tokens_per_s(tokens)))
+
+    # gate overhead
+    print("\n   gate overhead in tapegrad (step time over baseline):")
+    base_flops = stats[("tapegrad", "baseline", a.threads[0])].config.get("model_flops", float("nan"))
+    overhead = {}
+    for p in a.presets:
+        if p == "baseline":
+            continue
+        added = 100 * (stats[("tapegrad", p, a.threads[0])].config["model_flops"] / base_flops - 1)
+        limit = 2.0 if p == "g1_headwise" else added + 2.0
+        for th in a.threads:
+            b, g = stats[("tapegrad", "baseline", th)], stats[("tapegrad", p, th)]
+            ov = 100 * (g.ms / b.ms - 1)
+            ovc = 100 * (g.cpu_ms / b.cpu_ms - 1)
+            overhead[(p, th)] = (ov, ovc, limit)
+            print("   %-15s %d thread(s): wall %+6.1f%%  CPU time %+6.1f%%  (added model FLOPs %+.1f%%; target <= %.1f%%)"
+                  " %s" % (p, th, ov, ovc, added, limit, "met" if ov <= limit else "NOT met"))
+            csv.append(("gate_overhead_" + p, th, g.ms, b.ms, "ms", g.ms / b.ms))
+            csv.append(("gate_overhead_cpu_" + p, th, g.cpu_ms, b.cpu_ms, "ms", g.cpu_ms / b.cpu_ms))
+
+    if one != best and 1 in a.threads:
+        print("\n   one core each, CPU time per step (less sensitive to the machine's load than wall time):")
+        for p in a.presets:
+            t1, p1 = stats[("tapegrad", p, 1)], stats[("pytorch", p, one)]
+            print("   %-15s tapegrad 1t %6.0f CPU ms (%5.0f tokens/CPU-s)   PyTorch 1x1 %6.0f CPU ms (%5.0f tokens/CPU-s)"
+                  "   ratio %.2f" % (p, t1.cpu_ms, tokens / (t1.cpu_ms / 1e3), p1.cpu_ms, tokens / (p1.cpu_ms / 1e3),
+                                     p1.cpu_ms / t1.cpu_ms))
+            csv.append(("train_step_1core_cpu_ms_" + p, 1, t1.cpu_ms, p1.cpu_ms, "ms", t1.cpu_ms / p1.cpu_ms))
+
+    # ---- 4. sequence lengths --------------------------------------------------------------
+    seq = {}
+    for T in a.seq_lens:
+        for th in a.threads:
+            seq[("tapegrad", T, th)] = Stat()
+        if T <= a.peer_seq_max:
+            seq[("pytorch", T, 0)] = Stat()
+    keys = list(seq)
+    for r in range(a.seq_rounds):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            impl, T, th = k
+            if impl == "tapegrad":
+                seq[k].add(R.tapegrad("baseline", th, T, a.seq_steps, a.seq_warmup))
+            else:
+                seq[k].add(R.pytorch("baseline", best, T, a.seq_steps, a.seq_warmup))
+    loads.append(uptime())
+    print("\n4. step time vs sequence length (baseline, batch %d; %d rounds)" % (a.batch, a.seq_rounds))
+    head = "   %-6s" % "T" + "".join("%24s" % ("tapegrad %dt ms (tok/s)" % th) for th in a.threads) + \
+        "%24s %11s %11s" % ("PyTorch ms (tok/s)", "tg peak MiB", "pt peak MiB")
+    print(head)
+    for T in a.seq_lens:
+        line = "   %-6d" % T
+        for th in a.threads:
+            st = seq[("tapegrad", T, th)]
+            line += "%24s" % ("%.0f (%.0f)" % (st.ms, a.batch * T / (st.ms / 1e3)))
+        pt = seq.get(("pytorch", T, 0))
+        line += "%24s" % ("%.0f (%.0f)" % (pt.ms, a.batch * T / (pt.ms / 1e3)) if pt else "not run")
+        line += "%11s %11s" % (fmt(seq[("tapegrad", T, a.threads[-1])].peak_mib, 0), fmt(pt.peak_mib, 0) if pt else "-")
+        print(line)
+        for th in a.threads:
+            st = seq[("tapegrad", T, th)]
+            csv.append(("seq_%d_ms" % T, th, st.ms, pt.ms if pt else float("nan"), "ms",
+                        st.ms / pt.ms if pt else float("nan")))
+    if len(a.seq_lens) > 1:
+        t0, t1 = a.seq_lens[0], a.seq_lens[-1]
+        for th in a.threads:
+            r_ = seq[("tapegrad", t1, th)].ms / seq[("tapegrad", t0, th)].ms
+            print("   tapegrad %dt: T %d -> %d multiplies the step time by %.2f (tokens x %.0f)" %
+                  (th, t0, t1, r_, t1 / t0))
+
+    # ---- targets -------------------------------------------------------------------------
+    loads.append(uptime())
+    print("\ntargets (baby, batch %d, seq %d):" % (a.batch, a.seq_len))
+    bt = max(a.threads)
+    for p in a.presets:
+        r_ = max(ratios[(p, th)] for th in a.threads)
+        print("   tapegrad >= 1.5x PyTorch tokens/s, %-15s best tapegrad %.2fx  %s" %
+              (p, r_, "met" if r_ >= 1.5 else "NOT met"))
+    for (p, th), (ov, ovc, lim) in sorted(overhead.items()):
+        print("   gate overhead %-15s %dt wall %+.1f%% (<= %.1f%%)  %s;  CPU time %+.1f%%  %s" %
+              (p, th, ov, lim, "met" if ov <= lim else "NOT met", ovc, "met" if ovc <= lim else "NOT met"))
+    if one != best and 1 in a.threads:
+        for p in a.presets:
+            r_ = stats[("pytorch", p, one)].cpu_ms / stats[("tapegrad", p, 1)].cpu_ms
+            print("   one core each, CPU time, %-15s tapegrad %.2fx PyTorch 1x1 (%s)" %
+                  (p, r_, "met" if r_ >= 1.5 else "NOT met"))
+    for p in a.presets:
+        tg_, pt = stats[("tapegrad", p, bt)], stats[("pytorch", p, best)]
+        print("   peak memory %-15s tapegrad %dt %.0f MiB vs PyTorch %.0f MiB (whole process)  %s;"
+              " step rise %.0f vs %.0f MiB  %s" %
+              (p, bt, tg_.peak_mib, pt.peak_mib, "met" if tg_.peak_mib <= pt.peak_mib else "NOT met",
+               tg_.rise_mib, pt.rise_mib, "met" if tg_.rise_mib <= pt.rise_mib else "NOT met"))
+    print("load average at start / after presets / after seq sweep / end: %s" % " | ".join(loads))
+    print("total time %.0f s" % (time.time() - t_start))
+
+    if a.csv:
+        with open(a.csv, "w") as f:
+            f.write("case,threads,ours,peer,unit,ratio\n")
+            for case, th, ours, peer, unit, ratio in csv:
+                f.write("%s,%d,%s,%s,%s,%s\n" % (case, th, fmt(ours, 3), fmt(peer, 3), unit, fmt(ratio, 4)))
+        print("wrote %s" % a.csv)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.path.join(REPO, "build", "bin", "bench_train_step"))
+    ap.add_argument("--quick", action="store_true", help="1 round, 2 steps, seq 128/256, 2 PyTorch settings")
+    ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--threads", default="1,2", help="tapegrad thread counts")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sweep-rounds", type=int, default=None, help="rounds of the PyTorch settings sweep")
+    ap.add_argument("--seq-rounds", type=int, default=None)
+    ap.add_argument("--seq-steps", type=int, default=3, help="timed steps per process in the sequence sweep")
+    ap.add_argument("--seq-warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup-steps", type=int, default=2)
+    ap.add_argument("--size", default="baby", help="named model size (tiny: a smoke test of this script)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seq-lens", default="128,256,512,1024")
+    ap.add_argument("--peer-seq-max", type=int, default=1024, help="run PyTorch in the sequence sweep up to this T")
+    ap.add_argument("--torch-threads", default="1,2")
+    ap.add_argument("--openblas-threads", default="1,2")
+    ap.add_argument("--coretypes", default=None, help="env,auto (default: both when OPENBLAS_CORETYPE is set)")
+    ap.add_argument("--torch-setting", default=None, help="skip the sweep: TORCH_THREADS,OPENBLAS_THREADS,env|auto")
+    ap.add_argument("--foreach", action="store_true", help="PyTorch AdamW(foreach=True)")
+    ap.add_argument("--peak-n", type=int, default=2048)
+    ap.add_argument("--peak-reps", type=int, default=5)
+    ap.add_argument("--peak-rounds", type=int, default=2)
+    ap.add_argument("--csv", default=None)
+    ap.add_argument("--log", default=None, help="append every child's command and output here")
+    # worker modes
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--peak-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="baseline", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--lr", type=float, default=1e-3, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=2048, help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=5, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        a.torch_threads = int(a.torch_threads)
+        return torch_worker(a)
+    if a.peak_worker:
+        return peak_worker(a)
+    a.presets = a.presets.split(",")
+    if "baseline" not in a.presets:
+        a.presets.insert(0, "baseline")
+    a.threads = [int(x) for x in a.threads.split(",")]
+    a.seq_lens = [int(x) for x in a.seq_lens.split(",")]
+    a.torch_threads = [int(x) for x in a.torch_threads.split(",")]
+    a.openblas_threads = [int(x) for x in a.openblas_threads.split(",")]
+    if a.quick:
+        a.rounds, a.steps, a.warmup_steps, a.seq_steps = 1, 2, 1, 2
+        a.seq_lens = [128, 256]
+        a.peak_rounds, a.peak_reps, a.peak_n = 1, 3, 1024
+        a.openblas_threads = [2]
+        if a.sweep_rounds is None:
+            a.sweep_rounds = 1
+    if a.sweep_rounds is None:
+        a.sweep_rounds = a.rounds
+    if a.seq_rounds is None:
+        a.seq_rounds = max(1, a.rounds - 1)
+    driver(a)
+
+
+if __name__ == "__main__":
+    main()
