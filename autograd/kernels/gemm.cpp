@@ -93,10 +93,11 @@ struct Blocking<double> {
 };
 #endif
 
-// Below this many flops (2*M*N*K) one thread is used. With a warm team two
-// threads still win at 48^3 (measured), but a team that must be woken, or
-// whose other thread is descheduled, costs far more than such a call.
-constexpr double kParallelMinFlops = 2.0 * 64 * 64 * 64;
+// Below this many flops (2*M*N*K) one thread is used. On a quiet machine with
+// a warm team two threads still win at 48^3 (measured), but on a busy one a
+// team whose other thread is descheduled or shares the core costs a scheduler
+// tick (4 ms, measured) per call, which such a small call cannot afford.
+constexpr double kParallelMinFlops = 2.0 * 96 * 96 * 96;
 
 constexpr std::size_t kAlign = 64;
 
@@ -146,6 +147,31 @@ inline void spin_pause() {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads of one GEMM wait for each other only through shared counters (no
+// OpenMP barrier inside the region), spinning briefly, then yielding the core.
+template <class Pred>
+void wait_until(Pred done) {
+  for (int spins = 0; !done(); ++spins) {
+    if (spins < 1024)
+      spin_pause();
+    else
+      std::this_thread::yield();
+  }
+}
+
+// Runs body(team) on a team of nt threads (nt == 1: on the caller, no
+// region). OpenMP may start fewer threads than asked, so body gets the real
+// team size and must not assume nt threads take part.
+template <class F>
+void run_team(int nt, F&& body) {
+  if (nt == 1) {
+    body(1);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  body(omp_get_num_threads());
+}
 
 // ---- packing ------------------------------------------------------------------
 // A panel p of the packed A block holds rows [p*MR, p*MR+MR) of op(A) block,
@@ -333,8 +359,10 @@ inline void split_range(int64_t n, int64_t parts, int64_t i, int64_t& lo, int64_
 // thread descheduled by another process does not hold the others back), and
 // each item is computed by one thread over the whole K range, so which thread
 // takes which item changes nothing in the result (Note [GEMM determinism]).
-// B is packed once per NC column block, for all of K, by all threads together;
-// a thread starts its compute items as soon as the last B item is packed.
+// B is packed once per NC column block, for all of K, by all threads together
+// (pack items from another counter); a thread starts its compute items as
+// soon as the last B item is packed, without waiting for the others to
+// arrive. Threads meet only before B is repacked for the next column block.
 template <class T>
 void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, int nt) {
@@ -368,20 +396,21 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   if (nt > 1 && mb % nt != 0 && mb < 8 * int64_t(nt)) mb = std::min(m_panels, ceil_div(mb, nt) * nt);
   const int64_t mb_panels_max = ceil_div(m_panels, mb);
 
-  // Shared counters, three per column block (B items claimed, B items done,
-  // compute items claimed), so no reset (and no extra barrier) is needed.
+  // Shared counters, four per column block (B items claimed, B items done,
+  // compute items claimed, threads done with the block), never reset.
   const int64_t n_jc = ceil_div(N, NC);
-  std::unique_ptr<std::atomic<int64_t>[]> counters(new std::atomic<int64_t>[3 * n_jc]);
-  for (int64_t i = 0; i < 3 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
+  std::unique_ptr<std::atomic<int64_t>[]> counters(new std::atomic<int64_t>[4 * n_jc]);
+  for (int64_t i = 0; i < 4 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
 
-  auto body = [&]() {
+  auto body = [&](int team) {
     T* Ap = buffer_A<T>(std::size_t(mb_panels_max * MR * kc_max));
     for (int64_t jb = 0; jb < n_jc; ++jb) {
       const int64_t jc = jb * NC, nc = std::min<int64_t>(NC, N - jc);
       const int64_t n_panels = ceil_div(nc, NR);
-      std::atomic<int64_t>& b_claim = counters[3 * jb];
-      std::atomic<int64_t>& b_done = counters[3 * jb + 1];
-      std::atomic<int64_t>& c_claim = counters[3 * jb + 2];
+      std::atomic<int64_t>& b_claim = counters[4 * jb];
+      std::atomic<int64_t>& b_done = counters[4 * jb + 1];
+      std::atomic<int64_t>& c_claim = counters[4 * jb + 2];
+      std::atomic<int64_t>& left = counters[4 * jb + 3];
       // 1. pack B(:, jc:jc+nc): items are (slab, group of 4 panels).
       const int64_t groups = ceil_div(n_panels, 4);
       const int64_t b_items = n_slabs * groups;
@@ -396,12 +425,7 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
       }
       // Wait until every B item is packed. Not a barrier: a thread that has
       // not arrived yet (descheduled by another process) holds nobody up.
-      for (int spins = 0; b_done.load(std::memory_order_acquire) < b_items; ++spins) {
-        if (spins < 4096)
-          spin_pause();
-        else
-          std::this_thread::yield();
-      }
+      wait_until([&] { return b_done.load(std::memory_order_acquire) >= b_items; });
       // 2. compute items.
       int64_t nb = 1;
       if (nt > 1 && mb < 2 * int64_t(nt))
@@ -422,18 +446,14 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
         }
       }
       // The next column block repacks B: everyone must be done with this one.
-      if (nt > 1 && jb + 1 < n_jc) {
-#pragma omp barrier
+      if (team > 1 && jb + 1 < n_jc) {
+        left.fetch_add(1, std::memory_order_acq_rel);
+        wait_until([&] { return left.load(std::memory_order_acquire) >= team; });
       }
     }
   };
 
-  if (nt == 1) {
-    body();
-  } else {
-#pragma omp parallel num_threads(nt)
-    body();
-  }
+  run_team(nt, body);
 }
 
 // ---- argument checks ------------------------------------------------------------
@@ -525,11 +545,15 @@ void gemm_batched(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T a
                           (batch % nt == 0 || batch >= 4 * int64_t(nt) ||
                            flops < 4 * kParallelMinFlops);
   if (over_batch) {
-    // Each thread runs whole GEMMs, single-threaded, on its own packing buffers.
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t b = 0; b < batch; ++b)
-      gemm_driver(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
-                  C + b * strideC, ldc, 1);
+    // Each thread runs whole GEMMs, single-threaded, on its own packing
+    // buffers, taking entries from a shared counter (an entry's result does
+    // not depend on which thread computes it).
+    std::atomic<int64_t> next{0};
+    run_team(nt, [&](int) {
+      for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < batch;)
+        gemm_driver(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb,
+                    beta, C + b * strideC, ldc, 1);
+    });
   } else {
     for (int64_t b = 0; b < batch; ++b)
       gemm_driver(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
