@@ -464,6 +464,53 @@ TEST_CASE("train and sample: bad input is a clear error, a non-zero exit, and no
   }
 }
 
+TEST_CASE("train: --config with its preset, --preset on top of it, and configs that cannot work") {
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(5000));
+  nn::ModelConfig base = nn::named_size("tiny");
+  base.vocab_size = 256;
+  auto j = nn::with_preset(base, "g1_headwise").to_json();
+  j["preset"] = "g1_headwise";
+  write(d / "gated.json", j.dump());
+  auto args = [&](const std::string& cfg, const std::string& out) {
+    std::vector<std::string> a = tiny_args(d / "text.txt", out, 3);
+    a[1] = "--config";  // replaces "--size tiny"
+    a[2] = cfg;
+    return a;
+  };
+  Result r = run(args(d / "gated.json", d / "r1"));
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(nlohmann::json::parse(read(d / "r1/config.json"))["preset"] == "g1_headwise");
+  CHECK(run_config(d / "r1") == nn::with_preset(base, "g1_headwise"));
+  // --preset replaces the file's gate.
+  r = run(plus(args(d / "gated.json", d / "r2"), {"--preset", "g2_elementwise"}));
+  REQUIRE(r.status == 0);
+  CHECK(nlohmann::json::parse(read(d / "r2/config.json"))["preset"] == "g2_elementwise");
+  CHECK(run_config(d / "r2") == nn::with_preset(base, "g2_elementwise"));
+  // A run's own config.json can start another run.
+  REQUIRE(run(args(d / "r2/config.json", d / "r3")).status == 0);
+  CHECK(run_config(d / "r3") == run_config(d / "r2"));
+
+  // The byte tokenizer needs 256 ids; --size and --config exclude each other; bad JSON.
+  write(d / "small_vocab.json", nn::named_size("tiny").to_json().dump());
+  r = run(args(d / "small_vocab.json", d / "r4"));
+  CHECK(r.status != 0);
+  CHECK(contains(r.output, "vocab_size 48"));
+  r = run(plus(args(d / "gated.json", d / "r5"), {"--size", "tiny"}));
+  CHECK(r.status != 0);
+  CHECK(contains(r.output, "--size or --config"));
+  write(d / "bad.json", "{\"hidden_size\": 32, \"colour\": \"blue\"}");
+  r = run(args(d / "bad.json", d / "r6"));
+  CHECK(r.status != 0);
+  CHECK(contains(r.output, "colour"));
+  r = run(args(d / "missing.json", d / "r7"));
+  CHECK(r.status != 0);
+  CHECK(contains(r.output, "missing.json"));
+  for (const char* f : {"r4", "r5", "r6", "r7"}) CHECK(!fs::exists(d / f));
+}
+
 TEST_CASE("train: the default corpus data/kjv.txt, and a clear error without it") {
   if (!have_program()) return;
   TempDir d;

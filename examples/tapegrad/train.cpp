@@ -375,6 +375,9 @@ int train(Invocation& inv) {
     }
   }
   progress.finish();
+  // Training is over and saved: Ctrl-C during the sample just quits.
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
 
   const double wall = elapsed() - elapsed0;
   std::cout << std::fixed << std::setprecision(4) << "done: " << a.steps - first_step << " steps in "
@@ -415,9 +418,9 @@ int run_train(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
 
   TrainArgs a;
-  a.steps = 600, a.batch = 8, a.seq_len = 128;
+  a.steps = 500, a.batch = 8, a.seq_len = 128;
   a.lr = 2e-3, a.warmup = 40, a.min_lr = 1e-4, a.weight_decay = 0.1, a.clip = 1.0;
-  a.eval_every = 100, a.eval_batches = 8, a.save_every = 200;
+  a.eval_every = 100, a.eval_batches = 8, a.save_every = 250;
   Invocation inv;
   inv.sample_len = 400;
   inv.sample_prompt = "\n";
@@ -485,7 +488,7 @@ int run_train(int argc, char** argv) {
     };
     fixed("--preset", a.preset == stored.preset);
     fixed("--size", a.size == stored.size);
-    fixed("--config", a.config == stored.config);
+    fixed("--config", !a.config.empty() && fs::absolute(a.config).lexically_normal().string() == stored.config);
     fixed("--val-fraction", a.val_fraction == stored.val_fraction);
     fixed("--batch", a.batch == stored.batch);
     fixed("--seq-len", a.seq_len == stored.seq_len);
