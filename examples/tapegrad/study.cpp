@@ -150,7 +150,7 @@ struct Options {
   std::string out = "runs/study";
   int threads = 0;
   std::int64_t eval_batches = 16;  // validation batches of the final evaluation
-  std::int64_t timing_rounds = 5;
+  std::int64_t timing_rounds = 10;
   std::int64_t stop_at = 0;  // tests: stop every run at this step
   std::string command;       // this invocation, for the report
 
@@ -892,7 +892,7 @@ void write_main_section(const Options& o, const std::map<std::string, RunResult*
     if (i) {
       gp << "set title 'gate scores (all layers, " << kHistBatches
          << " validation batches; bins of 0.01)'\nset xlabel 'gate score'\nset ylabel 'fraction of scores'\nset "
-            "grid\nset key top right noenhanced\nset xrange [0:1]\nset logscale y\n"
+            "grid\nset key top right noenhanced\nset xrange [0:1]\nset yrange [0:*]\n"
          << plot.str() << "\n";
       rep.plot(gp.str(), cli::run::join(o.out, "gate_hist.png"), 800, 450);
     }
