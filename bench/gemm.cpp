@@ -74,11 +74,11 @@ std::vector<Case> make_cases(bool quick) {
 }
 
 std::string shape_str(const Case& c) {
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%s%lldx%lldx%lld %c%c", c.batch > 1 ? ("b" + std::to_string(c.batch) + " ").c_str() : "",
-                (long long)c.M, (long long)c.N, (long long)c.K, c.transA ? 'T' : 'N',
-                c.transB ? 'T' : 'N');
-  return buf;
+  std::string s = c.batch > 1 ? "b" + std::to_string(c.batch) + " " : std::string();
+  s += std::to_string(c.M) + "x" + std::to_string(c.N) + "x" + std::to_string(c.K) + " ";
+  s += c.transA ? 'T' : 'N';
+  s += c.transB ? 'T' : 'N';
+  return s;
 }
 
 void cblas_call(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -162,17 +162,20 @@ Row run_case(const Case& c, const char* dtype, int threads, int reps, double blo
     // Alternate which one goes first so neither always follows the other.
     for (int w = 0; w < 2; ++w) {
       const bool do_ours = (r + w) % 2 == 0;
-      // Let the other library's idle workers stop spinning first (OpenBLAS
-      // workers spin for ~2^28 cycles after a call, libgomp's for well under
-      // a millisecond), so each side is timed on otherwise quiet cores.
-      std::this_thread::sleep_for(std::chrono::milliseconds(do_ours ? 150 : 20));
+      // Untimed lead-in: run this side for 0.15 s first. The other library's
+      // idle workers stop spinning meanwhile (OpenBLAS's spin for about 0.1 s
+      // after a call, libgomp's for a few ms), and this side's workers are
+      // awake and on their cores, as in a program that calls one library
+      // steadily. (Sleeping instead lets the scheduler stack a woken worker
+      // onto the caller's core on a busy machine.)
+      const double lead = now_s();
       if (do_ours) {
-        ours();  // untimed: wakes our threads after the peer's turn
+        while (now_s() - lead < 0.15) ours();
         const double s = now_s();
         for (int i = 0; i < iters; ++i) ours();
         g_ours.push_back(flops * iters / (now_s() - s) * 1e-9);
       } else {
-        peer();  // untimed: wakes OpenBLAS's threads
+        while (now_s() - lead < 0.15) peer();
         const double s = now_s();
         for (int i = 0; i < iters; ++i) peer();
         g_peer.push_back(flops * iters / (now_s() - s) * 1e-9);

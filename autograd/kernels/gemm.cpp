@@ -1,13 +1,15 @@
 // autograd/kernels/gemm.cpp — packed, cache-blocked, threaded GEMM and its twin.
 //
-// What it is for: the implementation behind gemm.hpp. The fast path follows
-// the classic five-loop structure (Goto / BLIS):
+// What it is for: the implementation behind gemm.hpp. The fast path is the
+// Goto / BLIS loop nest, with the row-block loop turned into work items:
 //
-//   for jc in N step NC            B block  (KC x NC)  lives in L3, shared
-//     for pc in K step KC          pack B(pc:pc+KC, jc:jc+NC) into NR-wide panels
-//       for ic in M step MC        pack A(ic:ic+MC, pc:pc+KC) into MR-tall panels (L2)
-//         for jr in NC step NR     one B micro-panel (KC x NR) stays in L1
-//           for ir in MC step MR   micro-kernel: C(MR,NR) += Ap(MR,KC) @ Bp(KC,NR)
+//   for jc in N step NC                  column block of C
+//     pack B(:, jc:jc+NC), all k-slabs   NR-wide panels, shared, in L3
+//     for item (ic block, jr range)      taken by threads from a counter
+//       for pc in K step KC              k-slab
+//         pack A(ic:ic+MC, pc:pc+KC)     MR-tall panels, per thread, in L2
+//         for jr in range step NR        one B micro-panel (KC x NR)
+//           for ir in MC step MR         micro-kernel: C(MR,NR) += Ap(MR,KC) @ Bp(KC,NR)
 //
 // The micro-kernel keeps an MR x NR tile of C in vector registers
 // (NR = NV * vector width) and does one broadcast of A and NV FMAs per row
@@ -23,6 +25,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -160,6 +163,38 @@ void wait_until(Pred done) {
   }
 }
 
+// Note [GEMM on a busy machine]
+// When the machine is oversubscribed (other processes compiling, say), the
+// second thread of a team may start milliseconds late: it waits for a core,
+// or shares the caller's core while libgomp's barriers spin. Measured on the
+// reference machine: 4 to 12 ms per call (one or more scheduler ticks) for a
+// product that takes 10 us on one core, for seconds on end. So run_team
+// notes when the last thread of a team started. A late start (over
+// kLateStartNs after the fork) right after another team finished (within
+// kRecentNs, while libgomp's idle threads still spin and should answer at
+// once) means the cores are contended: GEMMs then run on one thread for a
+// back-off time (10 ms, doubling while it recurs, up to 1 s), then try the
+// team again. A late start after a long idle time is only the wake-up of
+// sleeping threads and is not counted. This changes nothing in the results:
+// they do not depend on the thread count (Note [GEMM determinism]).
+constexpr int64_t kLateStartNs = 1'000'000, kRecentNs = 2'000'000;
+constexpr int64_t kBackoffMinNs = 10'000'000, kBackoffMaxNs = 1'000'000'000;
+std::atomic<int64_t> g_solo_until_ns{0};  // before this time, one thread
+std::atomic<int64_t> g_backoff_ns{0};
+std::atomic<int64_t> g_team_end_ns{0};  // when the last team finished
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The thread count to use now: nt, or 1 while backing off.
+int threads_to_use(int nt) {
+  if (nt > 1 && now_ns() < g_solo_until_ns.load(std::memory_order_relaxed)) return 1;
+  return nt;
+}
+
 // Runs body(team) on a team of nt threads (nt == 1: on the caller, no
 // region). OpenMP may start fewer threads than asked, so body gets the real
 // team size and must not assume nt threads take part.
@@ -169,8 +204,28 @@ void run_team(int nt, F&& body) {
     body(1);
     return;
   }
+  const int64_t fork = now_ns();
+  std::atomic<int64_t> last_start{fork};
 #pragma omp parallel num_threads(nt)
-  body(omp_get_num_threads());
+  {
+    const int64_t start = now_ns();
+    int64_t seen = last_start.load(std::memory_order_relaxed);
+    while (start > seen && !last_start.compare_exchange_weak(seen, start, std::memory_order_relaxed)) {
+    }
+    body(omp_get_num_threads());
+  }
+  const int64_t end = now_ns();
+  const bool late = last_start.load(std::memory_order_relaxed) - fork > kLateStartNs;
+  const bool recent = fork - g_team_end_ns.load(std::memory_order_relaxed) < kRecentNs;
+  g_team_end_ns.store(end, std::memory_order_relaxed);
+  if (late && recent) {
+    const int64_t b = std::clamp<int64_t>(2 * g_backoff_ns.load(std::memory_order_relaxed),
+                                          kBackoffMinNs, kBackoffMaxNs);
+    g_backoff_ns.store(b, std::memory_order_relaxed);
+    g_solo_until_ns.store(end + b, std::memory_order_relaxed);
+  } else if (!late) {
+    g_backoff_ns.store(0, std::memory_order_relaxed);
+  }
 }
 
 // ---- packing ------------------------------------------------------------------
@@ -500,7 +555,9 @@ void check_batched(const char* name, bool transA, bool transB, int64_t M, int64_
   if (batch > 1 && M > 0 && N > 0 && strideC < (M - 1) * ldc + N) fail("strideC too small");
 }
 
-int threads_here() { return omp_in_parallel() ? 1 : std::max(1, tg::num_threads()); }
+int threads_here() {
+  return omp_in_parallel() ? 1 : threads_to_use(std::max(1, tg::num_threads()));
+}
 
 }  // namespace
 

@@ -21,10 +21,11 @@
 // Bad arguments (negative sizes, a leading dimension too small, a null pointer
 // for a non-empty operand) throw std::invalid_argument naming the kernel.
 //
-// Threading: tg::num_threads() threads (autograd/kernels/parallel.hpp), one
-// thread per output block, no reduction over K is ever split, so the result is
-// bitwise identical from run to run (and, for this implementation, across
-// thread counts too; see Note [GEMM determinism] in gemm.cpp). Called from
+// Threading: tg::num_threads() threads (autograd/kernels/parallel.hpp); each
+// block of C is computed by one thread over all of K (a reduction over K is
+// never split), so the result is bitwise identical from run to run (and, for
+// this implementation, across thread counts too; see Note [GEMM determinism]
+// in gemm.cpp). Products under 2*96^3 flops run on one thread. Called from
 // inside an OpenMP parallel region, the kernels run single-threaded.
 #pragma once
 
@@ -49,7 +50,10 @@ void gemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alp
 //   C + b*strideC = alpha * op(A + b*strideA) @ op(B + b*strideB) + beta * (C + b*strideC)
 // A stride of 0 reuses the same operand for every batch entry (broadcast);
 // the C blocks of different entries must not overlap (strideC large enough).
-// Parallel over the batch when batch >= threads, otherwise inside each GEMM.
+// Parallel over the batch (whole GEMMs per thread) when batch >= threads and
+// the entries split evenly enough (batch a multiple of the thread count, or
+// at least 4 per thread, or small entries); otherwise threads work inside
+// each GEMM in turn.
 template <class T>
 void gemm_batched(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
                   const T* A, int64_t lda, int64_t strideA, const T* B, int64_t ldb,
