@@ -172,13 +172,13 @@ void wait_until(Pred done) {
 // notes when the last thread of a team started. A late start (over
 // kLateStartNs after the fork) right after another team finished (within
 // kRecentNs, while libgomp's idle threads still spin and should answer at
-// once) means the cores are contended: GEMMs then run on one thread for a
-// back-off time (10 ms, doubling while it recurs, up to 1 s), then try the
-// team again. A late start after a long idle time is only the wake-up of
+// once), when the wait was at least half of the call, means the cores are
+// contended: GEMMs then run on one thread for a back-off time (10 ms,
+// doubling while it recurs, up to 100 ms), then try the team again. A late start after a long idle time is only the wake-up of
 // sleeping threads and is not counted. This changes nothing in the results:
 // they do not depend on the thread count (Note [GEMM determinism]).
 constexpr int64_t kLateStartNs = 1'000'000, kRecentNs = 2'000'000;
-constexpr int64_t kBackoffMinNs = 10'000'000, kBackoffMaxNs = 1'000'000'000;
+constexpr int64_t kBackoffMinNs = 10'000'000, kBackoffMaxNs = 100'000'000;
 std::atomic<int64_t> g_solo_until_ns{0};  // before this time, one thread
 std::atomic<int64_t> g_backoff_ns{0};
 std::atomic<int64_t> g_team_end_ns{0};  // when the last team finished
@@ -218,7 +218,10 @@ void run_team(int nt, F&& body) {
   const bool late = last_start.load(std::memory_order_relaxed) - fork > kLateStartNs;
   const bool recent = fork - g_team_end_ns.load(std::memory_order_relaxed) < kRecentNs;
   g_team_end_ns.store(end, std::memory_order_relaxed);
-  if (late && recent) {
+  // Back off only when waiting dominated the call (half of it or more): a
+  // millisecond lost in a 20 ms product is not worth losing the team for.
+  const bool dominated = 2 * (last_start.load(std::memory_order_relaxed) - fork) > end - fork;
+  if (late && recent && dominated) {
     const int64_t b = std::clamp<int64_t>(2 * g_backoff_ns.load(std::memory_order_relaxed),
                                           kBackoffMinNs, kBackoffMaxNs);
     g_backoff_ns.store(b, std::memory_order_relaxed);
