@@ -421,6 +421,11 @@ TEST_CASE("train and sample: bad input is a clear error, a non-zero exit, and no
     CHECK(snapshot(out) == original);
     // No run there.
     fails_with({"train", "--resume", d / "elsewhere"}, {"holds no run"});
+    // A run that stopped before its first checkpoint.
+    fs::create_directories(d.path / "early");
+    write(d / "early/config.json", original.at("config.json"));
+    write(d / "early/train.json", original.at("train.json"));
+    fails_with({"train", "--resume", d / "early"}, {"no checkpoint yet"});
 
     // A truncated checkpoint.
     const std::string model = out + "/model.safetensors";

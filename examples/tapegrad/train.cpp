@@ -251,6 +251,7 @@ int train(Invocation& inv) {
   }
 
   // ---- from here on the run folder is written ----
+  install_stop_handlers();  // Ctrl-C from now on ends with a checkpoint
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create the run folder " + dir + ": " + ec.message());
@@ -280,7 +281,6 @@ int train(Invocation& inv) {
             << "\n"
             << std::flush;
 
-  install_stop_handlers();
   const bool gnuplot = run::have_gnuplot();
   if (!gnuplot) std::cerr << "tapegrad train: warning: gnuplot not found, " << run::kPlotFile << " will not be drawn\n";
 
@@ -296,9 +296,11 @@ int train(Invocation& inv) {
       std::cerr << "tapegrad train: warning: no loss plot: " << why << "\n";
   };
   auto checkpoint = [&] {
+    // metrics.csv first: rows past a checkpoint are dropped on resume, missing rows could
+    // not be made up.
+    write_metrics();
     state.data_rng = data::generator_state(data_gen);
     run::save_checkpoint(dir, model, opt, state);
-    write_metrics();
     plot();
   };
 
@@ -418,9 +420,9 @@ int run_train(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
 
   TrainArgs a;
-  a.steps = 500, a.batch = 8, a.seq_len = 128;
+  a.steps = 800, a.batch = 8, a.seq_len = 128;
   a.lr = 2e-3, a.warmup = 40, a.min_lr = 1e-4, a.weight_decay = 0.1, a.clip = 1.0;
-  a.eval_every = 100, a.eval_batches = 8, a.save_every = 250;
+  a.eval_every = 100, a.eval_batches = 8, a.save_every = 400;
   Invocation inv;
   inv.sample_len = 400;
   inv.sample_prompt = "\n";
@@ -477,6 +479,11 @@ int run_train(int argc, char** argv) {
     if (!resume_dir.empty()) inv.out = resume_dir;
     if (inv.out.empty()) throw std::runtime_error("--resume needs the run folder: --resume DIR (or --out DIR)");
     if (!folder_holds_a_run(inv.out)) throw std::runtime_error("--resume: " + inv.out + " holds no run");
+    if (!fs::exists(cli::run::join(inv.out, cli::run::kModelFile)) &&
+        !fs::exists(cli::run::join(inv.out, cli::run::kOptimizerFile)))
+      throw std::runtime_error("--resume: the run in " + inv.out +
+                               " has no checkpoint yet (it stopped before its first one): start it again with "
+                               "another --out, or delete the folder");
     TrainArgs stored = cli::run::train_args_from_json(cli::run::read_json(cli::run::join(inv.out, cli::run::kTrainFile)),
                                                       cli::run::join(inv.out, cli::run::kTrainFile));
     auto fixed = [&](const char* flag, bool same) {
