@@ -42,15 +42,21 @@ namespace {
 
 bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
-// A fresh directory for this test process.
+// A fresh directory for this test process, removed at exit.
+struct Scratch {
+  fs::path dir = fs::temp_directory_path() / ("tg_test_safetensors_" + std::to_string(::getpid()));
+  Scratch() {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  ~Scratch() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
 fs::path scratch() {
-  static fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("tg_test_safetensors_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
+  static Scratch s;
+  return s.dir;
 }
 
 std::string read_all(const fs::path& p) {
@@ -345,6 +351,7 @@ TEST_CASE("malformed files: each error is clear and names the problem") {
   const std::string m = RT_MSG(SafeTensorsFile::load(missing));
   CHECK(has(m, missing));
   CHECK(has(m, "cannot open"));
+  CHECK(has(RT_MSG(SafeTensorsFile::load(scratch().string())), "not a regular file"));
   // A header padded with spaces (allowed) and a zero-sized tensor sharing an offset.
   auto f = SafeTensorsFile::from_bytes(
       make_file(R"({"e":{"dtype":"F32","shape":[0,5],"data_offsets":[0,0]},"x":{"dtype":"F64","shape":[],"data_offsets":[0,8]}}     )", d8), L);
