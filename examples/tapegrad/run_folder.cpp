@@ -318,9 +318,9 @@ bool plot_loss(const std::vector<MetricsRow>& rows, const std::string& png_path,
     << "set output " << gp_quote(tmp_png) << "\n"
     << "set title " << gp_quote(title) << " noenhanced\n"
     << "set xlabel 'step'\nset ylabel 'loss (nats per byte)'\n"
-    << "set y2label 'bits per byte'\nset ytics nomirror\nset y2tics\n"
+    << "set y2label 'bits per byte'\nset ytics nomirror\nset y2tics 0.5 format '%.1f'\n"
     << "set link y2 via y/log(2) inverse y*log(2)\n"
-    << "set grid\nset key top right\n";
+    << "set grid\nset key top right opaque box\n";
   s << "$train << EOD\n";
   bool any_val = false;
   for (const auto& r : rows) {
