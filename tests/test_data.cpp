@@ -85,7 +85,7 @@ TEST_CASE("printable: valid UTF-8 passes, invalid bytes and control characters b
   CHECK(printable(std::string("a\0b\x1B[2J\x7F", 8)) == "a" + R + "b" + R + "[2J" + R);
 }
 
-TEST_CASE("corpus: a file is mapped once; missing, directory and empty files are clear errors") {
+TEST_CASE("corpus: a file is mapped once, missing, directory and empty files are clear errors") {
   TempDir d;
   const std::string text = "And God said, Let there be light: and there was light.\n";
   const std::string path = d.write("t.txt", text);
@@ -119,7 +119,7 @@ TEST_CASE("corpus fingerprint: 64-bit FNV-1a") {
   CHECK(Corpus::open(d.write("f", "foobar")).fingerprint() == 0x85944171f73967e8ull);
 }
 
-TEST_CASE("split: the validation part is the tail; too small parts name the sizes") {
+TEST_CASE("split: the validation part is the tail, too small parts name the sizes") {
   std::string text(1000, 'x');
   for (std::size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + i % 26);
   const Corpus c = Corpus::from_string(text, "letters");
@@ -210,7 +210,7 @@ TEST_CASE("uniform_index: in range, all values reached, n = 1 and n = 0") {
   CHECK_THROWS_AS(uniform_index(g, 0), std::invalid_argument);
 }
 
-TEST_CASE("generator state: restoring it replays the same numbers; garbage is refused") {
+TEST_CASE("generator state: restoring it replays the same numbers, garbage is refused") {
   Generator g(42);
   for (int i = 0; i < 5; ++i) g.next_u64();
   const std::string saved = generator_state(g);

@@ -548,3 +548,30 @@ TEST_CASE("train: the default corpus data/kjv.txt, and a clear error without it"
   CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0" / "model.safetensors"));
   CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0-2" / "model.safetensors"));
 }
+
+TEST_SUITE("slow") {
+  TEST_CASE("train: the baby model on 2 threads resumes exactly too") {
+    if (!have_program()) return;
+    TempDir d;
+    write(d / "text.txt", corpus_text(20000));
+    auto args = [&](const std::string& out) {
+      return std::vector<std::string>{"train", "--size", "baby", "--preset", "g1_elementwise", "--data", d / "text.txt",
+                                      "--out", out, "--steps", "6", "--batch", "2", "--seq-len", "32",
+                                      "--eval-every", "3", "--eval-batches", "1", "--sample-len", "0", "--threads", "2"};
+    };
+    REQUIRE(run(args(d / "whole")).status == 0);
+    REQUIRE(run(plus(args(d / "parts"), {"--stop-at", "3"})).status == 0);
+    const Result r = run({"train", "--resume", d / "parts", "--threads", "2"});
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(loss_columns(read(d / "whole/metrics.csv")) == loss_columns(read(d / "parts/metrics.csv")));
+    CHECK(read(d / "whole/model.safetensors") == read(d / "parts/model.safetensors"));
+    // The optimizer state too (its metadata's elapsed time differs, so compare the contents).
+    const auto a = st::SafeTensorsFile::load(d / "whole/optimizer.safetensors");
+    const auto b = st::SafeTensorsFile::load(d / "parts/optimizer.safetensors");
+    REQUIRE(a.names() == b.names());
+    for (const auto& n : a.names()) CHECK_MESSAGE(a.get<float>(n) == b.get<float>(n), n);
+    CHECK(a.metadata().at("data_rng") == b.metadata().at("data_rng"));
+    CHECK(a.metadata().at("step") == "6");
+  }
+}
