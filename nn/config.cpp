@@ -95,6 +95,7 @@ const std::set<std::string> kIgnored = {
     "model_type",   "architectures",        "torch_dtype",    "dtype",           "transformers_version",
     "bos_token_id", "eos_token_id",         "pad_token_id",   "max_window_layers", "use_cache",
     "output_router_logits", "_name_or_path", "sliding_window",
+    "preset",  // written by `tapegrad train` into a run folder's config.json (informational)
 };
 
 std::optional<YarnScaling> parse_rope_scaling(const nlohmann::json& v, bool* has_original) {

@@ -196,8 +196,17 @@ TEST_CASE_TEMPLATE("unary_forward matches its naive twin", T, float, double) {
       std::vector<T> fast(x.size()), naive(x.size());
       unary_forward(f, n, x.data(), fast.data());
       unary_forward_naive(f, n, x.data(), naive.data());
+      // gelu_tanh's deep negative tail is x·sigmoid(2u) with |2u| ≈ 1.6|x|(1 + 0.0447x²):
+      // one rounding of the exponent's argument moves the result by ≈ |2u| ulps, so the
+      // allowed relative error grows with |2u| there (how the compiler rounds u differs
+      // between builds, e.g. the sanitizer build).
+      std::vector<double> scale(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        const double xi = double(x[i]), a = 1.6 * std::abs(xi) * (1 + 0.0447 * xi * xi);
+        scale[i] = std::abs(double(naive[i])) * (f == Unary::GeluTanh ? std::max(1.0, a) : 1.0);
+      }
       check_close(fast, naive, rtol_for<T>(), atol_for<T>(),
-                  std::string(unary_name(f)) + " n=" + std::to_string(n));
+                  std::string(unary_name(f)) + " n=" + std::to_string(n), &scale);
       if (f == Unary::Sqrt || f == Unary::Rsqrt || f == Unary::Relu || f == Unary::Abs)
         CHECK_MESSAGE(same_bits(fast, naive), std::string(unary_name(f)), " should be bitwise exact, n=", n);
     }
