@@ -12,7 +12,7 @@
 //   config  preset=... size=... batch=... seq_len=... threads=... params=... matmul_params=...
 //           model_flops=...      (6 * matmul_params * B*T + 12 * L * H * D * T * B*T)
 //   step    i=... warmup=0|1 ms=... cpu_ms=... fwd_ms=... bwd_ms=... opt_ms=...
-//           fwd_cpu_ms=... bwd_cpu_ms=... opt_cpu_ms=... loss=...
+//           fwd_cpu_ms=... bwd_cpu_ms=... opt_cpu_ms=... minflt=... loss=...
 //   result  median_ms=... cpu_ms=... tokens_per_s=... model_gflops=... rss_before_kib=...
 //           peak_rss_kib=... step_rise_kib=... hwm_reset=0|1
 // Memory: rss_before is the resident set after the model, the optimizer and the token
@@ -22,7 +22,9 @@
 // libraries), and step_rise = peak_rss - rss_before. Run one configuration per process.
 // cpu_ms is the CPU time of the whole process (all threads, CLOCK_PROCESS_CPUTIME_ID)
 // during the step: on a loaded machine it tracks the work done better than the wall time
-// does (with more than one thread it also counts OpenMP's spin-waiting).
+// does (with more than one thread it also counts OpenMP's spin-waiting). minflt counts
+// the minor page faults of the step: pages the allocator had returned to the kernel and
+// touches again (glibc's malloc gives large blocks back with munmap / trimming).
 //
 // With --op-profile it also wraps every backward closure on the tape with a timer
 // (instrumentation from outside the engine: Node::backward is a public std::function)
@@ -39,6 +41,7 @@
 //                         [--lr 1e-3] [--op-profile] [--dump-config PATH]
 #include <cblas.h>
 
+#include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
@@ -89,6 +92,14 @@ double median(std::vector<double> v) {
 
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+// Minor page faults of the process so far (a fresh page touched: mostly memory the
+// allocator got from the kernel again after returning it).
+long minor_faults() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
 
 // CPU time of the whole process (all threads), in ms.
 double process_cpu_ms() {
@@ -250,6 +261,7 @@ int main(int argc, char** argv) {
     const bool warm = s < a.warmup;
     op_times.on = !warm;
     double tf = 0, tb = 0, to = 0, cf = 0, cb = 0, co = 0, loss = 0;
+    const long pf0 = minor_faults();
     const double c0 = process_cpu_ms();
     const auto t0 = Clock::now();
     {
@@ -274,9 +286,10 @@ int main(int argc, char** argv) {
     }  // the rest of the graph is freed here, inside the step's time
     const double tt = ms_since(t0);
     const double tc = process_cpu_ms() - c0;
+    const long pf = minor_faults() - pf0;
     std::printf("step i=%lld warmup=%d ms=%.3f cpu_ms=%.3f fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f fwd_cpu_ms=%.3f "
-                "bwd_cpu_ms=%.3f opt_cpu_ms=%.3f loss=%.6f\n",
-                (long long)s, warm ? 1 : 0, tt, tc, tf, tb, to, cf, cb, co, loss);
+                "bwd_cpu_ms=%.3f opt_cpu_ms=%.3f minflt=%ld loss=%.6f\n",
+                (long long)s, warm ? 1 : 0, tt, tc, tf, tb, to, cf, cb, co, pf, loss);
     std::fflush(stdout);
     if (!std::isfinite(loss)) {
       std::fprintf(stderr, "bench_train_step: loss is %g at step %lld\n", loss, (long long)s);

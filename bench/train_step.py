@@ -22,9 +22,18 @@ figure is the median over all timed steps of all rounds. Phases:
      (OPENBLAS_CORETYPE as set, e.g. Haswell = AVX2) and as OpenBLAS detects the CPU
      itself (OPENBLAS_CORETYPE removed); the fastest setting is "PyTorch best";
   3. presets baseline, g1_headwise, g1_elementwise: tapegrad 1 and 2 threads against
-     PyTorch best — tokens/s, ratio, MFU, peak memory; the gate overhead in tapegrad;
+     PyTorch best (and PyTorch on one core, if that is not the best) — tokens/s, ratio,
+     MFU, CPU time, peak memory, page faults; the gate overhead in tapegrad;
+  3b. the same on one core each with GLIBC_TUNABLES (--tunables) set for both sides, so
+     that glibc's malloc keeps freed memory instead of giving it back to the kernel and
+     faulting it in again on the next step: what an allocator that caches would gain;
   4. tapegrad's step time at sequence lengths 128, 256, 512, 1024 (and PyTorch best's,
      up to --peer-seq-max).
+
+Wall time against CPU time: on a shared, loaded machine the wall time of a step says as
+much about the other processes as about the program. Every step also reports the CPU time
+of the whole process; for one-thread runs it is close to the wall time the step would take
+on an idle machine, so the report gives both, and judges the targets on both.
 
 Model FLOPs per step (PaLM's convention): 6 * (matmul parameters: every 2-D weight except
 the embedding lookup) * tokens + 12 * L * H * D * T * tokens (attention scores and
@@ -50,6 +59,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -155,6 +165,7 @@ def torch_worker(a):
     hwm_reset = reset_hwm()
     tot, cpu, fw, bw, op = [], [], [], [], []
     for s in range(n_steps):
+        pf0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         c0 = time.process_time()  # the whole process, all threads
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -174,10 +185,12 @@ def torch_worker(a):
         del logits, loss
         tt = time.perf_counter() - t0
         tc = time.process_time() - c0
+        pf = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - pf0
         warm = s < a.warmup_steps
         print("step i=%d warmup=%d ms=%.3f cpu_ms=%.3f fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f fwd_cpu_ms=%.3f "
-              "bwd_cpu_ms=%.3f opt_cpu_ms=%.3f loss=%.6f" % (s, int(warm), tt * 1e3, tc * 1e3, tf * 1e3, tb * 1e3,
-                                                             to * 1e3, cf * 1e3, cb * 1e3, co * 1e3, lv), flush=True)
+              "bwd_cpu_ms=%.3f opt_cpu_ms=%.3f minflt=%d loss=%.6f" %
+              (s, int(warm), tt * 1e3, tc * 1e3, tf * 1e3, tb * 1e3, to * 1e3, cf * 1e3, cb * 1e3, co * 1e3, pf, lv),
+              flush=True)
         if not math.isfinite(lv):
             sys.exit("train_step.py worker: loss is %g" % lv)
         if not warm:
@@ -246,18 +259,18 @@ class Runner:
             raise RuntimeError("failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
         return parse_lines(p.stdout)
 
-    def tapegrad(self, preset, threads, seq_len, steps=None, warmup=None):
+    def tapegrad(self, preset, threads, seq_len, steps=None, warmup=None, tunables=None):
         a = self.a
         steps, warmup = steps or a.steps, a.warmup_steps if warmup is None else warmup
         return self.run([a.bin, "--size", a.size, "--preset", preset, "--threads", str(threads), "--seq-len", str(seq_len),
                          "--batch", str(a.batch), "--steps", str(steps), "--warmup-steps", str(warmup)],
-                        env={"OMP_NUM_THREADS": None})
+                        env={"OMP_NUM_THREADS": None, "GLIBC_TUNABLES": tunables})
 
-    def pytorch(self, preset, setting, seq_len, steps=None, warmup=None):
+    def pytorch(self, preset, setting, seq_len, steps=None, warmup=None, tunables=None):
         a = self.a
         steps, warmup = steps or a.steps, a.warmup_steps if warmup is None else warmup
         tt, bt, core = setting
-        env = {"OPENBLAS_NUM_THREADS": str(bt), "OMP_NUM_THREADS": str(tt)}
+        env = {"OPENBLAS_NUM_THREADS": str(bt), "OMP_NUM_THREADS": str(tt), "GLIBC_TUNABLES": tunables}
         if core == "auto":
             env["OPENBLAS_CORETYPE"] = None
         return self.run([sys.executable, os.path.abspath(__file__), "--worker", "--config", self.config_path(preset),
@@ -280,6 +293,7 @@ class Stat:
     def __init__(self):
         self.steps, self.cpu, self.round_medians, self.peak, self.rise = [], [], [], [], []
         self.fwd, self.bwd, self.opt = [], [], []  # CPU ms of each phase
+        self.minflt = []
         self.config = {}
 
     def add(self, lines):
@@ -291,6 +305,7 @@ class Stat:
         self.fwd += [d["fwd_cpu_ms"] for d in steps]
         self.bwd += [d["bwd_cpu_ms"] for d in steps]
         self.opt += [d["opt_cpu_ms"] for d in steps]
+        self.minflt += [d["minflt"] for d in steps]
         self.round_medians.append(res["median_ms"])
         self.peak.append(res["peak_rss_kib"] / 1024)
         self.rise.append(res["step_rise_kib"] / 1024)
@@ -298,6 +313,10 @@ class Stat:
     @property
     def ms(self):
         return statistics.median(self.steps) if self.steps else float("nan")
+
+    @property
+    def faults(self):
+        return statistics.median(self.minflt) if self.minflt else float("nan")
 
     @property
     def cpu_ms(self):
@@ -401,9 +420,10 @@ def driver(a):
                         float("nan")))
     best = min(settings, key=lambda s: sweep[s].ms if sweep[s].steps else 0)
     best_env = None
-    if "env" in cores and "auto" in cores:
+    if len(settings) > 1 and "env" in cores and "auto" in cores:
         best_env = min([s for s in settings if s[2] == "env"], key=lambda s: sweep[s].ms)
-    print("   PyTorch best: %s" % setting_name(best), flush=True)
+    print("   PyTorch best: %s%s" % (setting_name(best), "" if len(settings) > 1 else " (given by --torch-setting)"),
+          flush=True)
 
     # ---- 3. presets ---------------------------------------------------------------------
     one = (1, 1, best[2])  # PyTorch on one core only: the CPU-time comparison below
@@ -415,88 +435,106 @@ def driver(a):
         if one != best:
             confs.append(("pytorch", p, one))
     stats = {c: Stat() for c in confs}
-    for s_ in (best, one):
-        if s_ in sweep and sweep[s_].steps and ("pytorch", "baseline", s_) in stats:
-            stats[("pytorch", "baseline", s_)] = sweep[s_]  # its sweep rounds count too
     for r in range(a.rounds):
-        order = confs if r % 2 == 0 else confs[::-1]
-        for c in order:
+        for c in (confs if r % 2 == 0 else confs[::-1]):
             impl, p, x = c
-            lines = R.tapegrad(p, x, a.seq_len) if impl == "tapegrad" else R.pytorch(p, x, a.seq_len)
-            stats[c].add(lines)
+            stats[c].add(R.tapegrad(p, x, a.seq_len) if impl == "tapegrad" else R.pytorch(p, x, a.seq_len))
         print("   round %d/%d done (load %s, %.0f s elapsed)" % (r + 1, a.rounds, uptime(), time.time() - t_start),
               flush=True)
     loads.append(uptime())
 
+    def preset_table(title, stats, pt_setting, threads, tag):
+        if title:
+            print(title)
+        print("   %-15s %-12s %8s %11s %9s %6s %6s %8s %6s %6s %9s %9s %8s %8s %8s %8s" %
+              ("preset", "impl", "ms/step", "round range", "tokens/s", "ratio", "MFU%", "CPU ms", "CPU rt", "MFUcpu",
+               "peak MiB", "rise MiB", "fwd CPU", "bwd CPU", "opt CPU", "faults"))
+        ratios = {}
+        for p in a.presets:
+            pt = stats[("pytorch", p, pt_setting)]
+            rows = [("tapegrad %dt" % th, stats[("tapegrad", p, th)], th) for th in threads]
+            rows.append(("pytorch", pt, max(pt_setting[0], pt_setting[1])))
+            if ("pytorch", p, one) in stats and one != pt_setting:
+                rows.append(("pytorch 1x1", stats[("pytorch", p, one)], 1))
+            for name, st, th in rows:
+                flops = st.config.get("model_flops", float("nan"))
+                mfu = 100 * flops / (st.ms / 1e3) / 1e9 / best_peak[min(th, 2)]
+                mfu_cpu = 100 * flops / (st.cpu_ms / 1e3) / 1e9 / best_peak[1]
+                ratio, cpu_rt = pt.ms / st.ms, pt.cpu_ms / st.cpu_ms
+                print("   %-15s %-12s %8.0f %11s %9.0f %6.2f %6.1f %8.0f %6.2f %6.1f %9.0f %9.0f %8.0f %8.0f %8.0f %8.0f" %
+                      (p, name, st.ms, st.spread(), st.tokens_per_s(tokens), ratio, mfu, st.cpu_ms, cpu_rt, mfu_cpu,
+                       st.peak_mib, st.rise_mib, statistics.median(st.fwd), statistics.median(st.bwd),
+                       statistics.median(st.opt), st.faults))
+                if name.startswith("tapegrad"):
+                    ratios[(p, th)] = (ratio, cpu_rt)
+                    pflops = pt.config.get("model_flops", float("nan"))
+                    pth = min(max(pt_setting[0], pt_setting[1]), 2)
+                    csv.append((tag + "tokens_per_s_" + p, th, st.tokens_per_s(tokens), pt.tokens_per_s(tokens),
+                                "tokens/s", ratio))
+                    csv.append((tag + "ms_" + p, th, st.ms, pt.ms, "ms", st.ms / pt.ms))
+                    csv.append((tag + "cpu_ms_" + p, th, st.cpu_ms, pt.cpu_ms, "ms", st.cpu_ms / pt.cpu_ms))
+                    csv.append((tag + "mfu_" + p, th, mfu, 100 * pflops / (pt.ms / 1e3) / 1e9 / best_peak[pth], "%",
+                                float("nan")))
+                    csv.append((tag + "peak_rss_" + p, th, st.peak_mib, pt.peak_mib, "MiB", st.peak_mib / pt.peak_mib))
+                    csv.append((tag + "step_rise_" + p, th, st.rise_mib, pt.rise_mib, "MiB", st.rise_mib / pt.rise_mib))
+        print("   ratio = PyTorch ms / this ms (tokens/s relative to PyTorch); MFU% = model FLOPs / wall time / peak at"
+              " the thread count\n   used (PyTorch: max(torch, OpenBLAS threads)); CPU ms = CPU time of the whole"
+              " process per step (all threads,\n   spin-waiting included); CPU rt = PyTorch CPU ms / this CPU ms;"
+              " MFUcpu = model FLOPs / CPU time / 1-thread peak;\n   peak MiB = whole-process VmHWM during the"
+              " steps; rise MiB = peak minus the resident set before the first step;\n   fwd/bwd/opt CPU = CPU ms of"
+              " forward+loss, backward, AdamW; faults = minor page faults per step")
+        return ratios
+
     print("\n3. training step, batch %d x seq %d = %d tokens; PyTorch = %s" %
           (a.batch, a.seq_len, tokens, setting_name(best)))
-    print("   %-15s %-12s %8s %11s %9s %7s %6s %8s %7s %9s %9s %8s %8s %8s" %
-          ("preset", "impl", "ms/step", "round range", "tokens/s", "ratio", "MFU%", "CPU ms", "CPU rt",
-           "peak MiB", "rise MiB", "fwd CPU", "bwd CPU", "opt CPU"))
-    ratios = {}
-    for p in a.presets:
-        pt = stats[("pytorch", p, best)]
-        rows = [("tapegrad %dt" % th, stats[("tapegrad", p, th)], th) for th in a.threads]
-        rows.append(("pytorch", pt, max(best[0], best[1])))
-        if one != best:
-            rows.append(("pytorch 1x1", stats[("pytorch", p, one)], 1))
-        for name, st, th in rows:
-            flops = st.config.get("model_flops", float("nan"))
-            gflops = flops / (st.ms / 1e3) / 1e9
-            mfu = 100 * gflops / best_peak[min(th, 2)]
-            ratio = pt.ms / st.ms
-            print("   %-15s %-12s %8.0f %11s %9.0f %7.2f %6.1f %8.0f %7.2f %9.0f %9.0f %8.0f %8.0f %8.0f" %
-                  (p, name, st.ms, st.spread(), st.tokens_per_s(tokens), ratio, mfu, st.cpu_ms, pt.cpu_ms / st.cpu_ms,
-                   st.peak_mib, st.rise_mib,
-                   statistics.median(st.fwd), statistics.median(st.bwd), statistics.median(st.opt)))
-            if name.startswith("tapegrad"):
-                ratios[(p, th)] = ratio
-                csv.append(("train_step_tokens_per_s_" + p, th, st.tokens_per_s(tokens), pt.tokens_per_s(tokens),
-                            "tokens/s", ratio))
-                csv.append(("train_step_ms_" + p, th, st.ms, pt.ms, "ms", st.ms / pt.ms))
-                csv.append(("train_step_cpu_ms_" + p, th, st.cpu_ms, pt.cpu_ms, "ms", st.cpu_ms / pt.cpu_ms))
-                csv.append(("train_step_mfu_" + p, th, mfu, 100 * (flops / (pt.ms / 1e3) / 1e9) /
-                            best_peak[min(max(best[0], best[1]), 2)], "%", float("nan")))
-                csv.append(("train_step_peak_rss_" + p, th, st.peak_mib, pt.peak_mib, "MiB", st.peak_mib / pt.peak_mib))
-                csv.append(("train_step_step_rise_" + p, th, st.rise_mib, pt.rise_mib, "MiB",
-                            st.rise_mib / pt.rise_mib))
-    print("   ratio = PyTorch ms / this ms (tokens/s relative to PyTorch best); MFU against the measured peak at"
-          " the thread count used\n   (PyTorch: max(torch threads, OpenBLAS threads)); CPU ms = CPU time of the"
-          " whole process per step (all threads,\n   spin-waiting included), CPU rt = PyTorch CPU ms / this CPU ms;"
-          " peak MiB = whole-process VmHWM during the steps;\n   rise MiB = peak minus the resident set before the"
-          " first step; fwd/bwd/opt CPU = CPU ms of forward+loss, backward, AdamW")
+    ratios = preset_table("", stats, best, a.threads, "train_step_")
     if best_env is not None and best_env != best and sweep[best_env].steps:
         st = sweep[best_env]
-        print("   (PyTorch with OpenBLAS as the environment sets it, %s: baseline %.0f ms/step = %.0f tokens/s)" %
-              (setting_name(best_env), st.ms, st.tokens_per_s(tokens)))
+        print("   (PyTorch with OpenBLAS as the environment sets it, %s: baseline %.0f ms/step = %.0f tokens/s,"
+              " %.0f CPU ms)" % (setting_name(best_env), st.ms, st.tokens_per_s(tokens), st.cpu_ms))
 
     # gate overhead
-    print("\n   gate overhead in tapegrad (step time over baseline):")
+    print("\n   gate overhead in tapegrad (step time over baseline; CPU time is the load-insensitive figure at 1 thread):")
     base_flops = stats[("tapegrad", "baseline", a.threads[0])].config.get("model_flops", float("nan"))
     overhead = {}
-    for p in a.presets:
-        if p == "baseline":
-            continue
-        added = 100 * (stats[("tapegrad", p, a.threads[0])].config["model_flops"] / base_flops - 1)
-        limit = 2.0 if p == "g1_headwise" else added + 2.0
-        for th in a.threads:
-            b, g = stats[("tapegrad", "baseline", th)], stats[("tapegrad", p, th)]
-            ov = 100 * (g.ms / b.ms - 1)
-            ovc = 100 * (g.cpu_ms / b.cpu_ms - 1)
-            overhead[(p, th)] = (ov, ovc, limit)
-            print("   %-15s %d thread(s): wall %+6.1f%%  CPU time %+6.1f%%  (added model FLOPs %+.1f%%; target <= %.1f%%)"
-                  " %s" % (p, th, ov, ovc, added, limit, "met" if ov <= limit else "NOT met"))
-            csv.append(("gate_overhead_" + p, th, g.ms, b.ms, "ms", g.ms / b.ms))
-            csv.append(("gate_overhead_cpu_" + p, th, g.cpu_ms, b.cpu_ms, "ms", g.cpu_ms / b.cpu_ms))
 
-    if one != best and 1 in a.threads:
-        print("\n   one core each, CPU time per step (less sensitive to the machine's load than wall time):")
+    def gate_overhead(stats, label, tag):
         for p in a.presets:
-            t1, p1 = stats[("tapegrad", p, 1)], stats[("pytorch", p, one)]
-            print("   %-15s tapegrad 1t %6.0f CPU ms (%5.0f tokens/CPU-s)   PyTorch 1x1 %6.0f CPU ms (%5.0f tokens/CPU-s)"
-                  "   ratio %.2f" % (p, t1.cpu_ms, tokens / (t1.cpu_ms / 1e3), p1.cpu_ms, tokens / (p1.cpu_ms / 1e3),
-                                     p1.cpu_ms / t1.cpu_ms))
-            csv.append(("train_step_1core_cpu_ms_" + p, 1, t1.cpu_ms, p1.cpu_ms, "ms", t1.cpu_ms / p1.cpu_ms))
+            if p == "baseline":
+                continue
+            added = 100 * (stats[("tapegrad", p, a.threads[0])].config["model_flops"] / base_flops - 1)
+            limit = 2.0 if p == "g1_headwise" else added + 2.0
+            for th in a.threads:
+                if ("tapegrad", p, th) not in stats:
+                    continue
+                b, g = stats[("tapegrad", "baseline", th)], stats[("tapegrad", p, th)]
+                ov, ovc = 100 * (g.ms / b.ms - 1), 100 * (g.cpu_ms / b.cpu_ms - 1)
+                overhead[(label, p, th)] = (ov, ovc, limit)
+                print("   %-15s %d thread(s)%s: wall %+6.1f%%  CPU time %+6.1f%%  (added model FLOPs %+.1f%%;"
+                      " target <= %.1f%%)" % (p, th, label, ov, ovc, added, limit))
+                csv.append((tag + p, th, g.ms, b.ms, "ms", g.ms / b.ms))
+                csv.append((tag.replace("overhead_", "overhead_cpu_") + p, th, g.cpu_ms, b.cpu_ms, "ms",
+                            g.cpu_ms / b.cpu_ms))
+
+    gate_overhead(stats, "", "gate_overhead_")
+
+    # ---- 3b. the same with glibc's malloc keeping freed memory ----------------------------
+    tun_stats = {}
+    if a.tunables:
+        tconfs = [("tapegrad", p, 1) for p in a.presets] + [("pytorch", p, one) for p in a.presets]
+        tun_stats = {c: Stat() for c in tconfs}
+        for r in range(a.tunables_rounds):
+            for c in (tconfs if r % 2 == 0 else tconfs[::-1]):
+                impl, p, x = c
+                tun_stats[c].add(R.tapegrad(p, x, a.seq_len, tunables=a.tunables) if impl == "tapegrad" else
+                                 R.pytorch(p, x, a.seq_len, tunables=a.tunables))
+        loads.append(uptime())
+        tr = preset_table("\n3b. the same, one core each, with GLIBC_TUNABLES=%s for both (malloc keeps freed memory"
+                          " instead of\n    returning it to the kernel), %d rounds" % (a.tunables, a.tunables_rounds),
+                          tun_stats, one, [1], "malloc_kept_")
+        for k, v in tr.items():
+            ratios[("malloc_kept",) + k] = v
+        gate_overhead(tun_stats, " (malloc kept)", "malloc_kept_gate_overhead_")
 
     # ---- 4. sequence lengths --------------------------------------------------------------
     seq = {}
@@ -514,53 +552,62 @@ def driver(a):
             else:
                 seq[k].add(R.pytorch("baseline", best, T, a.seq_steps, a.seq_warmup))
     loads.append(uptime())
-    print("\n4. step time vs sequence length (baseline, batch %d; %d rounds)" % (a.batch, a.seq_rounds))
-    head = "   %-6s" % "T" + "".join("%24s" % ("tapegrad %dt ms (tok/s)" % th) for th in a.threads) + \
-        "%24s %11s %11s" % ("PyTorch ms (tok/s)", "tg peak MiB", "pt peak MiB")
-    print(head)
+    print("\n4. step time vs sequence length (baseline, batch %d; %d rounds, %d steps after %d warm-up per process);"
+          " wall ms / CPU ms" % (a.batch, a.seq_rounds, a.seq_steps, a.seq_warmup))
+    print("   %-6s" % "T" + "".join("%22s" % ("tapegrad %dt" % th) for th in a.threads) +
+          "%22s %12s %12s" % ("PyTorch", "tg peak MiB", "pt peak MiB"))
     for T in a.seq_lens:
         line = "   %-6d" % T
         for th in a.threads:
             st = seq[("tapegrad", T, th)]
-            line += "%24s" % ("%.0f (%.0f)" % (st.ms, a.batch * T / (st.ms / 1e3)))
+            line += "%22s" % ("%.0f / %.0f" % (st.ms, st.cpu_ms))
         pt = seq.get(("pytorch", T, 0))
-        line += "%24s" % ("%.0f (%.0f)" % (pt.ms, a.batch * T / (pt.ms / 1e3)) if pt else "not run")
-        line += "%11s %11s" % (fmt(seq[("tapegrad", T, a.threads[-1])].peak_mib, 0), fmt(pt.peak_mib, 0) if pt else "-")
+        line += "%22s" % ("%.0f / %.0f" % (pt.ms, pt.cpu_ms) if pt else "not run")
+        line += " %12s %12s" % (fmt(seq[("tapegrad", T, a.threads[-1])].peak_mib, 0), fmt(pt.peak_mib, 0) if pt else "-")
         print(line)
         for th in a.threads:
             st = seq[("tapegrad", T, th)]
             csv.append(("seq_%d_ms" % T, th, st.ms, pt.ms if pt else float("nan"), "ms",
                         st.ms / pt.ms if pt else float("nan")))
+            csv.append(("seq_%d_cpu_ms" % T, th, st.cpu_ms, pt.cpu_ms if pt else float("nan"), "ms",
+                        st.cpu_ms / pt.cpu_ms if pt else float("nan")))
+            csv.append(("seq_%d_peak_rss" % T, th, st.peak_mib, pt.peak_mib if pt else float("nan"), "MiB",
+                        st.peak_mib / pt.peak_mib if pt else float("nan")))
     if len(a.seq_lens) > 1:
         t0, t1 = a.seq_lens[0], a.seq_lens[-1]
         for th in a.threads:
-            r_ = seq[("tapegrad", t1, th)].ms / seq[("tapegrad", t0, th)].ms
-            print("   tapegrad %dt: T %d -> %d multiplies the step time by %.2f (tokens x %.0f)" %
-                  (th, t0, t1, r_, t1 / t0))
+            print("   tapegrad %dt: T %d -> %d multiplies the CPU time per step by %.2f (tokens x %.0f)" %
+                  (th, t0, t1, seq[("tapegrad", t1, th)].cpu_ms / seq[("tapegrad", t0, th)].cpu_ms, t1 / t0))
 
     # ---- targets -------------------------------------------------------------------------
     loads.append(uptime())
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
     print("\ntargets (baby, batch %d, seq %d):" % (a.batch, a.seq_len))
-    bt = max(a.threads)
     for p in a.presets:
-        r_ = max(ratios[(p, th)] for th in a.threads)
-        print("   tapegrad >= 1.5x PyTorch tokens/s, %-15s best tapegrad %.2fx  %s" %
-              (p, r_, "met" if r_ >= 1.5 else "NOT met"))
-    for (p, th), (ov, ovc, lim) in sorted(overhead.items()):
-        print("   gate overhead %-15s %dt wall %+.1f%% (<= %.1f%%)  %s;  CPU time %+.1f%%  %s" %
-              (p, th, ov, lim, "met" if ov <= lim else "NOT met", ovc, "met" if ovc <= lim else "NOT met"))
-    if one != best and 1 in a.threads:
-        for p in a.presets:
-            r_ = stats[("pytorch", p, one)].cpu_ms / stats[("tapegrad", p, 1)].cpu_ms
-            print("   one core each, CPU time, %-15s tapegrad %.2fx PyTorch 1x1 (%s)" %
-                  (p, r_, "met" if r_ >= 1.5 else "NOT met"))
+        w = max(ratios[(p, th)][0] for th in a.threads)
+        line = "   tokens/s >= 1.5x PyTorch, %-15s wall: best tapegrad %.2fx (%s)" % (p, w, verdict(w >= 1.5))
+        if 1 in a.threads:
+            c = stats[("pytorch", p, one)].cpu_ms / stats[("tapegrad", p, 1)].cpu_ms
+            line += ";  CPU time, 1 thread each: %.2fx (%s)" % (c, verdict(c >= 1.5))
+        if ("malloc_kept", p, 1) in ratios:
+            c = ratios[("malloc_kept", p, 1)][1]
+            line += ";  malloc kept: %.2fx" % c
+        print(line)
+    for (label, p, th), (ov, ovc, lim) in sorted(overhead.items()):
+        print("   gate overhead %-15s %dt%s: wall %+.1f%% (%s); CPU time %+.1f%% (%s); target <= %.1f%%" %
+              (p, th, label, ov, verdict(ov <= lim), ovc, verdict(ovc <= lim), lim))
     for p in a.presets:
-        tg_, pt = stats[("tapegrad", p, bt)], stats[("pytorch", p, best)]
-        print("   peak memory %-15s tapegrad %dt %.0f MiB vs PyTorch %.0f MiB (whole process)  %s;"
-              " step rise %.0f vs %.0f MiB  %s" %
-              (p, bt, tg_.peak_mib, pt.peak_mib, "met" if tg_.peak_mib <= pt.peak_mib else "NOT met",
-               tg_.rise_mib, pt.rise_mib, "met" if tg_.rise_mib <= pt.rise_mib else "NOT met"))
-    print("load average at start / after presets / after seq sweep / end: %s" % " | ".join(loads))
+        for th in a.threads:
+            tg_, pt = stats[("tapegrad", p, th)], stats[("pytorch", p, best)]
+            print("   peak memory %-15s tapegrad %dt %.0f MiB vs PyTorch %.0f MiB, whole process (%s);"
+                  " added by the steps %.0f vs %.0f MiB (%s)" %
+                  (p, th, tg_.peak_mib, pt.peak_mib, verdict(tg_.peak_mib <= pt.peak_mib), tg_.rise_mib, pt.rise_mib,
+                   verdict(tg_.rise_mib <= pt.rise_mib)))
+    print("load average (1/5/15 min) at start%s / end: %s" %
+          (" / after each phase" if len(loads) > 2 else "", " | ".join(loads)))
     print("total time %.0f s" % (time.time() - t_start))
 
     if a.csv:
@@ -584,7 +631,7 @@ def main():
     ap.add_argument("--seq-steps", type=int, default=3, help="timed steps per process in the sequence sweep")
     ap.add_argument("--seq-warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup-steps", type=int, default=2)
+    ap.add_argument("--warmup-steps", type=int, default=3)
     ap.add_argument("--size", default="baby", help="named model size (tiny: a smoke test of this script)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -595,6 +642,9 @@ def main():
     ap.add_argument("--coretypes", default=None, help="env,auto (default: both when OPENBLAS_CORETYPE is set)")
     ap.add_argument("--torch-setting", default=None, help="skip the sweep: TORCH_THREADS,OPENBLAS_THREADS,env|auto")
     ap.add_argument("--foreach", action="store_true", help="PyTorch AdamW(foreach=True)")
+    ap.add_argument("--tunables", default="glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296",
+                    help="GLIBC_TUNABLES of phase 3b (one core each, both sides); empty: skip 3b")
+    ap.add_argument("--tunables-rounds", type=int, default=2)
     ap.add_argument("--peak-n", type=int, default=2048)
     ap.add_argument("--peak-reps", type=int, default=5)
     ap.add_argument("--peak-rounds", type=int, default=2)
@@ -623,7 +673,7 @@ def main():
     a.torch_threads = [int(x) for x in a.torch_threads.split(",")]
     a.openblas_threads = [int(x) for x in a.openblas_threads.split(",")]
     if a.quick:
-        a.rounds, a.steps, a.warmup_steps, a.seq_steps = 1, 2, 1, 2
+        a.rounds, a.steps, a.warmup_steps, a.seq_steps, a.tunables_rounds = 1, 2, 1, 2, 1
         a.seq_lens = [128, 256]
         a.peak_rounds, a.peak_reps, a.peak_n = 1, 3, 1024
         a.openblas_threads = [2]
