@@ -382,8 +382,8 @@ TEST_CASE("study: a tiny main study writes report.md with a row per preset") {
   const auto j_gate = nlohmann::json::parse(read(out + "/results/g1_elementwise-lr0.003.json"));
   const auto base = table_row(md, "baseline");
   const auto gate = table_row(md, "g1\\_elementwise");
-  REQUIRE(base.size() >= 10);
-  REQUIRE(gate.size() >= 10);
+  REQUIRE(base.size() >= 11);
+  REQUIRE(gate.size() >= 11);
   // added parameters: G1 elementwise widens q_proj by H*D rows of C in each layer
   const nn::ModelConfig tiny = nn::named_size("tiny");
   const long added = long(tiny.num_hidden_layers * tiny.num_attention_heads * tiny.head_dim * tiny.hidden_size);
@@ -398,8 +398,12 @@ TEST_CASE("study: a tiny main study writes report.md with a row per preset") {
   CHECK(gate[4] == fmt(j_gate["fattn"].get<double>(), 3));
   CHECK(gate[6] == fmt(j_gate["mean_gate"].get<double>(), 3));
   CHECK(base[6] == "—");  // no gate, no gate score
-  CHECK(base[9] == "1.000x");
+  CHECK(base[9] == "1.00x");  // step time (wall), relative to baseline
+  CHECK(base[10] == "1.00x");  // step time (CPU)
   CHECK(contains(gate[9], "x"));
+  CHECK(contains(gate[10], "x"));
+  const auto times = nlohmann::json::parse(read(out + "/time.json"));
+  CHECK(times["invocations"].size() == 1);
   CHECK(j_base["layers"].size() == tiny.num_hidden_layers);
   CHECK(j_gate["gate_hist"].size() == 100);
   CHECK(!j_base.contains("gate_hist"));
@@ -459,6 +463,8 @@ TEST_CASE("study: an interrupted study resumes; finished runs are reused, not re
   CHECK(read(run_a + "/metrics.csv") == metrics_a);
   CHECK(read(run_a + "/model.safetensors") == weights_a);
   const std::string md = read(out + "/report.md");
+  CHECK(nlohmann::json::parse(read(out + "/time.json"))["invocations"].size() == 3);  // the parts add up
+  CHECK(contains(md, "the 3 invocations that wrote into this folder"));
   CHECK(contains(md, "## Learning-rate stability"));
   CHECK(contains(md, "## Length extrapolation"));
   CHECK(table_row(md, "baseline").size() >= 10);

@@ -144,7 +144,7 @@ struct Options {
   std::vector<std::string> presets = {"baseline",         "g1_elementwise", "g1_headwise",          "g2_elementwise",
                                       "g5_elementwise",   "g1_head_shared", "g1_input_independent", "g1_ns_sigmoid"};
   std::vector<std::string> pair = {"baseline", "g1_elementwise"};  // the lr and length modes compare these
-  std::vector<double> lrs = {3e-3, 1e-2, 3e-2};
+  std::vector<double> lrs = {3e-3, 1e-2, 3e-2, 1e-1};
   std::vector<std::int64_t> length_factors = {1, 2, 4};
   std::string mode = "all";
   std::string out = "runs/study";
@@ -598,16 +598,36 @@ json read_json_or_null(const std::string& path) {
 
 // ---- step time ---------------------------------------------------------------------------------
 
-// The median wall time of one training step (forward, backward, clipping, AdamW) of each
-// preset, measured interleaved: every round times every preset once more, so a change in
-// the machine's load touches all presets alike.
-std::map<std::string, double> time_steps(const Options& o, const data::Corpus& corpus) {
+// Median seconds of one training step per preset, by the wall clock and by the process's
+// CPU clock (all its threads). On a busy machine the wall clock also counts the time the
+// threads wait for a core; the CPU clock counts only the work (with OMP_WAIT_POLICY=passive;
+// spinning threads count as working).
+struct StepTimes {
+  std::map<std::string, double> wall, cpu;
+};
+
+double cpu_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return study::kNaN;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// One training step (forward, backward, clipping, AdamW) of each preset, timed interleaved:
+// every round times every preset once more, so a change in the machine's load touches all
+// presets alike.
+StepTimes time_steps(const Options& o, const data::Corpus& corpus) {
   const Settings& s = o.s;
   const data::Split parts = data::split(corpus, s.val_fraction, static_cast<std::size_t>(s.seq_len) + 1);
   const data::BatchSampler train(parts.train, static_cast<std::size_t>(s.batch), static_cast<std::size_t>(s.seq_len));
   Generator gen(mix(s.seed, 202));
   const Index batch = train.next(gen);
-  std::map<std::string, std::vector<double>> times;
+  std::map<std::string, std::vector<double>> wall, cpu;
   using clock = std::chrono::steady_clock;
   for (std::int64_t round = 0; round < o.timing_rounds; ++round)
     for (const auto& p : o.presets) {
@@ -617,20 +637,22 @@ std::map<std::string, double> time_steps(const Options& o, const data::Corpus& c
       optim::AdamW<float> opt(optim::make_param_groups(model.named_parameters(), s.weight_decay), ao);
       for (int i = 0; i < 3; ++i) {  // the first step warms the allocator and caches
         const auto t0 = clock::now();
+        const double c0 = cpu_seconds();
         opt.zero_grad();
         model.loss(batch).loss.backward();
         optim::clip_grad_norm(opt.parameters(), s.clip);
         opt.step();
-        if (i > 0) times[p].push_back(std::chrono::duration<double>(clock::now() - t0).count());
+        if (i > 0) {
+          wall[p].push_back(std::chrono::duration<double>(clock::now() - t0).count());
+          cpu[p].push_back(cpu_seconds() - c0);
+        }
       }
       if (g_signal) throw std::runtime_error("interrupted");
     }
-  std::map<std::string, double> med;
-  for (auto& [p, v] : times) {
-    std::sort(v.begin(), v.end());
-    med[p] = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-  }
-  return med;
+  StepTimes t;
+  for (auto& [p, v] : wall) t.wall[p] = median(v);
+  for (auto& [p, v] : cpu) t.cpu[p] = median(v);
+  return t;
 }
 
 // ---- plots -------------------------------------------------------------------------------------
@@ -751,42 +773,49 @@ std::string md_escape(const std::string& s) {
 }
 
 void write_main_section(const Options& o, const std::map<std::string, RunResult*>& by_preset, Report& rep,
-                        const std::map<std::string, double>& step_time) {
+                        const StepTimes& step_time) {
   const Settings& s = o.s;
   auto& md = rep.md;
-  const double base_time = step_time.count("baseline") ? step_time.at("baseline") : study::kNaN;
+  auto get = [](const std::map<std::string, double>& m, const std::string& p) {
+    return m.count(p) ? m.at(p) : study::kNaN;
+  };
+  const double base_wall = get(step_time.wall, "baseline"), base_cpu = get(step_time.cpu, "baseline");
+  auto ratio = [](double t, double base) {
+    return std::isfinite(base) && std::isfinite(t) ? fixed(t / base, 2) + "x" : fixed(t * 1e3, 1) + " ms";
+  };
   md << "## Main table (paper Tables 1 and 4)\n\n"
      << "All presets trained on the same data, seed and token budget (" << s.steps << " steps of " << s.batch << " x "
      << s.seq_len << " tokens, lr " << study::format_lr(s.lr) << "). Validation numbers are over " << o.eval_batches
      << " fixed validation batches (" << o.eval_batches * s.batch * s.seq_len
      << " tokens), the same for every preset. PPL is per byte (exp of the loss).\n\n"
-     << "| preset | added params | val loss | PPL | F-Attn | M-Act | mean gate | gate < 1e-2 | gate < 1e-3 | step time |\n"
-     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << "| preset | added params | val loss | PPL | F-Attn | M-Act | mean gate | gate < 1e-2 | gate < 1e-3 | step time "
+        "(wall) | step time (CPU) |\n"
+     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& p : o.presets) {
     const RunResult* r = by_preset.count(p) ? by_preset.at(p) : nullptr;
     md << "| " << md_escape(p) << " | " << study::signed_count(nn::preset_extra_parameters(s.base, p)) << " | ";
     if (!r || !r->ok()) {
-      md << (r && r->outcome == Outcome::Diverged ? "diverged" : "not run") << " | | | | | | | |\n";
+      md << (r && r->outcome == Outcome::Diverged ? "diverged" : "not run") << " | | | | | | | | |\n";
       continue;
     }
     const json& e = r->eval;
     const json& g = e["gate"];
-    const double t = step_time.count(p) ? step_time.at(p) : study::kNaN;
     md << fixed(jnum(e, "val_loss"), 4) << " | " << fixed(std::exp(jnum(e, "val_loss")), 3) << " | "
        << fixed(jnum(e, "fattn"), 3) << " | " << sig3(jnum(e, "mact")) << " | " << fixed(jnum(e, "mean_gate"), 3)
        << " | " << study::percent(jnum(g, "frac_below_1e2")) << " | " << study::percent(jnum(g, "frac_below_1e3"))
-       << " | "
-       << (std::isfinite(base_time) && std::isfinite(t) ? fixed(t / base_time, 3) + "x" : fixed(t * 1e3, 1) + " ms")
+       << " | " << ratio(get(step_time.wall, p), base_wall) << " | " << ratio(get(step_time.cpu, p), base_cpu)
        << " |\n";
   }
   md << "\nF-Attn: attention probability on the first token, averaged over batch, heads, query positions 1..T-1 "
         "and layers. M-Act: max |h| of each layer's output (its ffn residual), the largest over the validation "
         "batches, averaged over layers. Gate columns: the activated gate scores of every layer and token (G1 "
-        "input-independent: the H x D values of sigmoid(theta)). Step time: median wall time of one training step "
-        "(forward, backward, clipping, AdamW), measured interleaved over "
+        "input-independent: the H x D values of sigmoid(theta)). Step time: the median time of one training step "
+        "(forward, backward, clipping, AdamW) by the wall clock and by the process's CPU clock (all threads), "
+        "measured interleaved over "
      << o.timing_rounds << " rounds at the end of the study, relative to baseline";
-  if (std::isfinite(base_time)) md << " (" << fixed(base_time * 1e3, 1) << " ms)";
-  md << ".\n\n";
+  if (std::isfinite(base_wall))
+    md << " (" << fixed(base_wall * 1e3, 1) << " ms wall, " << fixed(base_cpu * 1e3, 1) << " ms CPU)";
+  md << "; on a busy machine the CPU clock is the steadier of the two (bench/ measures speed properly).\n\n";
 
   // Per-layer tables.
   std::size_t L = s.base.num_hidden_layers;
@@ -962,9 +991,11 @@ void write_lr_section(const Options& o, const std::vector<RunResult>& results, R
      << md_escape(o.pair[0]) << " vs " << md_escape(o.pair[1]) << " at rising peak learning rates (warm-up " << s.warmup
      << " steps, cosine decay to lr/10, clipping at " << s.clip
      << "). A spike is a training loss above 1.3x its running minimum after the warm-up (consecutive spike steps "
-        "count once); a run diverged when its loss became NaN or, after the warm-up, rose above its initial value.\n\n"
-     << "| preset | lr | spikes | spike steps | diverged | min train loss | final train loss | final val loss |\n"
-     << "|---|---:|---:|---:|---|---:|---:|---:|\n";
+        "count once); a run diverged when its loss became NaN or, after the warm-up, rose above its initial value. Val "
+        "loss, F-Attn and M-Act as in the main table (the same validation batches).\n\n"
+     << "| preset | lr | spikes | spike steps | diverged | min train loss | final train loss | val loss | F-Attn | "
+        "M-Act |\n"
+     << "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n";
   std::ostringstream gp, p1, p2;
   std::size_t i = 0;
   double ymax = 0;
@@ -985,7 +1016,9 @@ void write_lr_section(const Options& o, const std::vector<RunResult>& results, R
       md << "| " << md_escape(p) << " | " << study::format_lr(lr) << " | " << sp.spikes << " | " << sp.spike_steps
          << " | " << div << " | " << fixed(sp.minimum, 3) << " | "
          << (r->metrics.empty() ? "—" : fixed(r->metrics.back().train_loss, 3)) << " | "
-         << (r->outcome == Outcome::Finished ? fixed(last_val, 3) : "—") << " |\n";
+         << (r->ok() ? fixed(jnum(r->eval, "val_loss"), 4) : r->outcome == Outcome::Finished ? fixed(last_val, 4) : "—")
+         << " | " << (r->ok() ? fixed(jnum(r->eval, "fattn"), 3) : "—") << " | "
+         << (r->ok() ? sig3(jnum(r->eval, "mact")) : "—") << " |\n";
       std::vector<std::vector<double>> rows;
       for (auto& m : r->metrics) rows.push_back({double(m.step), m.train_loss});
       if (!rows.empty()) ymax = std::max(ymax, rows.front()[1]);
@@ -1108,6 +1141,7 @@ void write_paper_section(const Options& o, const std::map<std::string, RunResult
       auto desc = [](const RunResult* r) {
         std::string d = std::to_string(r->spikes.spikes) + " spike" + (r->spikes.spikes == 1 ? "" : "s");
         if (r->nan_step || r->spikes.diverged) d += ", diverged";
+        if (r->ok()) d += ", M-Act " + sig3(jnum(r->eval, "mact")) + ", val loss " + fixed(jnum(r->eval, "val_loss"), 4);
         return d;
       };
       md << "- lr " << study::format_lr(lr) << ": " << md_escape(o.pair[0]) << " " << desc(a) << "; "
@@ -1125,7 +1159,7 @@ std::string now_utc() {
 }
 
 void write_report(const Options& o, std::vector<RunResult>& results, const data::Corpus& corpus,
-                  const std::map<std::string, double>& step_time, double wall_s) {
+                  const StepTimes& step_time, double wall_s, double all_wall_s, std::size_t invocations) {
   const Settings& s = o.s;
   Report rep;
   auto& md = rep.md;
@@ -1137,8 +1171,10 @@ void write_report(const Options& o, std::vector<RunResult>& results, const data:
   }
   const std::size_t nparams = nn::count_parameters(s.base);
   md << "# The gating zoo at small scale\n\nMade by:\n\n```\n" << o.command << "\n```\n\n"
-     << "Written " << now_utc() << "; this invocation took " << cli::run::format_duration(wall_s)
-     << ", and the " << results.size() << " runs' training took " << cli::run::format_duration(train_s)
+     << "Written " << now_utc() << "; this invocation took " << cli::run::format_duration(wall_s);
+  if (invocations > 1)
+    md << ", the " << invocations << " invocations that wrote into this folder " << cli::run::format_duration(all_wall_s);
+  md << ", and the " << results.size() << " runs' training took " << cli::run::format_duration(train_s)
      << " in all (their own clocks, resumed parts included; " << tg::num_threads() << " thread"
      << (tg::num_threads() == 1 ? "" : "s") << ").\n\n"
      << "Model: " << s.size << " (d " << s.base.hidden_size << ", " << s.base.num_hidden_layers << " layers, "
@@ -1168,6 +1204,36 @@ void write_report(const Options& o, std::vector<RunResult>& results, const data:
 }
 
 // ---- the study ---------------------------------------------------------------------------------
+
+// <out>/time.json: the wall time of every invocation that worked on the folder (an
+// interrupted study's parts add up), recorded when an invocation ends.
+class InvocationClock {
+ public:
+  explicit InvocationClock(std::string path) : path_(std::move(path)), t0_(std::chrono::steady_clock::now()) {
+    const json j = read_json_or_null(path_);
+    if (j.is_object() && j.contains("invocations") && j["invocations"].is_array()) previous_ = j["invocations"];
+  }
+  ~InvocationClock() {
+    try {
+      json all = previous_;
+      all.push_back({{"ended", now_utc()}, {"wall_s", seconds()}});
+      cli::run::write_file_atomic(path_, json({{"invocations", all}}).dump(1) + "\n");
+    } catch (...) {
+    }
+  }
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+  double all_seconds() const {
+    double t = seconds();
+    for (const auto& e : previous_) t += e.value("wall_s", 0.0);
+    return t;
+  }
+  std::size_t invocations() const { return previous_.size() + 1; }
+
+ private:
+  std::string path_;
+  std::chrono::steady_clock::time_point t0_;
+  json previous_ = json::array();
+};
 
 int run_study_impl(Options& o) {
   using clock = std::chrono::steady_clock;
@@ -1203,6 +1269,7 @@ int run_study_impl(Options& o) {
     cli::run::write_file_atomic(sj, want.dump(2) + "\n");
   }
   s.base.save(cli::run::join(o.out, "base_config.json"));
+  const InvocationClock invocation(cli::run::join(o.out, "time.json"));
   fs::create_directories(cli::run::join(o.out, "results"), ec);
 
   install_signal_handlers();
@@ -1285,23 +1352,26 @@ int run_study_impl(Options& o) {
   }
 
   // ---- step time, interleaved (cached per preset list and thread count) ----
-  std::map<std::string, double> step_time;
+  StepTimes step_time;
   if (o.main_mode() && o.timing_rounds > 0) {
     const std::string path = cli::run::join(o.out, "timing.json");
-    const json key = {{"presets", o.presets}, {"threads", tg::num_threads()}, {"rounds", o.timing_rounds}};
+    const json key = {{"presets", o.presets}, {"threads", tg::num_threads()}, {"rounds", o.timing_rounds},
+                      {"clocks", "wall, cpu"}};
     json cached = read_json_or_null(path);
     if (cached.is_object() && cached["key"] == key) {
-      step_time = cached["median_s"].get<std::map<std::string, double>>();
+      step_time.wall = cached["median_wall_s"].get<std::map<std::string, double>>();
+      step_time.cpu = cached["median_cpu_s"].get<std::map<std::string, double>>();
     } else {
       progress.line("study: timing one training step of each preset (" + std::to_string(o.timing_rounds) +
                     " interleaved rounds)");
       step_time = time_steps(o, corpus);
-      cli::run::write_file_atomic(path, json({{"key", key}, {"median_s", step_time}}).dump(1) + "\n");
+      cli::run::write_file_atomic(
+          path, json({{"key", key}, {"median_wall_s", step_time.wall}, {"median_cpu_s", step_time.cpu}}).dump(1) + "\n");
     }
   }
 
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
-  write_report(o, results, corpus, step_time, wall);
+  write_report(o, results, corpus, step_time, wall, invocation.all_seconds(), invocation.invocations());
   std::cout << "tapegrad study: done in " << cli::run::format_duration(wall) << "; report: "
             << cli::run::join(o.out, "report.md") << "\n";
   return 0;
@@ -1345,7 +1415,7 @@ int run_study(int argc, char** argv) {
   std::string config_path;
   for (std::size_t i = 0; i < o.presets.size(); ++i) presets += (i ? "," : "") + o.presets[i];
   pair = "baseline,g1_elementwise";
-  lrs = "3e-3,1e-2,3e-2";
+  lrs = "3e-3,1e-2,3e-2,1e-1";
   lengths = "1,2,4";
   app.add_option("--mode", o.mode, "main, lr (learning-rate stability), length (extrapolation) or all")
       ->capture_default_str()
