@@ -573,14 +573,14 @@ json evaluate_length(const Options& o, const RunSpec& r, const data::Corpus& cor
         c.rope_scaling = y;
       }
       nn::CausalLM<float> model = load_run_model(dir, &c);
-      Generator gen(eval_seed(s) + 7);
+      Generator gen(eval_seed(s));  // at length T: the main evaluation's batches
       double sum = 0;
       for (std::int64_t b = 0; b < o.eval_batches; ++b) sum += double(model.loss(val.next(gen)).ce.item());
       (use_yarn ? yarn : rope).push_back(sum / double(o.eval_batches));
     }
     lens.push_back(Ln);
   }
-  return {{"key", {{"factors", o.length_factors}, {"eval_batches", o.eval_batches}, {"eval_seed", eval_seed(s)}}},
+  return {{"key", {{"factors", o.length_factors}, {"eval_batches", o.eval_batches}, {"length_seed", eval_seed(s)}}},
           {"lengths", lens},
           {"rope", rope},
           {"yarn", yarn}};
@@ -857,12 +857,17 @@ void write_main_section(const Options& o, const std::map<std::string, RunResult*
     std::ostringstream gp;
     std::ostringstream plot;
     std::size_t i = 0;
+    double ytop = 0;  // the y range starts at the fifth of the run: the early drop would flatten the rest
     for (const auto& p : o.presets) {
       const RunResult* r = by_preset.count(p) ? by_preset.at(p) : nullptr;
       if (!r) continue;
       std::vector<std::vector<double>> rows;
+      bool first_late = true;
       for (auto& m : r->metrics)
-        if (std::isfinite(m.val_loss)) rows.push_back({double(m.step), m.val_loss});
+        if (std::isfinite(m.val_loss)) {
+          rows.push_back({double(m.step), m.val_loss});
+          if (m.step >= s.steps / 5 && first_late) ytop = std::max(ytop, m.val_loss), first_late = false;
+        }
       if (rows.empty()) continue;
       gp << datablock("d" + std::to_string(i), rows);
       plot << (plot.tellp() ? ", " : "plot ") << "$d" << i << " using 1:2 with lines lw 2 lc " << color(i)
@@ -872,8 +877,9 @@ void write_main_section(const Options& o, const std::map<std::string, RunResult*
     if (i) {
       gp << "set title 'validation loss (" << s.steps << " steps of " << s.batch << "x" << s.seq_len
          << ")' noenhanced\nset xlabel 'step'\nset ylabel 'loss (nats per byte)'\nset grid\nset key top right "
-            "noenhanced\nset logscale y\n"
-         << plot.str() << "\n";
+            "noenhanced\n";
+      if (ytop > 0) gp << "set yrange [*:" << ytop << "]\n";
+      gp << plot.str() << "\n";
       rep.plot(gp.str(), cli::run::join(o.out, "val_loss.png"), 800, 450);
     }
   }
@@ -1046,7 +1052,7 @@ void write_length_section(const Options& o, const std::vector<RunResult>& result
   auto& md = rep.md;
   md << "## Length extrapolation\n\nTrained at T = " << s.seq_len
      << "; validation loss (mean over all positions, " << o.eval_batches
-     << " batches of the same number of tokens at every length) with plain RoPE and with YaRN (factor = length / T, "
+     << " batches of the same number of tokens at every length; at T the main table's batches) with plain RoPE and with YaRN (factor = length / T, "
         "original_max_position_embeddings = T; at length T it equals plain RoPE).\n\n| preset | RoPE |";
   for (auto f : o.length_factors) md << " " << f * s.seq_len << " |";
   md << " YaRN |";
@@ -1335,7 +1341,7 @@ int run_study_impl(Options& o) {
 
   // ---- length extrapolation ----
   if (o.length_mode()) {
-    const json want_key = {{"factors", o.length_factors}, {"eval_batches", o.eval_batches}, {"eval_seed", eval_seed(s)}};
+    const json want_key = {{"factors", o.length_factors}, {"eval_batches", o.eval_batches}, {"length_seed", eval_seed(s)}};
     for (auto& rr : results) {
       if (rr.spec.lr != s.lr || std::find(o.pair.begin(), o.pair.end(), rr.spec.preset) == o.pair.end()) continue;
       if (rr.outcome != Outcome::Finished) continue;
@@ -1372,7 +1378,7 @@ int run_study_impl(Options& o) {
 
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
   write_report(o, results, corpus, step_time, wall, invocation.all_seconds(), invocation.invocations());
-  std::cout << "tapegrad study: done in " << cli::run::format_duration(wall) << "; report: "
+  std::cout << "tapegrad study: done in " << cli::run::format_duration(invocation.seconds()) << "; report: "
             << cli::run::join(o.out, "report.md") << "\n";
   return 0;
 }
