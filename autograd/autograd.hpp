@@ -2,6 +2,7 @@
 #pragma once
 #include "autograd/gradcheck.hpp"
 #include "autograd/kernels/parallel.hpp"
+#include "autograd/memory.hpp"
 #include "autograd/ops.hpp"
 #include "autograd/tape.hpp"
 #include "autograd/tensor.hpp"

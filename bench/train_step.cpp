@@ -24,7 +24,9 @@
 // during the step: on a loaded machine it tracks the work done better than the wall time
 // does (with more than one thread it also counts OpenMP's spin-waiting). minflt counts
 // the minor page faults of the step: pages the allocator had returned to the kernel and
-// touches again (glibc's malloc gives large blocks back with munmap / trimming).
+// touches again (glibc's malloc gives large blocks back with munmap / trimming) —
+// none once tg::keep_freed_memory() is on, as it is unless --malloc-default is given
+// (config's malloc=kept|default says which).
 //
 // With --op-profile it also wraps every backward closure on the tape with a timer
 // (instrumentation from outside the engine: Node::backward is a public std::function)
@@ -38,7 +40,7 @@
 //
 // Usage: bench_train_step [--preset baseline] [--size baby] [--seq-len 256] [--batch 8]
 //                         [--threads 1] [--steps 5] [--warmup-steps 2] [--seed 0]
-//                         [--lr 1e-3] [--op-profile] [--dump-config PATH]
+//                         [--lr 1e-3] [--op-profile] [--malloc-default] [--dump-config PATH]
 #include <cblas.h>
 
 #include <sys/resource.h>
@@ -58,6 +60,7 @@
 #include <vector>
 
 #include "autograd/kernels/parallel.hpp"
+#include "autograd/memory.hpp"
 #include "autograd/tape.hpp"
 #include "nn/config.hpp"
 #include "nn/model.hpp"
@@ -115,13 +118,15 @@ struct Args {
   std::uint64_t seed = 0;
   double lr = 1e-3;
   bool op_profile = false;
+  bool malloc_default = false;  // --malloc-default: skip tg::keep_freed_memory()
 };
 
 [[noreturn]] void usage(int code) {
   std::fprintf(code ? stderr : stdout,
                "usage: bench_train_step [--preset NAME] [--size NAME] [--seq-len T] [--batch B]\n"
                "                        [--threads N] [--steps N] [--warmup-steps N] [--seed S]\n"
-               "                        [--lr LR] [--op-profile] [--dump-config PATH]\n");
+               "                        [--lr LR] [--op-profile] [--malloc-default]\n"
+               "                        [--dump-config PATH]\n");
   std::exit(code);
 }
 
@@ -155,6 +160,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--seed") a.seed = std::uint64_t(positive(next()));
     else if (s == "--lr") a.lr = std::atof(next().c_str());
     else if (s == "--op-profile") a.op_profile = true;
+    else if (s == "--malloc-default") a.malloc_default = true;
     else if (s == "--dump-config") a.dump_config = next();
     else if (s == "--help" || s == "-h") usage(0);
     else {
@@ -199,6 +205,9 @@ void instrument_tape(OpTimes& times) {
 
 int main(int argc, char** argv) {
   const Args a = parse(argc, argv);
+  // tapegrad's programs keep freed memory in the process (autograd/memory.hpp);
+  // --malloc-default measures glibc's default policy instead.
+  const bool kept = !a.malloc_default && tg::keep_freed_memory();
   tg::set_num_threads(a.threads);
   openblas_set_num_threads(1);  // linked for the other benchmarks; unused here
 
@@ -235,9 +244,10 @@ int main(int argc, char** argv) {
                                  double(cfg.head_dim) * double(a.seq_len) * tokens;
 
   std::printf("config preset=%s size=%s dtype=f32 batch=%lld seq_len=%lld threads=%d params=%zu matmul_params=%zu "
-              "model_flops=%.6e steps=%lld warmup=%lld\n",
+              "model_flops=%.6e steps=%lld warmup=%lld malloc=%s\n",
               a.preset.c_str(), a.size.c_str(), (long long)a.batch, (long long)a.seq_len, a.threads,
-              model.num_parameters(), matmul_params, model_flops, (long long)a.steps, (long long)a.warmup);
+              model.num_parameters(), matmul_params, model_flops, (long long)a.steps, (long long)a.warmup,
+              kept ? "kept" : "default");
   std::fflush(stdout);
 
   // Token batches, uniform in [0, V), one per step (made before the clock starts).

@@ -8,6 +8,7 @@
 #include <iostream>
 #include <string>
 
+#include "autograd/memory.hpp"
 #include "commands.hpp"
 
 namespace tg::cli {
@@ -39,6 +40,9 @@ void usage(std::ostream& os) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Every subcommand repeats the same large allocations step after step: keep freed
+  // memory in the process instead of faulting it in again (autograd/memory.hpp).
+  tg::keep_freed_memory();
   try {
     if (argc >= 2 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help"))) {
       usage(std::cout);
