@@ -17,16 +17,18 @@ figure is the median over all timed steps of all rounds. Phases:
 
   1. peak: OpenBLAS sgemm GFLOP/s at n = 2048 (via torch.mm) at 1 and 2 threads, the best
      of several calls — the peak the model FLOP utilisation (MFU) is stated against;
-  2. PyTorch thread settings on the baseline preset: torch.set_num_threads 1 or 2 times
+  2. PyTorch settings on the baseline preset: torch.set_num_threads 1 or 2 times
      OPENBLAS_NUM_THREADS 1 or 2, with OpenBLAS's kernels as the environment selects them
      (OPENBLAS_CORETYPE as set, e.g. Haswell = AVX2) and as OpenBLAS detects the CPU
-     itself (OPENBLAS_CORETYPE removed); the fastest setting is "PyTorch best";
+     itself (OPENBLAS_CORETYPE removed), times glibc's malloc policy: its default, or
+     "kept" (GLIBC_TUNABLES=--tunables: freed memory stays in the process instead of
+     being unmapped and faulted in again next step — what tapegrad's programs do through
+     tg::keep_freed_memory()); the fastest setting is "PyTorch best";
   3. presets baseline, g1_headwise, g1_elementwise: tapegrad 1 and 2 threads against
      PyTorch best (and PyTorch on one core, if that is not the best) — tokens/s, ratio,
      MFU, CPU time, peak memory, page faults; the gate overhead in tapegrad;
-  3b. the same on one core each with GLIBC_TUNABLES (--tunables) set for both sides, so
-     that glibc's malloc keeps freed memory instead of giving it back to the kernel and
-     faulting it in again on the next step: what an allocator that caches would gain;
+  3b. both sides with glibc's default malloc policy, one core each (tapegrad with
+     --malloc-default, PyTorch 1 x 1 default): what keeping freed memory is worth;
   4. tapegrad's step time at sequence lengths 128, 256, 512, 1024 (and PyTorch best's,
      up to --peer-seq-max).
 
@@ -263,18 +265,20 @@ class Runner:
             raise RuntimeError("failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
         return parse_lines(p.stdout)
 
-    def tapegrad(self, preset, threads, seq_len, steps=None, warmup=None, tunables=None):
+    def tapegrad(self, preset, threads, seq_len, steps=None, warmup=None, malloc_default=False):
         a = self.a
         steps, warmup = steps or a.steps, a.warmup_steps if warmup is None else warmup
         return self.run([a.bin, "--size", a.size, "--preset", preset, "--threads", str(threads), "--seq-len", str(seq_len),
-                         "--batch", str(a.batch), "--steps", str(steps), "--warmup-steps", str(warmup)],
-                        env={"OMP_NUM_THREADS": None, "GLIBC_TUNABLES": tunables})
+                         "--batch", str(a.batch), "--steps", str(steps), "--warmup-steps", str(warmup)]
+                        + (["--malloc-default"] if malloc_default else []),
+                        env={"OMP_NUM_THREADS": None, "GLIBC_TUNABLES": None})
 
-    def pytorch(self, preset, setting, seq_len, steps=None, warmup=None, tunables=None):
+    def pytorch(self, preset, setting, seq_len, steps=None, warmup=None):
         a = self.a
         steps, warmup = steps or a.steps, a.warmup_steps if warmup is None else warmup
-        tt, bt, core = setting
-        env = {"OPENBLAS_NUM_THREADS": str(bt), "OMP_NUM_THREADS": str(tt), "GLIBC_TUNABLES": tunables}
+        tt, bt, core, malloc = setting
+        env = {"OPENBLAS_NUM_THREADS": str(bt), "OMP_NUM_THREADS": str(tt),
+               "GLIBC_TUNABLES": a.tunables if malloc == "kept" else None}
         if core == "auto":
             env["OPENBLAS_CORETYPE"] = None
         return self.run([sys.executable, os.path.abspath(__file__), "--worker", "--config", self.config_path(preset),
@@ -344,12 +348,13 @@ class Stat:
 
 
 def setting_name(s):
-    tt, bt, core = s
-    return "torch %d thr, OpenBLAS %d thr, %s" % (tt, bt, "coretype " + core if core != "auto" else "auto-detected")
+    tt, bt, core, malloc = s
+    return "torch %d thr, OpenBLAS %d thr, %s, malloc %s" % (
+        tt, bt, "coretype " + core if core != "auto" else "auto-detected", malloc)
 
 
 def setting_tag(s):
-    return "t%d_b%d_%s" % s
+    return "t%d_b%d_%s_%s" % s
 
 
 def uptime():
@@ -404,36 +409,39 @@ def driver(a):
 
     # ---- 2. PyTorch thread settings ----------------------------------------------------
     settings = []
+    mallocs = ["default", "kept"] if a.tunables else ["default"]
     for core in cores:
         for tt in a.torch_threads:
             for bt in a.openblas_threads:
-                settings.append((tt, bt, core))
+                for m in mallocs:
+                    settings.append((tt, bt, core, m))
     if a.torch_setting:
-        tt, bt, core = a.torch_setting.split(",")
-        settings = [(int(tt), int(bt), core)]
+        f = a.torch_setting.split(",")
+        settings = [(int(f[0]), int(f[1]), f[2], f[3] if len(f) > 3 else "default")]
     sweep = {s: Stat() for s in settings}
     if len(settings) > 1:
         for r in range(a.sweep_rounds):
             order = settings if r % 2 == 0 else settings[::-1]
             for s in order:
                 sweep[s].add(R.pytorch("baseline", s, a.seq_len))
-        print("\n2. PyTorch thread settings (baseline preset), %d rounds" % a.sweep_rounds)
-        print("   %-55s %9s %11s %9s %9s %9s" % ("setting", "ms/step", "round range", "tokens/s", "CPU ms", "peak MiB"))
+        print("\n2. PyTorch settings (baseline preset), %d rounds; malloc kept = GLIBC_TUNABLES=%s" %
+              (a.sweep_rounds, a.tunables))
+        print("   %-72s %9s %11s %9s %9s %9s" % ("setting", "ms/step", "round range", "tokens/s", "CPU ms", "peak MiB"))
         for s in settings:
             st = sweep[s]
-            print("   %-55s %9.0f %11s %9.0f %9.0f %9.0f" % (setting_name(s), st.ms, st.spread(), st.tokens_per_s(tokens),
+            print("   %-72s %9.0f %11s %9.0f %9.0f %9.0f" % (setting_name(s), st.ms, st.spread(), st.tokens_per_s(tokens),
                                                         st.cpu_ms, st.peak_mib))
             csv.append(("pytorch_setting_" + setting_tag(s), s[0], float("nan"), st.tokens_per_s(tokens), "tokens/s",
                         float("nan")))
     best = min(settings, key=lambda s: sweep[s].ms if sweep[s].steps else 0)
     best_env = None
     if len(settings) > 1 and "env" in cores and "auto" in cores:
-        best_env = min([s for s in settings if s[2] == "env"], key=lambda s: sweep[s].ms)
+        best_env = min([s for s in settings if s[2] == "env" and s[3] == best[3]], key=lambda s: sweep[s].ms)
     print("   PyTorch best: %s%s" % (setting_name(best), "" if len(settings) > 1 else " (given by --torch-setting)"),
           flush=True)
 
     # ---- 3. presets ---------------------------------------------------------------------
-    one = (1, 1, best[2])  # PyTorch on one core only: the CPU-time comparison below
+    one = (1, 1, best[2], best[3])  # PyTorch on one core only: the CPU-time comparison below
     confs = []
     for p in a.presets:
         for th in a.threads:
@@ -525,23 +533,22 @@ def driver(a):
 
     gate_overhead(stats, "", "gate_overhead_")
 
-    # ---- 3b. the same with glibc's malloc keeping freed memory ----------------------------
-    tun_stats = {}
-    if a.tunables:
-        tconfs = [("tapegrad", p, 1) for p in a.presets] + [("pytorch", p, one) for p in a.presets]
-        tun_stats = {c: Stat() for c in tconfs}
-        for r in range(a.tunables_rounds):
+    # ---- 3b. both sides with glibc's default malloc policy ----------------------------------
+    if a.default_malloc_rounds:
+        one_default = (1, 1, best[2], "default")
+        tconfs = [("tapegrad", p, 1) for p in a.presets] + [("pytorch", p, one_default) for p in a.presets]
+        dm_stats = {c: Stat() for c in tconfs}
+        for r in range(a.default_malloc_rounds):
             for c in (tconfs if r % 2 == 0 else tconfs[::-1]):
                 impl, p, x = c
-                tun_stats[c].add(R.tapegrad(p, x, a.seq_len, tunables=a.tunables) if impl == "tapegrad" else
-                                 R.pytorch(p, x, a.seq_len, tunables=a.tunables))
+                dm_stats[c].add(R.tapegrad(p, x, a.seq_len, malloc_default=True) if impl == "tapegrad" else
+                                R.pytorch(p, x, a.seq_len))
         loads.append(uptime())
-        tr = preset_table("\n3b. the same, one core each, with GLIBC_TUNABLES=%s for both (malloc keeps freed memory"
-                          " instead of\n    returning it to the kernel), %d rounds" % (a.tunables, a.tunables_rounds),
-                          tun_stats, one, [1], "malloc_kept_")
+        tr = preset_table("\n3b. glibc's default malloc policy on both sides (tapegrad --malloc-default), one core each,"
+                          " %d rounds" % a.default_malloc_rounds, dm_stats, one_default, [1], "malloc_default_")
         for k, v in tr.items():
-            ratios[("malloc_kept",) + k] = v
-        gate_overhead(tun_stats, " (malloc kept)", "malloc_kept_gate_overhead_")
+            ratios[("malloc_default",) + k] = v
+        gate_overhead(dm_stats, " (malloc default)", "malloc_default_gate_overhead_")
 
     # ---- 4. sequence lengths --------------------------------------------------------------
     seq = {}
@@ -592,16 +599,16 @@ def driver(a):
     def verdict(ok):
         return "met" if ok else "NOT met"
 
-    print("\ntargets (baby, batch %d, seq %d):" % (a.batch, a.seq_len))
+    print("\ntargets (%s, batch %d, seq %d):" % (a.size, a.batch, a.seq_len))
     for p in a.presets:
         w = max(ratios[(p, th)][0] for th in a.threads)
         line = "   tokens/s >= 1.5x PyTorch, %-15s wall: best tapegrad %.2fx (%s)" % (p, w, verdict(w >= 1.5))
         if 1 in a.threads:
             c = stats[("pytorch", p, one)].cpu_ms / stats[("tapegrad", p, 1)].cpu_ms
             line += ";  CPU time, 1 thread each: %.2fx (%s)" % (c, verdict(c >= 1.5))
-        if ("malloc_kept", p, 1) in ratios:
-            c = ratios[("malloc_kept", p, 1)][1]
-            line += ";  malloc kept: %.2fx" % c
+        if ("malloc_default", p, 1) in ratios:
+            c = ratios[("malloc_default", p, 1)][1]
+            line += ";  both malloc default: %.2fx" % c
         print(line)
     for (label, p, th), (ov, ovc, lim) in sorted(overhead.items()):
         print("   gate overhead %-15s %dt%s: wall %+.1f%% (%s); CPU time %+.1f%% (%s); target <= %.1f%%" %
@@ -647,11 +654,13 @@ def main():
     ap.add_argument("--torch-threads", default="1,2")
     ap.add_argument("--openblas-threads", default="1,2")
     ap.add_argument("--coretypes", default=None, help="env,auto (default: both when OPENBLAS_CORETYPE is set)")
-    ap.add_argument("--torch-setting", default=None, help="skip the sweep: TORCH_THREADS,OPENBLAS_THREADS,env|auto")
+    ap.add_argument("--torch-setting", default=None,
+                    help="skip the sweep: TORCH_THREADS,OPENBLAS_THREADS,env|auto[,default|kept]")
     ap.add_argument("--foreach", action="store_true", help="PyTorch AdamW(foreach=True)")
     ap.add_argument("--tunables", default="glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296",
-                    help="GLIBC_TUNABLES of phase 3b (one core each, both sides); empty: skip 3b")
-    ap.add_argument("--tunables-rounds", type=int, default=2)
+                    help="GLIBC_TUNABLES of PyTorch's 'malloc kept' settings; empty: PyTorch with the default only")
+    ap.add_argument("--default-malloc-rounds", type=int, default=2,
+                    help="rounds of phase 3b (both sides with glibc's default malloc); 0 skips it")
     ap.add_argument("--peak-n", type=int, default=2048)
     ap.add_argument("--peak-reps", type=int, default=5)
     ap.add_argument("--peak-rounds", type=int, default=2)
@@ -680,7 +689,7 @@ def main():
     a.torch_threads = [int(x) for x in a.torch_threads.split(",")]
     a.openblas_threads = [int(x) for x in a.openblas_threads.split(",")]
     if a.quick:
-        a.rounds, a.steps, a.warmup_steps, a.seq_steps, a.tunables_rounds = 1, 2, 1, 2, 1
+        a.rounds, a.steps, a.warmup_steps, a.seq_steps, a.default_malloc_rounds = 1, 2, 1, 2, 1
         a.seq_lens = [128, 256]
         a.peak_rounds, a.peak_reps, a.peak_n = 1, 3, 1024
         a.openblas_threads = [2]
