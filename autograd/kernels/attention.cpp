@@ -32,16 +32,23 @@
 // softmax Jacobian gives dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij'), and
 // sum_j' P_ij' dP_ij' = sum_j' P_ij' (dO_i . V_j') = dO_i . O_i = Di.
 //
-// Per-thread scratch: Kj^T and Vj^T packed as (D, kBk) panels, S and dP as
-// (kBq, kBk) tiles, the forward accumulator (kBq, D) and m, l (kBq). So memory is
-// O(threads * tile) plus the O(B*H*Tq) row terms Di, linear in T.
+// Per-thread scratch: K^T (and in the backward V^T) of one kv head packed as
+// (D, kBk) panels, one per key tile, each packed the first time the thread needs
+// it and kept (tagged with its (b, g)) while the thread stays on that kv head, so
+// the query blocks and the query heads of a group reuse it instead of packing
+// again; S and dP as (kBq, kBk) tiles, the forward accumulator (kBq, D) and m, l
+// (kBq). So memory is O(threads * D * Tk) plus the O(B*H*Tq) row terms Di, linear
+// in T.
 //
-// The two matrix shapes that occur are both done by register-tiled xsimd loops:
+// The two matrix shapes that occur are both done by register-tiled xsimd loops
+// (up to 6 rows x 4 vectors, see "register-tiled xsimd tile products" below):
 //   tile_abt:    C = alpha * A B^T   with B^T packed as a (D, kBk) panel, so each
 //                step broadcasts one A element against a vector of B^T (no
 //                horizontal sums); used for S and dP.
 //   tile_ab_acc: C += A B   with A read through (row, column) strides, so A may be
 //                P or P^T; B rows are rows of v, dout, k or q; used for the rest.
+// In a diagonal tile both skip the part above the diagonal at the granularity of
+// a 6-row group (and of a vector of columns in tile_abt).
 //
 // Note [Attention backward schedules]
 // -----------------------------------
@@ -145,24 +152,51 @@ struct Attn {
 };
 
 // Per-thread scratch, allocated once per call inside the parallel region.
+// The key and value panels hold every key tile of one kv head, packed on first
+// use and tagged with the (b, g) they hold, so a thread that handles several
+// query blocks or query heads of the same kv head packs each tile once
+// (Note [Flash attention tiling]).
 template <class T>
 struct Workspace {
-  std::vector<T> Kt, Vt;  // (D, kBk) panels: Kt[d*kBk + j] = k[j0+j, d]
-  std::vector<T> S, dP;   // (kBq, kBk) tiles
-  std::vector<T> acc;     // (kBq, D) forward accumulator
-  std::vector<T> m, l;    // (kBq) running max and sum
-  Workspace(int64_t D, bool backward)
-      : Kt(D * kBk), Vt(backward ? D * kBk : 0), S(kBq * kBk), dP(backward ? kBq * kBk : 0),
+  int64_t D, ntiles;
+  std::vector<T> Kt, Vt;           // ntiles (D, kBk) panels: Kt[kt*D*kBk + d*kBk + j] = k[kt*kBk+j, d]
+  std::vector<int64_t> ktag, vtag;  // b*Hkv + g held by each panel, -1 = none
+  std::vector<T> S, dP;            // (kBq, kBk) tiles
+  std::vector<T> acc;              // (kBq, D) forward accumulator
+  std::vector<T> m, l;             // (kBq) running max and sum
+  Workspace(int64_t D_, int64_t Tk, bool backward)
+      : D(D_), ntiles((Tk + kBk - 1) / kBk), Kt(ntiles * D * kBk), Vt(backward ? ntiles * D * kBk : 0),
+        ktag(ntiles, -1), vtag(backward ? ntiles : 0, -1), S(kBq * kBk), dP(backward ? kBq * kBk : 0),
         acc(backward ? 0 : kBq * D), m(kBq), l(kBq) {}
 };
 
-// Elements of one Workspace (must match the constructor above).
-std::size_t workspace_elems(int64_t D, bool backward) {
-  return static_cast<std::size_t>(D * kBk * (backward ? 2 : 1) + kBq * kBk * (backward ? 2 : 1) +
+// Elements of one Workspace (must match the constructor above; the tags are
+// counted as elements too, which over-counts them for float).
+std::size_t workspace_elems(int64_t D, int64_t Tk, bool backward) {
+  const int64_t ntiles = (Tk + kBk - 1) / kBk, panels = backward ? 2 : 1;
+  return static_cast<std::size_t>(panels * ntiles * (D * kBk + 1) + kBq * kBk * panels +
                                   (backward ? 0 : kBq * D) + 2 * kBq);
 }
 
 // ---- register-tiled xsimd tile products ---------------------------------------
+//
+// Both products keep an MR x (NV vectors) block of C in registers, MR <= 6 and
+// NV <= 4: with AVX-512 and float that is a 6 x 64 block in 24 of the 32 zmm
+// registers, one broadcast of A per row and NV FMAs per broadcast (as in the GEMM
+// micro-kernel of gemm.cpp). Row remainders (m % 6) and column remainders
+// (fewer than 4 vectors) dispatch to smaller instantiations.
+//
+// Causal masks enter as ranges, so work above the diagonal is skipped inside the
+// diagonal tiles too:
+//   tile_abt: row r needs only columns [0, c0 + r) (clamped): the columns past
+//     the last one its MR-row group needs are stored as 0, not computed.
+//   tile_ab_acc: the sum over p of row group [r, r+MR) runs over
+//     [r + lo, r + MR - 1 + hi) (clamped to [0, K)); the terms left out are
+//     those whose A entry is a masked 0, so the result is the same.
+
+constexpr int kMR = 6;
+constexpr int kNV = 4;
+constexpr int64_t kNoLimit = int64_t(1) << 40;  // a range bound that never clips
 
 // Pack nk rows of src (row stride ld, D contiguous) transposed into a (D, kBk)
 // panel, zero-filling columns nk..npad-1 so whole vectors can be read.
@@ -174,6 +208,21 @@ void pack_transposed(int64_t nk, int64_t npad, int64_t D, const T* src, int64_t 
   }
   for (int64_t d = 0; d < D; ++d)
     for (int64_t j = nk; j < npad; ++j) panel[d * kBk + j] = T(0);
+}
+
+// The (D, kBk) panel of key tile kt of src (k or v of (b, g)), packed into
+// panels/tags of the workspace on first use.
+template <class T>
+const T* panel_of(const Attn<T>& A, const T* src, AttnStrides s, int64_t b, int64_t g, int64_t kt,
+                  std::vector<T>& panels, std::vector<int64_t>& tags) {
+  const int64_t D = A.d.D, tag = b * A.d.Hkv + g;
+  T* p = panels.data() + kt * D * kBk;
+  if (tags[kt] != tag) {
+    const int64_t j0 = kt * kBk, nk = std::min(kBk, A.d.Tk - j0);
+    pack_transposed(nk, round_up(nk, kW<T>), D, src + Attn<T>::at(s, b, g, j0), s.t, p);
+    tags[kt] = tag;
+  }
+  return p;
 }
 
 // C[r, :NV*W] = alpha * sum_d A[r*lda + d] * Bt[d*kBk + :]   for MR rows.
@@ -196,33 +245,55 @@ inline void abt_kernel(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T 
     for (int u = 0; u < NV; ++u) (c[r][u] * al).store_unaligned(C + r * kBk + u * W);
 }
 
-// C (m, npad), leading dim kBk = alpha * A (m, K; row stride lda) times the packed
-// panel Bt (K, kBk). npad must be a multiple of the vector width.
-template <class T>
-void tile_abt(int64_t m, int64_t npad, int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha) {
+// MR rows of C, columns [0, nv*W): whole kNV-vector blocks, then the remainder.
+template <class T, int MR>
+void abt_rows(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha, int64_t nv) {
   constexpr int64_t W = kW<T>;
-  int64_t r = 0;
-  for (; r + 4 <= m; r += 4) {
-    int64_t j = 0;
-    for (; j + 2 * W <= npad; j += 2 * W) abt_kernel<T, 4, 2>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
-    for (; j < npad; j += W) abt_kernel<T, 4, 1>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
-  }
-  for (; r < m; ++r) {
-    int64_t j = 0;
-    for (; j + 2 * W <= npad; j += 2 * W) abt_kernel<T, 1, 2>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
-    for (; j < npad; j += W) abt_kernel<T, 1, 1>(K, A + r * lda, lda, Bt + j, C + r * kBk + j, alpha);
+  int64_t u = 0;
+  for (; u + kNV <= nv; u += kNV) abt_kernel<T, MR, kNV>(K, A, lda, Bt + u * W, C + u * W, alpha);
+  switch (nv - u) {
+    case 3: abt_kernel<T, MR, 3>(K, A, lda, Bt + u * W, C + u * W, alpha); break;
+    case 2: abt_kernel<T, MR, 2>(K, A, lda, Bt + u * W, C + u * W, alpha); break;
+    case 1: abt_kernel<T, MR, 1>(K, A, lda, Bt + u * W, C + u * W, alpha); break;
+    default: break;
   }
 }
 
-// C[r*ldc + :NV*W] += sum_p A[r*ars + p*acs] * B[p*ldb + :]   for MR rows.
+// C (m, npad), leading dim kBk = alpha * A (m, K; row stride lda) times the packed
+// panel Bt (K, kBk), for the columns row r needs: [0, c0 + r) rounded up to whole
+// vectors (per row group); the other columns of [0, npad) are set to 0. Pass
+// c0 = kNoLimit for a full tile. npad must be a multiple of the vector width.
+template <class T>
+void tile_abt(int64_t m, int64_t npad, int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha,
+              int64_t c0) {
+  constexpr int64_t W = kW<T>;
+  for (int64_t r = 0; r < m; r += kMR) {
+    const int64_t mr = std::min<int64_t>(kMR, m - r);
+    const int64_t ncols = round_up(std::clamp<int64_t>(c0 + r + mr - 1, 0, npad), W), nv = ncols / W;
+    const T* Ar = A + r * lda;
+    T* Cr = C + r * kBk;
+    switch (mr) {
+      case 6: abt_rows<T, 6>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+      case 5: abt_rows<T, 5>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+      case 4: abt_rows<T, 4>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+      case 3: abt_rows<T, 3>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+      case 2: abt_rows<T, 2>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+      default: abt_rows<T, 1>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+    }
+    if (ncols < npad)
+      for (int64_t rr = 0; rr < mr; ++rr) std::fill(Cr + rr * kBk + ncols, Cr + rr * kBk + npad, T(0));
+  }
+}
+
+// C[r*ldc + :NV*W] += sum_{p0 <= p < p1} A[r*ars + p*acs] * B[p*ldb + :]   for MR rows.
 template <class T, int MR, int NV>
-inline void ab_kernel(int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
-                      T* C, int64_t ldc) {
+inline void ab_kernel(int64_t p0, int64_t p1, const T* A, int64_t ars, int64_t acs, const T* B,
+                      int64_t ldb, T* C, int64_t ldc) {
   constexpr int64_t W = kW<T>;
   batch<T> c[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int u = 0; u < NV; ++u) c[r][u] = batch<T>::load_unaligned(C + r * ldc + u * W);
-  for (int64_t p = 0; p < K; ++p) {
+  for (int64_t p = p0; p < p1; ++p) {
     batch<T> bv[NV];
     for (int u = 0; u < NV; ++u) bv[u] = batch<T>::load_unaligned(B + p * ldb + u * W);
     for (int r = 0; r < MR; ++r) {
@@ -234,35 +305,51 @@ inline void ab_kernel(int64_t K, const T* A, int64_t ars, int64_t acs, const T* 
     for (int u = 0; u < NV; ++u) c[r][u].store_unaligned(C + r * ldc + u * W);
 }
 
+// MR rows of C, vector columns [0, nv*W), sum over p in [p0, p1).
+template <class T, int MR>
+void ab_rows(int64_t p0, int64_t p1, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
+             T* C, int64_t ldc, int64_t nv) {
+  constexpr int64_t W = kW<T>;
+  int64_t u = 0;
+  for (; u + kNV <= nv; u += kNV) ab_kernel<T, MR, kNV>(p0, p1, A, ars, acs, B + u * W, ldb, C + u * W, ldc);
+  switch (nv - u) {
+    case 3: ab_kernel<T, MR, 3>(p0, p1, A, ars, acs, B + u * W, ldb, C + u * W, ldc); break;
+    case 2: ab_kernel<T, MR, 2>(p0, p1, A, ars, acs, B + u * W, ldb, C + u * W, ldc); break;
+    case 1: ab_kernel<T, MR, 1>(p0, p1, A, ars, acs, B + u * W, ldb, C + u * W, ldc); break;
+    default: break;
+  }
+}
+
 // C (m, D; row stride ldc) += A (m, K) B (K, D), where A[r,p] = A[r*ars + p*acs]
-// (so A may be a tile or a transposed tile) and B has row stride ldb.
+// (so A may be a tile or a transposed tile) and B has row stride ldb. The sum of
+// row group [r, r+MR) runs over p in [r + lo, r + MR - 1 + hi) clamped to [0, K):
+// lo = -kNoLimit, hi = kNoLimit for all of it.
 template <class T>
 void tile_ab_acc(int64_t m, int64_t K, int64_t D, const T* A, int64_t ars, int64_t acs,
-                 const T* B, int64_t ldb, T* C, int64_t ldc) {
+                 const T* B, int64_t ldb, T* C, int64_t ldc, int64_t lo, int64_t hi) {
   constexpr int64_t W = kW<T>;
-  const int64_t Dv = D / W * W;  // vector part of the D columns
-  int64_t r = 0;
-  for (; r + 4 <= m; r += 4) {
+  const int64_t nv = D / W, Dv = nv * W;  // vector part of the D columns
+  for (int64_t r = 0; r < m; r += kMR) {
+    const int64_t mr = std::min<int64_t>(kMR, m - r);
+    const int64_t p0 = std::clamp<int64_t>(r + lo, 0, K), p1 = std::clamp<int64_t>(r + mr - 1 + hi, 0, K);
+    if (p0 >= p1) continue;
     const T* Ar = A + r * ars;
     T* Cr = C + r * ldc;
-    int64_t j = 0;
-    for (; j + 2 * W <= Dv; j += 2 * W) ab_kernel<T, 4, 2>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
-    for (; j < Dv; j += W) ab_kernel<T, 4, 1>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
-  }
-  for (; r < m; ++r) {
-    const T* Ar = A + r * ars;
-    T* Cr = C + r * ldc;
-    int64_t j = 0;
-    for (; j + 2 * W <= Dv; j += 2 * W) ab_kernel<T, 1, 2>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
-    for (; j < Dv; j += W) ab_kernel<T, 1, 1>(K, Ar, ars, acs, B + j, ldb, Cr + j, ldc);
-  }
-  if (Dv < D) {  // scalar tail columns
-    for (int64_t rr = 0; rr < m; ++rr)
-      for (int64_t j = Dv; j < D; ++j) {
-        T s = C[rr * ldc + j];
-        for (int64_t p = 0; p < K; ++p) s += A[rr * ars + p * acs] * B[p * ldb + j];
-        C[rr * ldc + j] = s;
-      }
+    switch (mr) {
+      case 6: ab_rows<T, 6>(p0, p1, Ar, ars, acs, B, ldb, Cr, ldc, nv); break;
+      case 5: ab_rows<T, 5>(p0, p1, Ar, ars, acs, B, ldb, Cr, ldc, nv); break;
+      case 4: ab_rows<T, 4>(p0, p1, Ar, ars, acs, B, ldb, Cr, ldc, nv); break;
+      case 3: ab_rows<T, 3>(p0, p1, Ar, ars, acs, B, ldb, Cr, ldc, nv); break;
+      case 2: ab_rows<T, 2>(p0, p1, Ar, ars, acs, B, ldb, Cr, ldc, nv); break;
+      default: ab_rows<T, 1>(p0, p1, Ar, ars, acs, B, ldb, Cr, ldc, nv); break;
+    }
+    if (Dv < D)  // scalar tail columns
+      for (int64_t rr = r; rr < r + mr; ++rr)
+        for (int64_t j = Dv; j < D; ++j) {
+          T s = C[rr * ldc + j];
+          for (int64_t p = p0; p < p1; ++p) s += A[rr * ars + p * acs] * B[p * ldb + j];
+          C[rr * ldc + j] = s;
+        }
   }
 }
 
@@ -316,6 +403,7 @@ T dot(const T* a, const T* b, int64_t n) {
   return r;
 }
 
+
 // ---- forward ----------------------------------------------------------------------
 
 // One query block [i0, i0+mq) of (b, h): out rows and lse entries.
@@ -331,9 +419,10 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
   const int64_t kend = A.off + i0 + mq;  // keys [0, kend) are seen by some row of the block
   for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
     const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
-    pack_transposed(nk, npad, D, A.krow(b, g, j0), A.ks.t, ws.Kt.data());
+    const int64_t c0 = A.off + i0 - j0 + 1;  // row r of the block sees keys [j0, j0 + c0 + r)
+    const T* Kt = panel_of(A, A.k, A.ks, b, g, j0 / kBk, ws.Kt, ws.ktag);
     T* S = ws.S.data();
-    tile_abt(mq, npad, D, Qi, A.qs.t, ws.Kt.data(), S, A.scale);  // S = scale Qi Kj^T
+    tile_abt(mq, npad, D, Qi, A.qs.t, Kt, S, A.scale, c0);  // S = scale Qi Kj^T
     for (int64_t r = 0; r < mq; ++r) {
       T* Sr = S + r * kBk;
       const int64_t c = A.visible(i0 + r, j0, nk);
@@ -349,7 +438,7 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
       if (alpha != T(1))
         for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
     }
-    tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, acc, D);  // acc += P Vj
+    tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, acc, D, -kNoLimit, c0);  // acc += P Vj
   }
   for (int64_t r = 0; r < mq; ++r) {
     T* o = out + Attn<T>::at(os, b, h, i0 + r);
@@ -365,12 +454,12 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
 // ---- backward -------------------------------------------------------------------
 
 // P tile for query block [i0, i0+mq) of (b, h) against the key tile [j0, j0+nk)
-// whose transposed panel is in ws.Kt: ws.S = exp(scale Qi Kj^T - lse), masked.
+// whose transposed panel is Kt: ws.S = exp(scale Qi Kj^T - lse), masked.
 template <class T>
 void recompute_probs(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
-                     int64_t nk, int64_t npad, Workspace<T>& ws) {
+                     int64_t nk, int64_t npad, const T* Kt, Workspace<T>& ws) {
   T* S = ws.S.data();
-  tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, ws.Kt.data(), S, A.scale);
+  tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, Kt, S, A.scale, A.off + i0 - j0 + 1);
   for (int64_t r = 0; r < mq; ++r) {
     const T lse = A.lse[A.row_index(b, h, i0 + r)];
     // A row with lse = -inf saw no key (cannot happen when Tq <= Tk); keep it 0.
@@ -380,19 +469,20 @@ void recompute_probs(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t
 }
 
 // One query block x key tile step of the backward for query head h (Note [Flash
-// attention tiling]). The panels Kj^T, Vj^T must already be in ws.
+// attention tiling]), with the panels Kj^T, Vj^T of the key tile.
 template <class T>
 void backward_block(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
-                    int64_t nk, Workspace<T>& ws, bool kv_grads, bool q_grads) {
+                    int64_t nk, const T* Kt, const T* Vt, Workspace<T>& ws, bool kv_grads, bool q_grads) {
   const int64_t D = A.d.D, g = h / A.group, npad = round_up(nk, kW<T>);
+  const int64_t c0 = A.off + i0 - j0 + 1;  // row r sees keys [j0, j0 + c0 + r); key j is seen from row j + 1 - c0
   const T* Qi = A.qrow(b, h, i0);
   const T* dOi = A.dout + Attn<T>::at(A.dos, b, h, i0);
   T* P = ws.S.data();
   T* dS = ws.dP.data();
-  recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
+  recompute_probs(A, b, h, i0, mq, j0, nk, npad, Kt, ws);
   if (kv_grads)  // dVj += P^T dOi: A[r=j, p=i] = P[i*kBk + j]
-    tile_ab_acc(nk, mq, D, P, 1, kBk, dOi, A.dos.t, A.dv + Attn<T>::at(A.dvs, b, g, j0), A.dvs.t);
-  tile_abt(mq, npad, D, dOi, A.dos.t, ws.Vt.data(), dS, T(1));  // dP = dOi Vj^T
+    tile_ab_acc(nk, mq, D, P, 1, kBk, dOi, A.dos.t, A.dv + Attn<T>::at(A.dvs, b, g, j0), A.dvs.t, 1 - c0, kNoLimit);
+  tile_abt(mq, npad, D, dOi, A.dos.t, Vt, dS, T(1), c0);  // dP = dOi Vj^T
   const batch<T> sc(A.scale);
   for (int64_t r = 0; r < mq; ++r) {  // dS = scale * P * (dP - Di)
     const batch<T> Di(A.Di[A.row_index(b, h, i0 + r)]);
@@ -403,9 +493,10 @@ void backward_block(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t 
     }
   }
   if (kv_grads)  // dKj += dS^T Qi
-    tile_ab_acc(nk, mq, D, dS, 1, kBk, Qi, A.qs.t, A.dk + Attn<T>::at(A.dks, b, g, j0), A.dks.t);
+    tile_ab_acc(nk, mq, D, dS, 1, kBk, Qi, A.qs.t, A.dk + Attn<T>::at(A.dks, b, g, j0), A.dks.t, 1 - c0, kNoLimit);
   if (q_grads)  // dQi += dS Kj
-    tile_ab_acc(mq, nk, D, dS, kBk, 1, A.krow(b, g, j0), A.ks.t, A.dq + Attn<T>::at(A.dqs, b, h, i0), A.dqs.t);
+    tile_ab_acc(mq, nk, D, dS, kBk, 1, A.krow(b, g, j0), A.ks.t, A.dq + Attn<T>::at(A.dqs, b, h, i0), A.dqs.t,
+                -kNoLimit, c0);
 }
 
 template <class T>
@@ -420,13 +511,13 @@ void zero_rows(T* base, AttnStrides s, int64_t b, int64_t h, int64_t t0, int64_t
 // all query rows that see the tile); also dQ when q_grads (one-pass schedule).
 template <class T>
 void backward_key_tile(const Attn<T>& A, int64_t b, int64_t g, int64_t j0, Workspace<T>& ws, bool q_grads) {
-  const int64_t D = A.d.D, nk = std::min(kBk, A.d.Tk - j0), npad = round_up(nk, kW<T>);
-  pack_transposed(nk, npad, D, A.krow(b, g, j0), A.ks.t, ws.Kt.data());
-  pack_transposed(nk, npad, D, A.vrow(b, g, j0), A.vs.t, ws.Vt.data());
+  const int64_t nk = std::min(kBk, A.d.Tk - j0), kt = j0 / kBk;
+  const T* Kt = panel_of(A, A.k, A.ks, b, g, kt, ws.Kt, ws.ktag);
+  const T* Vt = panel_of(A, A.v, A.vs, b, g, kt, ws.Vt, ws.vtag);
   const int64_t i_first = std::max<int64_t>(0, j0 - A.off);  // first query row that sees key j0
   for (int64_t h = g * A.group; h < (g + 1) * A.group; ++h)
     for (int64_t i0 = i_first; i0 < A.d.Tq; i0 += kBq)
-      backward_block(A, b, h, i0, std::min(kBq, A.d.Tq - i0), j0, nk, ws, true, q_grads);
+      backward_block(A, b, h, i0, std::min(kBq, A.d.Tq - i0), j0, nk, Kt, Vt, ws, true, q_grads);
 }
 
 }  // namespace
@@ -445,7 +536,7 @@ std::size_t attention_scratch_bytes(const AttnDims& d, std::size_t elem_size, bo
                                     bool naive, int threads) {
   const std::size_t rows = static_cast<std::size_t>(d.B * d.H * d.Tq);
   if (naive) return elem_size * rows * static_cast<std::size_t>(d.Tk) * (backward ? 2 : 1);
-  return elem_size * (static_cast<std::size_t>(std::max(threads, 1)) * workspace_elems(d.D, backward) +
+  return elem_size * (static_cast<std::size_t>(std::max(threads, 1)) * workspace_elems(d.D, d.Tk, backward) +
                       (backward ? rows : 0));
 }
 
@@ -460,7 +551,7 @@ void attention_forward(const AttnDims& d, T scale, const T* q, AttnStrides qs, c
   const int64_t nblk = (d.Tq + kBq - 1) / kBq, items = d.B * d.H * nblk;
 #pragma omp parallel num_threads(tg::num_threads())
   {
-    Workspace<T> ws(d.D, false);
+    Workspace<T> ws(d.D, d.Tk, false);
     // schedule(static, 1): consecutive blocks (short and long rows of the causal
     // triangle) go to different threads.
 #pragma omp for schedule(static, 1)
@@ -500,7 +591,7 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
     // One item per (b, kv head g): it owns dk, dv of g and dq of g's query heads.
 #pragma omp parallel num_threads(nt)
     {
-      Workspace<T> ws(D, true);
+      Workspace<T> ws(D, d.Tk, true);
 #pragma omp for schedule(static)
       for (int64_t bg = 0; bg < d.B * d.Hkv; ++bg) {
         const int64_t b = bg / d.Hkv, g = bg % d.Hkv;
@@ -515,7 +606,7 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
   // Two passes. Pass 1: one item per (b, g, key tile) owns those dk, dv rows.
 #pragma omp parallel num_threads(nt)
   {
-    Workspace<T> ws(D, true);
+    Workspace<T> ws(D, d.Tk, true);
 #pragma omp for schedule(static, 1)
     for (int64_t it = 0; it < d.B * d.Hkv * nkt; ++it) {
       const int64_t bg = it / nkt, j0 = (it % nkt) * kBk, b = bg / d.Hkv, g = bg % d.Hkv;
@@ -531,10 +622,10 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
       const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
       zero_rows(dq, dqs, b, h, i0, mq, D);
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
-        const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
-        pack_transposed(nk, npad, D, A.krow(b, g, j0), ks.t, ws.Kt.data());
-        pack_transposed(nk, npad, D, A.vrow(b, g, j0), vs.t, ws.Vt.data());
-        backward_block(A, b, h, i0, mq, j0, nk, ws, false, true);
+        const int64_t nk = std::min(kBk, kend - j0), kt = j0 / kBk;
+        const T* Kt = panel_of(A, k, ks, b, g, kt, ws.Kt, ws.ktag);
+        const T* Vt = panel_of(A, v, vs, b, g, kt, ws.Vt, ws.vtag);
+        backward_block(A, b, h, i0, mq, j0, nk, Kt, Vt, ws, false, true);
       }
     }
   }
@@ -551,7 +642,7 @@ void attention_probs(const AttnDims& d, T scale, const T* q, AttnStrides qs, con
   const int64_t nqb = (d.Tq + kBq - 1) / kBq, items = d.B * d.H * nqb;
 #pragma omp parallel num_threads(tg::num_threads())
   {
-    Workspace<T> ws(d.D, false);
+    Workspace<T> ws(d.D, d.Tk, false);
 #pragma omp for schedule(static, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t bh = it / nqb, i0 = (it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
@@ -560,8 +651,8 @@ void attention_probs(const AttnDims& d, T scale, const T* q, AttnStrides qs, con
       std::fill(P0, P0 + mq * d.Tk, T(0));
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
         const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
-        pack_transposed(nk, npad, d.D, A.krow(b, g, j0), ks.t, ws.Kt.data());
-        recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
+        const T* Kt = panel_of(A, k, ks, b, g, j0 / kBk, ws.Kt, ws.ktag);
+        recompute_probs(A, b, h, i0, mq, j0, nk, npad, Kt, ws);
         for (int64_t r = 0; r < mq; ++r) std::copy_n(ws.S.data() + r * kBk, nk, P0 + r * d.Tk + j0);
       }
     }

@@ -90,7 +90,8 @@ void attention_backward_naive(const AttnDims& dims, T scale,
 // ---- introspection (for tests and the memory report of bench/attention) ------
 
 // Bytes of scratch memory one call allocates beyond its arguments, for scalars of
-// elem_size bytes at `threads` threads. Fast kernels: per-thread tiles (plus the
+// elem_size bytes at `threads` threads. Fast kernels: per-thread tiles and the
+// per-thread packed K^T (and V^T) panels of one kv head, D * Tk each (plus the
 // (B,H,Tq) row terms Di in the backward). Naive twins: the (B,H,Tq,Tk) buffers.
 std::size_t attention_scratch_bytes(const AttnDims& dims, std::size_t elem_size,
                                     bool backward, bool naive, int threads);
