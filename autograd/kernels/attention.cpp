@@ -74,6 +74,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 // GCC 12 warns "may be used uninitialized" inside xsimd's AVX-512 reductions
@@ -200,9 +201,63 @@ constexpr int64_t kNoLimit = int64_t(1) << 40;  // a range bound that never clip
 
 // Pack nk rows of src (row stride ld, D contiguous) transposed into a (D, kBk)
 // panel, zero-filling columns nk..npad-1 so whole vectors can be read.
+// With AVX-512 and float, 16 x 16 blocks are transposed in registers; the rest
+// is read with gathers, W rows at a time (one gather per column d), and the last
+// rows element by element.
+#if defined(__AVX512F__)
+// panel[(d0+c)*kBk + j0 + i] = src[(j0+i)*ld + d0 + c] for i, c < 16.
+inline void transpose16(const float* src, int64_t ld, float* panel) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);      // per 128-bit lane: a0 b0 a1 b1
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);  //                   a2 b2 a3 b3
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i+k] lane L: column 4L+k of rows i..i+3
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {  // gather lane L of r[k], r[4+k], r[8+k], r[12+k] into column 4L+k
+    const __m512 u0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x44);
+    const __m512 u1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xEE);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xEE);
+    _mm512_storeu_ps(panel + (k + 0) * kBk, _mm512_shuffle_f32x4(u0, u2, 0x88));
+    _mm512_storeu_ps(panel + (k + 4) * kBk, _mm512_shuffle_f32x4(u0, u2, 0xDD));
+    _mm512_storeu_ps(panel + (k + 8) * kBk, _mm512_shuffle_f32x4(u1, u3, 0x88));
+    _mm512_storeu_ps(panel + (k + 12) * kBk, _mm512_shuffle_f32x4(u1, u3, 0xDD));
+  }
+}
+#endif
+
 template <class T>
 void pack_transposed(int64_t nk, int64_t npad, int64_t D, const T* src, int64_t ld, T* panel) {
-  for (int64_t j = 0; j < nk; ++j) {
+  using Idx = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  constexpr int64_t W = kW<T>;
+  int64_t j0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j0 + 16 <= nk; j0 += 16) {
+      const T* r = src + j0 * ld;
+      int64_t d0 = 0;
+      for (; d0 + 16 <= D; d0 += 16) transpose16(r + d0, ld, panel + d0 * kBk + j0);
+      for (int64_t j = j0; j < j0 + 16; ++j)
+        for (int64_t d = d0; d < D; ++d) panel[d * kBk + j] = src[j * ld + d];
+    }
+  }
+#endif
+  if (ld * W <= std::numeric_limits<int32_t>::max()) {
+    alignas(64) Idx lanes[W];
+    for (int64_t u = 0; u < W; ++u) lanes[u] = static_cast<Idx>(u * ld);
+    const auto idx = xsimd::batch<Idx>::load_aligned(lanes);
+    for (; j0 + W <= nk; j0 += W) {
+      const T* r = src + j0 * ld;
+      for (int64_t d = 0; d < D; ++d) batch<T>::gather(r + d, idx).store_unaligned(panel + d * kBk + j0);
+    }
+  }
+  for (int64_t j = j0; j < nk; ++j) {
     const T* r = src + j * ld;
     for (int64_t d = 0; d < D; ++d) panel[d * kBk + j] = r[d];
   }
