@@ -31,24 +31,28 @@ inline std::size_t prod(const Shape& s, std::size_t from = 0, std::size_t to = s
   return p;
 }
 
-// Sum of x over the given axes, keeping them as size 1 (plain loops, one axis at a time;
-// xtensor's immediate reducers are avoided on purpose: they crash on 0-d results in 0.24).
+// Sum of x over the given axes, keeping them as size 1 (plain loops, one axis at a time,
+// the last axis first, summing in T; xtensor's immediate reducers are avoided on purpose:
+// they crash on 0-d results in 0.24). The first axis is reduced straight from x, so x is
+// never copied whole.
 template <class T>
 xt::xarray<T> reduce_sum_keepdims(const xt::xarray<T>& x, std::vector<std::size_t> axes) {
-  xt::xarray<T> cur = x;
+  if (axes.empty()) return x;
   std::sort(axes.begin(), axes.end());
+  Shape s = to_shape(x.shape());
+  xt::xarray<T> cur;  // the sum over the axes done so far (none yet: x itself)
   for (auto it = axes.rbegin(); it != axes.rend(); ++it) {
-    Shape s = to_shape(cur.shape());
     const std::size_t a = *it, outer = prod(s, 0, a), n = s[a], inner = prod(s, a + 1);
     Shape so = s;
     so[a] = 1;
     xt::xarray<T> r = xt::zeros<T>(so);
-    const T* src = cur.data();
+    const T* src = it == axes.rbegin() ? x.data() : cur.data();
     T* dst = r.data();
     for (std::size_t o = 0; o < outer; ++o)
       for (std::size_t k = 0; k < n; ++k)
         for (std::size_t i = 0; i < inner; ++i) dst[o * inner + i] += src[(o * n + k) * inner + i];
     cur = std::move(r);
+    s = std::move(so);
   }
   return cur;
 }

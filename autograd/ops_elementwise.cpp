@@ -36,7 +36,9 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 // Broadcasting in forward copies an input along the axes it lacks (leading axes) or
 // has as size 1. The gradient of a copy is the sum of the gradients of the copies, so
 // backward sums g over exactly those axes. Every broadcasting op ends its backward with
-// sum_to(g, input shape).
+// sum_to(g, input shape) — except add/sub/mul/div, whose broadcasting backward kernel
+// (kernels::binary_broadcast_backward) forms each term and sums it over those same axes
+// in one pass, without the full-size product that sum_to would reduce.
 template <class T>
 xt::xarray<T> sum_to(const xt::xarray<T>& g, const Shape& shape) {
   Shape gs = to_shape(g.shape());
@@ -60,15 +62,20 @@ xt::xarray<T> sum_to(const xt::xarray<T>& g, const Shape& shape) {
 
 namespace {
 
-// Shared skeleton of the four broadcasting binary ops. Equal shapes (the common case)
-// run on kernels::binary_forward / binary_backward; broadcasting goes through xtensor
-// expressions and sum_to.
-template <class T, class Fwd, class Bwd>
-Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const Tensor<T>& b, Fwd fwd, Bwd bwd) {
+std::vector<int64_t> to_dims(const Shape& s) { return std::vector<int64_t>(s.begin(), s.end()); }
+
+// Shared skeleton of the four broadcasting binary ops: forward z = a op b, backward the
+// terms of kernels::binary_backward (spelled out at each op below), each summed back to
+// its input's shape (Note [sum_to]). Equal shapes (the common case) run on
+// kernels::binary_forward / binary_backward; broadcasting shapes on
+// kernels::binary_broadcast_forward / binary_broadcast_backward, which read a and b in
+// place through strides that are 0 on their broadcast axes.
+template <class T>
+Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const Tensor<T>& b) {
   detail::require_defined(a, op, "a");
   detail::require_defined(b, op, "b");
-  Shape sa = a.shape(), sb = b.shape();
-  broadcast_shapes(sa, sb, op);  // throws with a clear message
+  const Shape sa = a.shape(), sb = b.shape();
+  const Shape sz = broadcast_shapes(sa, sb, op);  // throws with a clear message
   if (sa == sb) {
     xt::xarray<T> z = xt::xarray<T>::from_shape(sa);
     TG_KERNEL(binary_forward)(kind, z.size(), a.value().data(), b.value().data(), z.data());
@@ -86,59 +93,65 @@ Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const
       });
     return out;
   }
-  Tensor<T> out(xt::xarray<T>(fwd(a.value(), b.value())));
+  // Broadcasting: z is sz; a and b are read through their strides over z's axes.
+  const int rank = static_cast<int>(sz.size());
+  const std::vector<int64_t> dz_dims = to_dims(sz), a_dims = to_dims(sa), b_dims = to_dims(sb);
+  std::vector<int64_t> a_strides(sz.size()), b_strides(sz.size());
+  kernels::broadcast_strides(rank, dz_dims.data(), static_cast<int>(sa.size()), a_dims.data(), a_strides.data());
+  kernels::broadcast_strides(rank, dz_dims.data(), static_cast<int>(sb.size()), b_dims.data(), b_strides.data());
+  xt::xarray<T> z = xt::xarray<T>::from_shape(sz);
+  TG_KERNEL(binary_broadcast_forward)(kind, rank, dz_dims.data(), a_strides.data(), b_strides.data(),
+                                      a.value().data(), b.value().data(), z.data());
+  Tensor<T> out(std::move(z));
   detail::check_forward(out, op);
-  if (needs_grad<T>({&a, &b})) attach<T>(out, op, {a, b}, [a, b, bwd, sa, sb](const xt::xarray<T>& dz) {
-      bwd(a, b, dz, sa, sb);
+  if (needs_grad<T>({&a, &b}))
+    attach<T>(out, op, {a, b}, [a, b, kind, op, sa, sb, dz_dims, a_strides, b_strides](const xt::xarray<T>& dz) {
+      // da is sa and db is sb, both written whole by the kernel (summed over the axes
+      // their input was broadcast along).
+      xt::xarray<T> da, db;
+      if (a.requires_grad()) da = xt::xarray<T>::from_shape(sa);
+      if (b.requires_grad()) db = xt::xarray<T>::from_shape(sb);
+      TG_KERNEL(binary_broadcast_backward)(kind, static_cast<int>(dz_dims.size()), dz_dims.data(),
+                                           a_strides.data(), b_strides.data(), a.value().data(),
+                                           b.value().data(), dz.data(), a.requires_grad() ? da.data() : nullptr,
+                                           b.requires_grad() ? db.data() : nullptr);
+      if (a.requires_grad()) a.accumulate_grad(std::move(da), op);
+      if (b.requires_grad()) b.accumulate_grad(std::move(db), op);
     });
   return out;
 }
 
 }  // namespace
 
+// The four binary ops: forward and backward formula side by side; the loops are the
+// kernels named in binary() above.
+
 template <class T>
 Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a + b
-  return binary<T>("add", kernels::Binary::Add, a, b, [](auto& x, auto& y) { return x + y; },
-      // da = dz, db = dz (each summed back to its shape)
-      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
-        if (a.requires_grad()) a.accumulate_grad(sum_to(dz, sa), "add");
-        if (b.requires_grad()) b.accumulate_grad(sum_to(dz, sb), "add");
-      });
+  // da = sum_to(dz, shape of a),  db = sum_to(dz, shape of b)
+  return binary<T>("add", kernels::Binary::Add, a, b);
 }
 
 template <class T>
 Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a - b
-  return binary<T>("sub", kernels::Binary::Sub, a, b, [](auto& x, auto& y) { return x - y; },
-      // da = dz, db = -dz
-      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
-        if (a.requires_grad()) a.accumulate_grad(sum_to(dz, sa), "sub");
-        if (b.requires_grad()) b.accumulate_grad(sum_to(xt::xarray<T>(-dz), sb), "sub");
-      });
+  // da = sum_to(dz, shape of a),  db = sum_to(-dz, shape of b)
+  return binary<T>("sub", kernels::Binary::Sub, a, b);
 }
 
 template <class T>
 Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a * b
-  return binary<T>("mul", kernels::Binary::Mul, a, b, [](auto& x, auto& y) { return x * y; },
-      // da = dz * b, db = dz * a
-      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
-        if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(dz * b.value()), sa), "mul");
-        if (b.requires_grad()) b.accumulate_grad(sum_to(xt::xarray<T>(dz * a.value()), sb), "mul");
-      });
+  // da = sum_to(dz * b, shape of a),  db = sum_to(dz * a, shape of b)
+  return binary<T>("mul", kernels::Binary::Mul, a, b);
 }
 
 template <class T>
 Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a / b
-  return binary<T>("div", kernels::Binary::Div, a, b, [](auto& x, auto& y) { return x / y; },
-      // da = dz / b, db = -dz * a / b²
-      [](const Tensor<T>& a, const Tensor<T>& b, const xt::xarray<T>& dz, const Shape& sa, const Shape& sb) {
-        if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(dz / b.value()), sa), "div");
-        if (b.requires_grad())
-          b.accumulate_grad(sum_to(xt::xarray<T>(-dz * a.value() / (b.value() * b.value())), sb), "div");
-      });
+  // da = sum_to(dz / b, shape of a),  db = sum_to(-(dz / b) * a / b, shape of b)
+  return binary<T>("div", kernels::Binary::Div, a, b);
 }
 
 template <class T>

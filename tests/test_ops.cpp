@@ -61,9 +61,11 @@ TEST_CASE("add/sub/mul/div: values, broadcasting, gradients") {
   CHECK((-a).value()(1, 1) == -4.0);
   CHECK((a * 2.0 + 1.0).value()(0, 1) == 5.0);
   CHECK((1.0 - a).value()(0, 0) == 0.0);
-  // broadcast pairs: trailing, leading, size-1 axes on both sides, scalar (0-d)
+  // broadcast pairs: trailing, leading, size-1 axes on both sides, scalar (0-d); the
+  // attention gates (B,T,H,D) with (B,T,H,1) and with (H,D); scalar-like (1,1,1) on the left
   std::vector<std::pair<Shape, Shape>> pairs = {
-      {{3, 4}, {4}}, {{2, 3, 4}, {3, 1}}, {{2, 1, 4}, {1, 3, 1}}, {{3, 4}, {}}, {{1}, {5}}, {{1, 1}, {1, 1}}};
+      {{3, 4}, {4}}, {{2, 3, 4}, {3, 1}}, {{2, 1, 4}, {1, 3, 1}}, {{3, 4}, {}}, {{1}, {5}}, {{1, 1}, {1, 1}},
+      {{2, 3, 2, 5}, {2, 3, 2, 1}}, {{2, 3, 2, 5}, {2, 5}}, {{1, 1, 1}, {2, 3, 4}}};
   int seed = 1;
   for (auto& [sa, sb] : pairs) {
     TD x = rnd(sa, seed++), y = rnd(sb, seed++, 0.5, 2.0);  // y away from 0 for div

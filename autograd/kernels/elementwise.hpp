@@ -9,9 +9,13 @@
 // has a `_naive` twin with the same signature, a plain scalar loop over std::
 // math, kept as its test oracle and as the readable definition.
 //
-// What it is not: broadcasting, strides, or anything that knows a Tensor or
-// the tape. Arrays are raw, contiguous, row-major; the op layer reshapes and
-// broadcasts. Softmax and cross-entropy live in softmax.hpp.
+// Also the binary ops with numpy broadcasting (binary_broadcast_forward /
+// _backward): the inputs are described by strides over the output's axes, 0
+// where an input is broadcast, and the backward sums over those axes itself.
+//
+// What it is not: general strided views, or anything that knows a Tensor or
+// the tape. Arrays are raw, contiguous, row-major; the op layer reshapes.
+// Softmax and cross-entropy live in softmax.hpp.
 //
 // Shapes are given in comments: `x is (n)`, `x is (rows, n)`.
 // Backward kernels ACCUMULATE (`dx += ...`), as the tape expects.
@@ -133,6 +137,65 @@ void binary_backward(Binary op, int64_t n, const T* x, const T* y, const T* dz, 
 template <class T>
 void binary_backward_naive(Binary op, int64_t n, const T* x, const T* y, const T* dz, T* dx,
                            T* dy);
+
+// ---- binary maps with broadcasting ---------------------------------------------
+//
+// z = a op b where a and b broadcast (numpy rules) to z's shape out_shape, of
+// rank `rank` (0 allowed: one element). z is contiguous, row-major. a and b
+// are contiguous row-major arrays of their own shapes; each is described by
+// its strides over z's axes (in elements), made by broadcast_strides: 0 on the
+// axes the input lacks (leading) or has as size 1, elsewhere its row-major
+// stride. So a's element for z's index (i_0, ..., i_{rank-1}) is
+// a[Σ_k i_k a_strides[k]], and a holds Π_{k: a_strides[k] != 0} out_shape[k]
+// elements. Strides that are not of this form throw std::invalid_argument.
+//   e.g. z (B,T,H,D) = y (B,T,H,D) * g (B,T,H,1):  g_strides = (T·H, H, 1, 0)
+//        z (B,T,C)   = x (B,T,C) + bias (C):        bias_strides = (0, 0, 1)
+//
+// The fast kernels first drop z's size-1 axes and merge neighbouring axes
+// along which both inputs are contiguous or both broadcast; the innermost
+// merged axis is then a vector loop in which each input is either contiguous
+// or one value (stride 0): the gate above becomes (B·T·H, D) with g constant
+// along D, the bias (B·T, C) with bias constant along B·T.
+
+// The strides of an input of shape in_shape (rank in_rank <= out_rank) over
+// the axes of out_shape, aligned on the right: 0 where the input lacks the
+// axis or has size 1, elsewhere its row-major stride. strides is (out_rank).
+// Throws std::invalid_argument if in_shape does not broadcast to out_shape.
+void broadcast_strides(int out_rank, const int64_t* out_shape, int in_rank, const int64_t* in_shape,
+                       int64_t* strides);
+
+// z = a op b, broadcasting.  z is out_shape; a, b as above. z must not overlap
+// a or b. Bitwise equal to the naive twin (one rounding per element).
+template <class T>
+void binary_broadcast_forward(Binary op, int rank, const int64_t* out_shape, const int64_t* a_strides,
+                              const int64_t* b_strides, const T* a, const T* b, T* z);
+template <class T>
+void binary_broadcast_forward_naive(Binary op, int rank, const int64_t* out_shape,
+                                    const int64_t* a_strides, const int64_t* b_strides, const T* a,
+                                    const T* b, T* z);
+
+// Backward of z = a op b with broadcasting: da gets, for each element of a,
+// the sum over the z elements it was broadcast to of the binary_backward
+// terms (Add: dz; Sub: dz, -dz; Mul: dz·b, dz·a; Div: dz/b, -(dz/b)·a/b),
+// and likewise db (Note [sum_to] in autograd/ops_elementwise.cpp).
+// dz is out_shape; da (shape of a) and db (shape of b) are WRITTEN, not
+// accumulated (unlike binary_backward: the op layer would only zero-fill a
+// fresh array to add into it); either may be nullptr (not wanted). a is read
+// only for Mul/Div db, b only for Mul da and Div. An element of a that is
+// broadcast to no element of z (z empty) gets 0.
+// Sums accumulate in double (Note [Accumulation in double]); an element that
+// is not summed (a has z's full shape) is the binary_backward term itself,
+// bitwise. Threaded with each thread owning its output elements, or with
+// per-thread partial sums added in thread order when the reduced input has
+// fewer rows than threads: reproducible at a fixed thread count.
+template <class T>
+void binary_broadcast_backward(Binary op, int rank, const int64_t* out_shape, const int64_t* a_strides,
+                               const int64_t* b_strides, const T* a, const T* b, const T* dz, T* da,
+                               T* db);
+template <class T>
+void binary_broadcast_backward_naive(Binary op, int rank, const int64_t* out_shape,
+                                     const int64_t* a_strides, const int64_t* b_strides, const T* a,
+                                     const T* b, const T* dz, T* da, T* db);
 
 // ---- BLAS-1 helpers --------------------------------------------------------
 
