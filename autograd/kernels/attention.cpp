@@ -42,9 +42,12 @@
 //
 // The two matrix shapes that occur are both done by register-tiled xsimd loops
 // (up to 6 rows x 4 vectors, see "register-tiled xsimd tile products" below):
-//   tile_abt:    C = alpha * A B^T   with B^T packed as a (D, kBk) panel, so each
+//   tile_abt:    C = epi(A B^T)   with B^T packed as a (D, kBk) panel, so each
 //                step broadcasts one A element against a vector of B^T (no
-//                horizontal sums); used for S and dP.
+//                horizontal sums); used for S and dP. The epilogue epi runs on
+//                the register block before it is stored: scale * x for S in the
+//                forward, and in the backward P = exp(scale x - lse) (masked)
+//                and dS = scale * P * (x - Di), so neither needs another pass.
 //   tile_ab_acc: C += A B   with A read through (row, column) strides, so A may be
 //                P or P^T; B rows are rows of v, dout, k or q; used for the rest.
 // In a diagonal tile both skip the part above the diagonal at the granularity of
@@ -287,47 +290,92 @@ const T* panel_of(const Attn<T>& A, const T* src, AttnStrides s, int64_t b, int6
   return p;
 }
 
-// C[r, :NV*W] = alpha * sum_d A[r*lda + d] * Bt[d*kBk + :]   for MR rows.
-template <class T, int MR, int NV>
-inline void abt_kernel(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha) {
+// What tile_abt stores for the block value x = (A B^T)[r, j..j+W) of tile row r,
+// column j: an epilogue, so P and dS are formed while the block is in registers.
+template <class T>
+struct ScaleEpi {  // alpha * x
+  batch<T> alpha;
+  batch<T> operator()(int64_t, int64_t, batch<T> x) const { return x * alpha; }
+};
+
+// Flash backward: the probabilities exp(scale x - lse_r), 0 at the keys row r
+// does not see (columns >= vis(r) = clamp(c0 + r, 0, nk)) and on rows whose lse
+// is -inf (rows that see no key; impossible when Tq <= Tk).
+template <class T>
+struct ProbEpi {
+  batch<T> scale, lane;  // lane = (0, 1, ..., W-1)
+  const T* lse;          // lse of tile row 0
+  int64_t c0, nk;
+  batch<T> operator()(int64_t r, int64_t j, batch<T> x) const {
+    const int64_t vis = lse[r] == neg_inf<T>() ? 0 : std::clamp<int64_t>(c0 + r, 0, nk);
+    if (j >= vis) return batch<T>(T(0));
+    const batch<T> e = xsimd::exp(x * scale - batch<T>(lse[r]));
+    return j + kW<T> <= vis ? e : xsimd::select(lane < batch<T>(T(vis - j)), e, batch<T>(T(0)));
+  }
+};
+
+// Flash backward: dS = scale * P * (x - Di_r) with x = dP, P the tile ProbEpi made.
+template <class T>
+struct DsEpi {
+  batch<T> scale;
+  const T* P;   // (kBq, kBk) tile
+  const T* Di;  // Di of tile row 0
+  batch<T> operator()(int64_t r, int64_t j, batch<T> x) const {
+    return scale * batch<T>::load_unaligned(P + r * kBk + j) * (x - batch<T>(Di[r]));
+  }
+};
+
+template <class T>
+batch<T> lane_iota() {
+  alignas(64) T iota[kW<T>];
+  for (int64_t u = 0; u < kW<T>; ++u) iota[u] = T(u);
+  return batch<T>::load_aligned(iota);
+}
+
+// C[r0+r, j0 + :NV*W] = epi(r0+r, j0 + u*W, sum_d A[r*lda + d] * Bt[d*kBk + j0 + :])
+// for MR rows; A points at row r0, C and Bt at row r0 / column 0.
+template <class T, int MR, int NV, class Epi>
+inline void abt_kernel(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, int64_t r0, int64_t j0,
+                       const Epi& epi) {
   constexpr int64_t W = kW<T>;
   batch<T> c[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int u = 0; u < NV; ++u) c[r][u] = batch<T>(T(0));
   for (int64_t d = 0; d < K; ++d) {
     batch<T> bv[NV];
-    for (int u = 0; u < NV; ++u) bv[u] = batch<T>::load_unaligned(Bt + d * kBk + u * W);
+    for (int u = 0; u < NV; ++u) bv[u] = batch<T>::load_unaligned(Bt + d * kBk + j0 + u * W);
     for (int r = 0; r < MR; ++r) {
       const batch<T> a(A[r * lda + d]);
       for (int u = 0; u < NV; ++u) c[r][u] = xsimd::fma(a, bv[u], c[r][u]);
     }
   }
-  const batch<T> al(alpha);
   for (int r = 0; r < MR; ++r)
-    for (int u = 0; u < NV; ++u) (c[r][u] * al).store_unaligned(C + r * kBk + u * W);
+    for (int u = 0; u < NV; ++u)
+      epi(r0 + r, j0 + u * W, c[r][u]).store_unaligned(C + r * kBk + j0 + u * W);
 }
 
 // MR rows of C, columns [0, nv*W): whole kNV-vector blocks, then the remainder.
-template <class T, int MR>
-void abt_rows(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha, int64_t nv) {
+template <class T, int MR, class Epi>
+void abt_rows(int64_t K, const T* A, int64_t lda, const T* Bt, T* C, int64_t r0, int64_t nv, const Epi& epi) {
   constexpr int64_t W = kW<T>;
   int64_t u = 0;
-  for (; u + kNV <= nv; u += kNV) abt_kernel<T, MR, kNV>(K, A, lda, Bt + u * W, C + u * W, alpha);
+  for (; u + kNV <= nv; u += kNV) abt_kernel<T, MR, kNV>(K, A, lda, Bt, C, r0, u * W, epi);
   switch (nv - u) {
-    case 3: abt_kernel<T, MR, 3>(K, A, lda, Bt + u * W, C + u * W, alpha); break;
-    case 2: abt_kernel<T, MR, 2>(K, A, lda, Bt + u * W, C + u * W, alpha); break;
-    case 1: abt_kernel<T, MR, 1>(K, A, lda, Bt + u * W, C + u * W, alpha); break;
+    case 3: abt_kernel<T, MR, 3>(K, A, lda, Bt, C, r0, u * W, epi); break;
+    case 2: abt_kernel<T, MR, 2>(K, A, lda, Bt, C, r0, u * W, epi); break;
+    case 1: abt_kernel<T, MR, 1>(K, A, lda, Bt, C, r0, u * W, epi); break;
     default: break;
   }
 }
 
-// C (m, npad), leading dim kBk = alpha * A (m, K; row stride lda) times the packed
-// panel Bt (K, kBk), for the columns row r needs: [0, c0 + r) rounded up to whole
-// vectors (per row group); the other columns of [0, npad) are set to 0. Pass
-// c0 = kNoLimit for a full tile. npad must be a multiple of the vector width.
-template <class T>
-void tile_abt(int64_t m, int64_t npad, int64_t K, const T* A, int64_t lda, const T* Bt, T* C, T alpha,
-              int64_t c0) {
+// C (m, npad), leading dim kBk = epi(A Bt) for A (m, K; row stride lda) and the
+// packed panel Bt (K, kBk), for the columns row r needs: [0, c0 + r) rounded up
+// to whole vectors (per row group); the other columns of [0, npad) are set to 0,
+// which must be what epi would give there. Pass c0 = kNoLimit for a full tile.
+// npad must be a multiple of the vector width.
+template <class T, class Epi>
+void tile_abt(int64_t m, int64_t npad, int64_t K, const T* A, int64_t lda, const T* Bt, T* C, int64_t c0,
+              const Epi& epi) {
   constexpr int64_t W = kW<T>;
   for (int64_t r = 0, mr = 0; r < m; r += mr) {
     mr = row_group(m - r);
@@ -335,12 +383,12 @@ void tile_abt(int64_t m, int64_t npad, int64_t K, const T* A, int64_t lda, const
     const T* Ar = A + r * lda;
     T* Cr = C + r * kBk;
     switch (mr) {
-      case 6: abt_rows<T, 6>(K, Ar, lda, Bt, Cr, alpha, nv); break;
-      case 5: abt_rows<T, 5>(K, Ar, lda, Bt, Cr, alpha, nv); break;
-      case 4: abt_rows<T, 4>(K, Ar, lda, Bt, Cr, alpha, nv); break;
-      case 3: abt_rows<T, 3>(K, Ar, lda, Bt, Cr, alpha, nv); break;
-      case 2: abt_rows<T, 2>(K, Ar, lda, Bt, Cr, alpha, nv); break;
-      default: abt_rows<T, 1>(K, Ar, lda, Bt, Cr, alpha, nv); break;
+      case 6: abt_rows<T, 6>(K, Ar, lda, Bt, Cr, r, nv, epi); break;
+      case 5: abt_rows<T, 5>(K, Ar, lda, Bt, Cr, r, nv, epi); break;
+      case 4: abt_rows<T, 4>(K, Ar, lda, Bt, Cr, r, nv, epi); break;
+      case 3: abt_rows<T, 3>(K, Ar, lda, Bt, Cr, r, nv, epi); break;
+      case 2: abt_rows<T, 2>(K, Ar, lda, Bt, Cr, r, nv, epi); break;
+      default: abt_rows<T, 1>(K, Ar, lda, Bt, Cr, r, nv, epi); break;
     }
     if (ncols < npad)
       for (int64_t rr = 0; rr < mr; ++rr) std::fill(Cr + rr * kBk + ncols, Cr + rr * kBk + npad, T(0));
@@ -484,7 +532,7 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
     const int64_t c0 = A.off + i0 - j0 + 1;  // row r of the block sees keys [j0, j0 + c0 + r)
     const T* Kt = panel_of(A, A.k, A.ks, b, g, j0 / kBk, ws.Kt, ws.ktag);
     T* S = ws.S.data();
-    tile_abt(mq, npad, D, Qi, A.qs.t, Kt, S, A.scale, c0);  // S = scale Qi Kj^T
+    tile_abt(mq, npad, D, Qi, A.qs.t, Kt, S, c0, ScaleEpi<T>{batch<T>(A.scale)});  // S = scale Qi Kj^T
     for (int64_t r = 0; r < mq; ++r) {
       T* Sr = S + r * kBk;
       const int64_t c = A.visible(i0 + r, j0, nk);
@@ -520,14 +568,9 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
 template <class T>
 void recompute_probs(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
                      int64_t nk, int64_t npad, const T* Kt, Workspace<T>& ws) {
-  T* S = ws.S.data();
-  tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, Kt, S, A.scale, A.off + i0 - j0 + 1);
-  for (int64_t r = 0; r < mq; ++r) {
-    const T lse = A.lse[A.row_index(b, h, i0 + r)];
-    // A row with lse = -inf saw no key (cannot happen when Tq <= Tk); keep it 0.
-    const int64_t c = lse == neg_inf<T>() ? 0 : A.visible(i0 + r, j0, nk);
-    exp_shift_masked(S + r * kBk, c, npad, lse);
-  }
+  const int64_t c0 = A.off + i0 - j0 + 1;  // row r sees keys [j0, j0 + c0 + r)
+  const ProbEpi<T> epi{batch<T>(A.scale), lane_iota<T>(), A.lse + A.row_index(b, h, i0), c0, nk};
+  tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, Kt, ws.S.data(), c0, epi);
 }
 
 // One query block x key tile step of the backward for query head h (Note [Flash
@@ -544,16 +587,8 @@ void backward_block(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t 
   recompute_probs(A, b, h, i0, mq, j0, nk, npad, Kt, ws);
   if (kv_grads)  // dVj += P^T dOi: A[r=j, p=i] = P[i*kBk + j]
     tile_ab_acc(nk, mq, D, P, 1, kBk, dOi, A.dos.t, A.dv + Attn<T>::at(A.dvs, b, g, j0), A.dvs.t, 1 - c0, kNoLimit);
-  tile_abt(mq, npad, D, dOi, A.dos.t, Vt, dS, T(1), c0);  // dP = dOi Vj^T
-  const batch<T> sc(A.scale);
-  for (int64_t r = 0; r < mq; ++r) {  // dS = scale * P * (dP - Di)
-    const batch<T> Di(A.Di[A.row_index(b, h, i0 + r)]);
-    for (int64_t j = 0; j < npad; j += kW<T>) {
-      const batch<T> p = batch<T>::load_unaligned(P + r * kBk + j);
-      const batch<T> dp = batch<T>::load_unaligned(dS + r * kBk + j);
-      (sc * p * (dp - Di)).store_unaligned(dS + r * kBk + j);
-    }
-  }
+  // dP = dOi Vj^T, stored as dS = scale * P * (dP - Di)
+  tile_abt(mq, npad, D, dOi, A.dos.t, Vt, dS, c0, DsEpi<T>{batch<T>(A.scale), P, A.Di + A.row_index(b, h, i0)});
   if (kv_grads)  // dKj += dS^T Qi
     tile_ab_acc(nk, mq, D, dS, 1, kBk, Qi, A.qs.t, A.dk + Attn<T>::at(A.dks, b, g, j0), A.dks.t, 1 - c0, kNoLimit);
   if (q_grads)  // dQi += dS Kj
