@@ -4,8 +4,9 @@
 // backward and probabilities against the O(T^2) naive twins on many shapes and
 // memory layouts (float and double), the naive backward itself against central
 // finite differences (so the oracle is verified too), large scores, bitwise
-// reproducibility at a fixed thread count, both backward schedules, and argument
-// errors. What it is not: a test of the attention op or module (autograd/, nn/).
+// reproducibility at a fixed thread count and across thread counts, both backward
+// schedules, the edges of the kernels' tiling, and argument errors. What it is
+// not: a test of the attention op or module (autograd/, nn/).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -379,6 +380,74 @@ TEST_CASE_TEMPLATE("attention: both backward schedules, bitwise reproducible at 
       CHECK(rel_err(a.dk, ref.dk) < 5 * kTol<T>);
       CHECK(rel_err(a.dv, ref.dv) < 5 * kTol<T>);
     }
+  }
+  tg::set_num_threads(saved);
+}
+
+// Shapes at the edges of the kernels' blocking (attention.cpp): key tiles and
+// query blocks of 64, register blocks of 6 rows (7..11 leftover rows split in
+// two), 16 x 16 transposes when packing k and v (float), head dims with 1..4
+// vectors of columns and a scalar tail, and key offsets Tk - Tq that put the
+// causal diagonal at every position inside a tile.
+TEST_CASE_TEMPLATE("attention: tile, register-block and diagonal edge cases match the naive twins", T, float,
+                   double) {
+  std::mt19937 rng(77);
+  const Layout layouts[] = {Layout::BTHD, Layout::Padded, Layout::BHTD};
+  int n = 0;
+  for (int64_t Tq : {6, 7, 11, 12, 16, 63, 64, 65, 127, 128, 129, 192})
+    for (int64_t extra : {0, 1, 5, 64, 70}) {
+      const int64_t D = (n % 5 == 0) ? 16 : (n % 5 == 1) ? 32 : (n % 5 == 2) ? 48 : (n % 5 == 3) ? 80 : 20;
+      const int64_t heads[][2] = {{2, 2}, {3, 1}, {4, 2}};
+      const AttnDims d{1 + (n % 2), heads[n % 3][0], heads[n % 3][1], Tq, Tq + extra, D};
+      check_against_naive<T>(d, layouts[n % 3], rng);
+      ++n;
+    }
+}
+
+// The parallel loops hand out work items dynamically (Note [Attention work
+// items]); each item owns its writes, so the results must not depend on which
+// thread ran which item, nor on the thread count.
+TEST_CASE_TEMPLATE("attention: forward, probabilities and backward bitwise equal across thread counts", T, float,
+                   double) {
+  std::mt19937 rng(5);
+  const int saved = tg::num_threads();
+  // B*Hkv = 6 takes the one-pass backward at 1, 2 and 3 threads.
+  const AttnDims shapes[] = {{2, 6, 3, 200, 200, 32}, {2, 3, 3, 70, 150, 48}};
+  for (const AttnDims& d : shapes) {
+    CAPTURE(describe(d, Layout::BTHD));
+    Problem<T> p(d, Layout::BTHD, rng);
+    std::vector<Result<T>> res;
+    std::vector<std::vector<T>> probs;
+    for (int threads : {1, 2, 3}) {
+      REQUIRE(K::attention_backward_one_pass(d, threads));
+      tg::set_num_threads(threads);
+      res.push_back(run(p, Layout::BTHD, false));
+      probs.emplace_back(d.B * d.H * d.Tq * d.Tk, T(-1));
+      K::attention_probs<T>(d, p.scale, p.q.data.data(), p.q.s, p.k.data.data(), p.k.s, res.back().lse.data(),
+                            probs.back().data());
+    }
+    for (std::size_t t = 1; t < res.size(); ++t) {
+      CAPTURE(t);
+      CHECK(bitwise_equal(res[t].out, res[0].out));
+      CHECK(res[t].lse == res[0].lse);
+      CHECK(bitwise_equal(res[t].dq, res[0].dq));
+      CHECK(bitwise_equal(res[t].dk, res[0].dk));
+      CHECK(bitwise_equal(res[t].dv, res[0].dv));
+      CHECK(std::memcmp(probs[t].data(), probs[0].data(), probs[0].size() * sizeof(T)) == 0);
+    }
+    // the two-pass backward (B*Hkv = 1 at 2 threads) at 2 and 3 threads
+    const AttnDims d1{1, 3, 1, d.Tq, d.Tk, d.D};
+    Problem<T> p1(d1, Layout::BTHD, rng);
+    std::vector<Result<T>> r1;
+    for (int threads : {2, 3}) {
+      REQUIRE_FALSE(K::attention_backward_one_pass(d1, threads));
+      tg::set_num_threads(threads);
+      r1.push_back(run(p1, Layout::BTHD, false));
+    }
+    CHECK(bitwise_equal(r1[1].out, r1[0].out));
+    CHECK(bitwise_equal(r1[1].dq, r1[0].dq));
+    CHECK(bitwise_equal(r1[1].dk, r1[0].dk));
+    CHECK(bitwise_equal(r1[1].dv, r1[0].dv));
   }
   tg::set_num_threads(saved);
 }

@@ -69,6 +69,18 @@
 // threads (e.g. B*Hkv = 1 on 2 threads). Inside each item the order of every sum
 // is fixed, and items never share outputs, so a run is reproducible at a fixed
 // thread count (and across thread counts that pick the same schedule).
+//
+// Note [Attention work items]
+// ---------------------------
+// Every parallel loop here hands out work items that own all their writes (rows
+// of out/lse, of dk/dv, of dq, of probs) and compute them from the inputs alone,
+// in an order fixed inside the item; the per-thread workspace only caches packed
+// copies of k and v. So which thread runs an item cannot change any bit of the
+// result, and the loops whose items differ in size (query blocks lower in the
+// causal triangle see more keys) use schedule(dynamic, 1) with the longest items
+// first, which balances the threads (with static, 1 and 4 blocks per head on 2
+// threads, one thread would get blocks 1 and 3, 6 of 10 units of work). Results
+// are bitwise identical at any thread count that picks the same backward schedule.
 #include "autograd/kernels/attention.hpp"
 
 #include <algorithm>
@@ -649,11 +661,10 @@ void attention_forward(const AttnDims& d, T scale, const T* q, AttnStrides qs, c
 #pragma omp parallel num_threads(tg::num_threads())
   {
     Workspace<T> ws(d.D, d.Tk, false);
-    // schedule(static, 1): consecutive blocks (short and long rows of the causal
-    // triangle) go to different threads.
-#pragma omp for schedule(static, 1)
+    // Longest blocks first, handed out dynamically (Note [Attention work items]).
+#pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
-      const int64_t bh = it / nblk, i0 = (it % nblk) * kBq;
+      const int64_t bh = it / nblk, i0 = (nblk - 1 - it % nblk) * kBq;
       forward_block(A, out, os, lse, bh / d.H, bh % d.H, i0, std::min(kBq, d.Tq - i0), ws);
     }
   }
@@ -704,8 +715,8 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
 #pragma omp parallel num_threads(nt)
   {
     Workspace<T> ws(D, d.Tk, true);
-#pragma omp for schedule(static, 1)
-    for (int64_t it = 0; it < d.B * d.Hkv * nkt; ++it) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < d.B * d.Hkv * nkt; ++it) {  // key tile 0 (the longest) first
       const int64_t bg = it / nkt, j0 = (it % nkt) * kBk, b = bg / d.Hkv, g = bg % d.Hkv;
       const int64_t nk = std::min(kBk, d.Tk - j0);
       zero_rows(dk, dks, b, g, j0, nk, D);
@@ -713,9 +724,9 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
       backward_key_tile(A, b, g, j0, ws, false);
     }
     // Pass 2: one item per (b, h, query block) owns those dq rows.
-#pragma omp for schedule(static, 1)
-    for (int64_t it = 0; it < d.B * d.H * nqb; ++it) {
-      const int64_t bh = it / nqb, i0 = (it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < d.B * d.H * nqb; ++it) {  // longest blocks first
+      const int64_t bh = it / nqb, i0 = (nqb - 1 - it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
       const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
       zero_rows(dq, dqs, b, h, i0, mq, D);
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
@@ -740,9 +751,9 @@ void attention_probs(const AttnDims& d, T scale, const T* q, AttnStrides qs, con
 #pragma omp parallel num_threads(tg::num_threads())
   {
     Workspace<T> ws(d.D, d.Tk, false);
-#pragma omp for schedule(static, 1)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t bh = it / nqb, i0 = (it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {  // longest blocks first
+      const int64_t bh = it / nqb, i0 = (nqb - 1 - it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
       const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
       T* P0 = probs + A.row_index(b, h, i0) * d.Tk;  // rows i0.. of the (Tq, Tk) matrix of (b, h)
       std::fill(P0, P0 + mq * d.Tk, T(0));
