@@ -2,7 +2,9 @@
 // (autograd/kernels/elementwise.hpp) against their naive twins, in float and
 // double, on lengths that hit the empty, tail-only, vector+tail and OpenMP
 // paths; the naive backward formulas against central finite differences in
-// double; special values; reproducibility at a fixed thread count.
+// double; special values; reproducibility at a fixed thread count. The
+// broadcasting binary kernels against their naive twins on the models'
+// broadcast patterns, edge shapes and random shapes of rank 1-5, at 1-3 threads.
 //
 // Not here: softmax and cross-entropy (test_kernels_softmax.cpp), and the ops
 // that call these kernels (their gradchecks live with the ops).

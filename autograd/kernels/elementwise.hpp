@@ -18,7 +18,8 @@
 // Softmax and cross-entropy live in softmax.hpp.
 //
 // Shapes are given in comments: `x is (n)`, `x is (rows, n)`.
-// Backward kernels ACCUMULATE (`dx += ...`), as the tape expects.
+// Backward kernels ACCUMULATE (`dx += ...`), as the tape expects; the one
+// exception, binary_broadcast_backward, writes (see there).
 #pragma once
 
 #include <cstdint>
