@@ -97,6 +97,9 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <xsimd/xsimd.hpp>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "autograd/kernels/parallel.hpp"
 
@@ -199,8 +202,8 @@ std::size_t workspace_elems(int64_t D, int64_t Tk, bool backward) {
 // Both products keep an MR x (NV vectors) block of C in registers, MR <= 6 and
 // NV <= 4: with AVX-512 and float that is a 6 x 64 block in 24 of the 32 zmm
 // registers, one broadcast of A per row and NV FMAs per broadcast (as in the GEMM
-// micro-kernel of gemm.cpp). Row remainders (m % 6) and column remainders
-// (fewer than 4 vectors) dispatch to smaller instantiations.
+// micro-kernel of gemm.cpp). Leftover rows (see row_group) and columns (fewer
+// than 4 vectors) dispatch to smaller instantiations.
 //
 // Causal masks enter as ranges, so work above the diagonal is skipped inside the
 // diagonal tiles too:
@@ -227,7 +230,7 @@ inline int64_t row_group(int64_t rest) {
 // is read with gathers, W rows at a time (one gather per column d), and the last
 // rows element by element.
 #if defined(__AVX512F__)
-// panel[(d0+c)*kBk + j0 + i] = src[(j0+i)*ld + d0 + c] for i, c < 16.
+// panel[c*kBk + i] = src[i*ld + c] for i, c < 16.
 inline void transpose16(const float* src, int64_t ld, float* panel) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
