@@ -182,19 +182,22 @@ struct Workspace {
   std::vector<int64_t> ktag, vtag;  // b*Hkv + g held by each panel, -1 = none
   std::vector<T> S, dP;            // (kBq, kBk) tiles
   std::vector<T> acc;              // (kBq, D) forward accumulator
-  std::vector<T> m, l;             // (kBq) running max and sum
+  std::vector<T> m, alpha;         // (kBq) running max, per-tile rescale factor
+  std::vector<T> l;                // (kBq, W) running sum, one partial per vector lane
   Workspace(int64_t D_, int64_t Tk, bool backward)
       : D(D_), ntiles((Tk + kBk - 1) / kBk), Kt(ntiles * D * kBk), Vt(backward ? ntiles * D * kBk : 0),
         ktag(ntiles, -1), vtag(backward ? ntiles : 0, -1), S(kBq * kBk), dP(backward ? kBq * kBk : 0),
-        acc(backward ? 0 : kBq * D), m(kBq), l(kBq) {}
+        acc(backward ? 0 : kBq * D), m(kBq), alpha(kBq), l(kBq * kW<T>) {}
 };
 
-// Elements of one Workspace (must match the constructor above; the tags are
-// counted as elements too, which over-counts them for float).
-std::size_t workspace_elems(int64_t D, int64_t Tk, bool backward) {
+// Elements of one Workspace<T> with sizeof(T) = elem_size (must match the
+// constructor above; the tags are counted as elements too, which over-counts
+// them for float).
+std::size_t workspace_elems(int64_t D, int64_t Tk, bool backward, std::size_t elem_size) {
   const int64_t ntiles = (Tk + kBk - 1) / kBk, panels = backward ? 2 : 1;
+  const int64_t W = elem_size == sizeof(float) ? kW<float> : kW<double>;
   return static_cast<std::size_t>(panels * ntiles * (D * kBk + 1) + kBq * kBk * panels +
-                                  (backward ? 0 : kBq * D) + 2 * kBq);
+                                  (backward ? 0 : kBq * D) + kBq * (2 + W));
 }
 
 // ---- register-tiled xsimd tile products ---------------------------------------
@@ -478,9 +481,10 @@ void tile_ab_acc(int64_t m, int64_t K, int64_t D, const T* A, int64_t ars, int64
   }
 }
 
-// row[0:c) = exp(row[0:c) - shift); row[c:npad) = 0. Returns the sum of row[0:c).
+// row[0:c) = exp(row[0:c) - shift); row[c:npad) = 0. Returns the sum of row[0:c)
+// as a vector of per-lane partial sums.
 template <class T>
-T exp_shift_masked(T* row, int64_t c, int64_t npad, T shift) {
+batch<T> exp_shift_masked(T* row, int64_t c, int64_t npad, T shift) {
   constexpr int64_t W = kW<T>;
   const batch<T> sh(shift), zero(T(0));
   batch<T> sum(T(0));
@@ -497,7 +501,7 @@ T exp_shift_masked(T* row, int64_t c, int64_t npad, T shift) {
     e.store_unaligned(row + j);
     sum += e;
   }
-  return xsimd::hadd(sum);
+  return sum;
 }
 
 // max of row[0:c), c >= 1.
@@ -539,8 +543,13 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
   const T* Qi = A.qrow(b, h, i0);
   T* acc = ws.acc.data();
   std::fill(acc, acc + mq * D, T(0));
-  std::fill(ws.m.begin(), ws.m.end(), neg_inf<T>());
-  std::fill(ws.l.begin(), ws.l.end(), T(0));
+  constexpr int64_t W = kW<T>;
+  T* m = ws.m.data();
+  T* alpha = ws.alpha.data();
+  T* l = ws.l.data();
+  std::fill(m, m + kBq, neg_inf<T>());
+  std::fill(alpha, alpha + kBq, T(0));
+  std::fill(l, l + kBq * W, T(0));
   const int64_t kend = A.off + i0 + mq;  // keys [0, kend) are seen by some row of the block
   for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
     const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
@@ -548,6 +557,21 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
     const T* Kt = panel_of(A, A.k, A.ks, b, g, j0 / kBk, ws.Kt, ws.ktag);
     T* S = ws.S.data();
     tile_abt(mq, npad, D, Qi, A.qs.t, Kt, S, c0, ScaleEpi<T>{batch<T>(A.scale)});  // S = scale Qi Kj^T
+    // New running max m' per row; alpha = m - m' for now (0 for rows that see
+    // none of the tile), then exp(m - m') for all rows at once (0 on a row's
+    // first visible tile, where m = -inf).
+    for (int64_t r = 0; r < mq; ++r) {
+      const int64_t c = A.visible(i0 + r, j0, nk);
+      if (c == 0) {
+        alpha[r] = T(0);
+        continue;
+      }
+      const T m_new = std::max(m[r], row_max(S + r * kBk, c));
+      alpha[r] = m[r] - m_new;
+      m[r] = m_new;
+    }
+    for (int64_t r = 0; r < mq; r += W)  // rows mq.. of alpha stay 0 (finite)
+      xsimd::exp(batch<T>::load_unaligned(alpha + r)).store_unaligned(alpha + r);
     for (int64_t r = 0; r < mq; ++r) {
       T* Sr = S + r * kBk;
       const int64_t c = A.visible(i0 + r, j0, nk);
@@ -555,24 +579,23 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
         std::fill(Sr, Sr + npad, T(0));
         continue;
       }
-      const T m_new = std::max(ws.m[r], row_max(Sr, c));
-      const T alpha = std::exp(ws.m[r] - m_new);  // 0 on the first visible tile
-      const T rowsum = exp_shift_masked(Sr, c, npad, m_new);  // S row becomes P row
-      ws.l[r] = ws.l[r] * alpha + rowsum;
-      ws.m[r] = m_new;
-      if (alpha != T(1))
-        for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+      const batch<T> rowsum = exp_shift_masked(Sr, c, npad, m[r]);  // S row becomes P row
+      xsimd::fma(batch<T>::load_unaligned(l + r * W), batch<T>(alpha[r]), rowsum).store_unaligned(l + r * W);
+      if (alpha[r] != T(1)) {
+        const T a = alpha[r];
+        for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= a;
+      }
     }
     tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, acc, D, -kNoLimit, c0);  // acc += P Vj
   }
   for (int64_t r = 0; r < mq; ++r) {
     T* o = out + Attn<T>::at(os, b, h, i0 + r);
-    const T l = ws.l[r];
+    const T lr = xsimd::hadd(batch<T>::load_unaligned(l + r * W));
     // l > 0 always holds in causal attention with Tq <= Tk; the guard keeps a row
     // that sees no key at 0 instead of NaN.
-    const T inv = l > T(0) ? T(1) / l : T(0);
+    const T inv = lr > T(0) ? T(1) / lr : T(0);
     for (int64_t d = 0; d < D; ++d) o[d] = acc[r * D + d] * inv;
-    lse[A.row_index(b, h, i0 + r)] = l > T(0) ? ws.m[r] + std::log(l) : neg_inf<T>();
+    lse[A.row_index(b, h, i0 + r)] = lr > T(0) ? m[r] + std::log(lr) : neg_inf<T>();
   }
 }
 
@@ -648,7 +671,7 @@ std::size_t attention_scratch_bytes(const AttnDims& d, std::size_t elem_size, bo
                                     bool naive, int threads) {
   const std::size_t rows = static_cast<std::size_t>(d.B * d.H * d.Tq);
   if (naive) return elem_size * rows * static_cast<std::size_t>(d.Tk) * (backward ? 2 : 1);
-  return elem_size * (static_cast<std::size_t>(std::max(threads, 1)) * workspace_elems(d.D, d.Tk, backward) +
+  return elem_size * (static_cast<std::size_t>(std::max(threads, 1)) * workspace_elems(d.D, d.Tk, backward, elem_size) +
                       (backward ? rows : 0));
 }
 
