@@ -588,15 +588,19 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
     }
     tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, acc, D, -kNoLimit, c0);  // acc += P Vj
   }
+  T* lsum = alpha;  // alpha's rows now hold the row sums l, then log l
   for (int64_t r = 0; r < mq; ++r) {
     T* o = out + Attn<T>::at(os, b, h, i0 + r);
-    const T lr = xsimd::hadd(batch<T>::load_unaligned(l + r * W));
+    const T lr = lsum[r] = xsimd::hadd(batch<T>::load_unaligned(l + r * W));
     // l > 0 always holds in causal attention with Tq <= Tk; the guard keeps a row
-    // that sees no key at 0 instead of NaN.
+    // that sees no key at 0 instead of NaN (its lse is then -inf, see below).
     const T inv = lr > T(0) ? T(1) / lr : T(0);
     for (int64_t d = 0; d < D; ++d) o[d] = acc[r * D + d] * inv;
-    lse[A.row_index(b, h, i0 + r)] = lr > T(0) ? m[r] + std::log(lr) : neg_inf<T>();
   }
+  for (int64_t r = 0; r < mq; r += W)  // rows mq.. hold finite values >= 0
+    xsimd::log(batch<T>::load_unaligned(lsum + r)).store_unaligned(lsum + r);
+  T* lse_rows = lse + A.row_index(b, h, i0);
+  for (int64_t r = 0; r < mq; ++r) lse_rows[r] = lsum[r] == neg_inf<T>() ? neg_inf<T>() : m[r] + lsum[r];
 }
 
 // ---- backward -------------------------------------------------------------------
