@@ -36,9 +36,9 @@
 // (D, kBk) panels, one per key tile, each packed the first time the thread needs
 // it and kept (tagged with its (b, g)) while the thread stays on that kv head, so
 // the query blocks and the query heads of a group reuse it instead of packing
-// again; S and dP as (kBq, kBk) tiles, the forward accumulator (kBq, D) and m, l
-// (kBq). So memory is O(threads * D * Tk) plus the O(B*H*Tq) row terms Di, linear
-// in T.
+// again; S and dP as (kBq, kBk) tiles, the forward accumulator (kBq, D), m and
+// the rescale factors (kBq), and l as (kBq, W) per-lane partial sums. So memory
+// is O(threads * D * Tk) plus the O(B*H*Tq) row terms Di, linear in T.
 //
 // The two matrix shapes that occur are both done by register-tiled xsimd loops
 // (up to 6 rows x 4 vectors, see "register-tiled xsimd tile products" below):
