@@ -10,6 +10,8 @@
 #include <xtensor/xbuilder.hpp>
 #include <xtensor/xio.hpp>
 
+#include "autograd/kernels/dispatch.hpp"
+#include "autograd/kernels/elementwise.hpp"
 #include "autograd/tape.hpp"
 
 namespace tg {
@@ -176,6 +178,15 @@ void Tensor<T>::zero_grad() {
   i.has_grad = false;
 }
 
+namespace {
+// grad += g on the elementwise kernel (same shapes, checked by the caller):
+// gradients of a reused tensor meet here, once per extra use.
+template <class T>
+void add_into(xt::xarray<T>& grad, const xt::xarray<T>& g) {
+  TG_KERNEL(binary_forward)(kernels::Binary::Add, static_cast<std::int64_t>(g.size()), grad.data(), g.data(), grad.data());
+}
+}  // namespace
+
 template <class T>
 void Tensor<T>::accumulate_grad(const array& g, const char* op) const {
   auto& i = checked("accumulate_grad");
@@ -186,7 +197,7 @@ void Tensor<T>::accumulate_grad(const array& g, const char* op) const {
     i.grad = g;
     i.has_grad = true;
   } else {
-    i.grad += g;
+    add_into(i.grad, g);
   }
 }
 template <class T>
@@ -199,7 +210,7 @@ void Tensor<T>::accumulate_grad(array&& g, const char* op) const {
     i.grad = std::move(g);
     i.has_grad = true;
   } else {
-    i.grad += g;
+    add_into(i.grad, g);
   }
 }
 
