@@ -107,11 +107,14 @@ Tensor<T> slice(const Tensor<T>& x, int axis_in, std::int64_t start, std::int64_
   Tensor<T> out(std::move(y));
   if (needs_grad<T>({&x}))
     attach<T>(out, "slice", {x}, [x, outer, inner, n, m, start](const xt::xarray<T>& dy) {
-      // dx = zeros with dy placed at [start, stop)
-      xt::xarray<T> dx = xt::zeros<T>(x.value().shape());
-      for (std::size_t o = 0; o < outer; ++o)
-        std::copy_n(dy.data() + o * m * inner, m * inner, dx.data() + (o * n + start) * inner);
-      x.accumulate_grad(std::move(dx), "slice");
+      // dx = zeros with dy placed at [start, stop). Added straight into x's gradient
+      // buffer: the pieces of a split each fill their own rows of one buffer.
+      T* dx = x.grad_for_accumulation().data();
+      for (std::size_t o = 0; o < outer; ++o) {
+        T* d = dx + (o * n + start) * inner;
+        const T* g = dy.data() + o * m * inner;
+        for (std::size_t j = 0; j < m * inner; ++j) d[j] += g[j];
+      }
     }, "axis=" + std::to_string(axis) + "," + std::to_string(start) + ":" + std::to_string(stop));
   return out;
 }

@@ -215,6 +215,16 @@ void Tensor<T>::accumulate_grad(array&& g, const char* op) const {
 }
 
 template <class T>
+typename Tensor<T>::array& Tensor<T>::grad_for_accumulation() const {
+  auto& i = checked("grad_for_accumulation");
+  if (!i.has_grad) {
+    i.grad = xt::zeros<T>(i.value.shape());
+    i.has_grad = true;
+  }
+  return i.grad;
+}
+
+template <class T>
 std::ostream& operator<<(std::ostream& os, const Tensor<T>& t) {
   if (!t.defined()) return os << "Tensor(undefined)";
   std::ostringstream s;

@@ -125,6 +125,10 @@ class Tensor {
   // grad += g, checking shapes; `op` names the op for the error message.
   void accumulate_grad(const array& g, const char* op) const;
   void accumulate_grad(array&& g, const char* op) const;
+  // The gradient buffer itself, made zeros of the value's shape if there is none
+  // yet: for backward functions that add into a part of it (slice writes only its
+  // own rows instead of a full-size zero array that is then added).
+  array& grad_for_accumulation() const;
 
   // Identity: two handles of the same tensor.
   bool same(const Tensor& other) const { return impl_ == other.impl_; }
