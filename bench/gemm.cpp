@@ -67,6 +67,9 @@ std::vector<Case> make_cases(bool quick) {
     // dW(out,in) = dY(T,out)^T @ X(T,in)
     cs.push_back({"dW_" + s, true, false, l.out, l.in, T, 1});
   }
+  // The g1_headwise preset widens q_proj by one score per head: 384 + 6 columns, a
+  // last panel of 6 columns (a narrow edge the micro-kernel should not pay 64 for).
+  if (!quick) cs.push_back({"fwd_q_headwise", false, true, T, d + 6, d, 1});
   // Attention, batch 8*6 heads, T=256, D=64.
   cs.push_back({"attn_qkT_b48", false, true, 256, 256, 64, 48});
   if (!quick) cs.push_back({"attn_pv_b48", false, false, 256, 64, 256, 48});

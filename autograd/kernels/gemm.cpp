@@ -316,7 +316,10 @@ void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_
 // ---- micro-kernel -----------------------------------------------------------
 // c(MR, NR) = alpha * Ap(MR,kc) @ Bp(kc,NR) + beta * c; beta == 0 overwrites.
 // When `full` is false only the top-left rows x cols corner is written.
-template <class T, int MR, int NV>
+// NVS is the packed panel's width in vectors; NV < NVS computes only its first NV
+// vectors of columns (the last, narrow panel of a matrix: 6 columns need not pay
+// for 64). Each element sees the same FMAs in the same order either way.
+template <class T, int MR, int NV, int NVS = NV>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
                          int64_t ldc, T alpha, T beta, int64_t rows, int64_t cols, bool full) {
   using V = xsimd::batch<T>;
@@ -338,7 +341,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
       for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]);
     }
     a += MR;
-    b += NV * W;
+    b += NVS * W;
   }
 
   const V valpha(alpha);
@@ -380,14 +383,24 @@ template <class T>
 void macro_kernel(int64_t mc, int64_t kc, const T* Ap, const T* Bp, int64_t q0, int64_t q1,
                   int64_t nc, T* C, int64_t ldc, T alpha, T beta) {
   constexpr int MR = Blocking<T>::MR;
-  constexpr int NR = Blocking<T>::NV * static_cast<int>(xsimd::batch<T>::size);
+  constexpr int NV = Blocking<T>::NV;
+  constexpr int W = static_cast<int>(xsimd::batch<T>::size);
+  constexpr int NR = NV * W;
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
     const T* b = Bp + q * NR * kc;
     for (int64_t p = 0; p * MR < mc; ++p) {
       const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
-      micro_kernel<T, MR, Blocking<T>::NV>(kc, Ap + p * MR * kc, b, C + p * MR * ldc + q * NR, ldc,
-                                           alpha, beta, rows, cols, rows == MR && cols == NR);
+      T* c = C + p * MR * ldc + q * NR;
+      const T* a = Ap + p * MR * kc;
+      if (cols > NR - W)
+        micro_kernel<T, MR, NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, rows == MR && cols == NR);
+      else if (cols <= W)
+        micro_kernel<T, MR, 1, NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, false);
+      else if (cols <= 2 * W)
+        micro_kernel<T, MR, (NV >= 2 ? 2 : NV), NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, false);
+      else
+        micro_kernel<T, MR, (NV >= 3 ? 3 : NV), NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, false);
     }
   }
 }
