@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "nn/safetensors.hpp"
+#include "test_util.hpp"
 
 namespace fs = std::filesystem;
 using tg::st::SafeTensorsFile;
@@ -34,29 +35,8 @@ fs::path program() {
   return self.parent_path().parent_path() / "bin" / "tapegrad";
 }
 
-// A scratch directory for this process, removed at exit.
-struct Scratch {
-  fs::path dir = fs::temp_directory_path() / ("tg_test_oracle_" + std::to_string(::getpid()));
-  Scratch() {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Scratch() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-};
-fs::path scratch() {
-  static Scratch s;
-  return s.dir;
-}
-
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+fs::path scratch() { return tg::testing::scratch_dir("oracle"); }
+using tg::testing::read_all;
 
 void write_all(const fs::path& p, const std::string& s) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);

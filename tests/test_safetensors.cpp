@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/safetensors.hpp"
+#include "test_util.hpp"
 
 using namespace tg;
 using namespace tg::st;
@@ -42,29 +43,8 @@ namespace {
 
 bool has(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
-// A fresh directory for this test process, removed at exit.
-struct Scratch {
-  fs::path dir = fs::temp_directory_path() / ("tg_test_safetensors_" + std::to_string(::getpid()));
-  Scratch() {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Scratch() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-};
-fs::path scratch() {
-  static Scratch s;
-  return s.dir;
-}
-
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+fs::path scratch() { return tg::testing::scratch_dir("safetensors"); }
+using tg::testing::read_all;
 
 std::string le64(std::uint64_t n) {
   std::string s;

@@ -1309,6 +1309,22 @@ void binary_broadcast_forward(Binary op, int rank, const int64_t* out_shape, con
   });
 }
 
+namespace {
+// The naive twins' index arithmetic: element i of the contiguous output, unravelled
+// over out_shape, read from a and b through their (0 on broadcast axes) strides.
+void broadcast_offsets(int64_t i, int rank, const int64_t* out_shape, const int64_t* a_strides,
+                       const int64_t* b_strides, int64_t& ia, int64_t& ib) {
+  int64_t rest = i;
+  ia = ib = 0;
+  for (int k = rank - 1; k >= 0; --k) {
+    const int64_t ik = rest % out_shape[k];
+    rest /= out_shape[k];
+    ia += ik * a_strides[k];
+    ib += ik * b_strides[k];
+  }
+}
+}  // namespace
+
 template <class T>
 void binary_broadcast_forward_naive(Binary op, int rank, const int64_t* out_shape,
                                     const int64_t* a_strides, const int64_t* b_strides, const T* a,
@@ -1316,14 +1332,8 @@ void binary_broadcast_forward_naive(Binary op, int rank, const int64_t* out_shap
   check_broadcast("binary_broadcast_forward_naive", op, rank, out_shape, a_strides, b_strides);
   const int64_t total = output_count(rank, out_shape);
   for (int64_t i = 0; i < total; ++i) {
-    // z's index of element i, and where it reads a and b.
-    int64_t rest = i, ia = 0, ib = 0;
-    for (int k = rank - 1; k >= 0; --k) {
-      const int64_t ik = rest % out_shape[k];
-      rest /= out_shape[k];
-      ia += ik * a_strides[k];
-      ib += ik * b_strides[k];
-    }
+    int64_t ia, ib;  // where z's element i reads a and b
+    broadcast_offsets(i, rank, out_shape, a_strides, b_strides, ia, ib);
     switch (op) {
       case Binary::Add: z[i] = a[ia] + b[ib]; break;
       case Binary::Sub: z[i] = a[ia] - b[ib]; break;
@@ -1365,13 +1375,8 @@ void binary_broadcast_backward_naive(Binary op, int rank, const int64_t* out_sha
   std::vector<double> ga(da ? std::size_t(input_count(rank, out_shape, a_strides)) : 0, -0.0);
   std::vector<double> gb(db ? std::size_t(input_count(rank, out_shape, b_strides)) : 0, -0.0);
   for (int64_t i = 0; i < total; ++i) {
-    int64_t rest = i, ia = 0, ib = 0;
-    for (int k = rank - 1; k >= 0; --k) {
-      const int64_t ik = rest % out_shape[k];
-      rest /= out_shape[k];
-      ia += ik * a_strides[k];
-      ib += ik * b_strides[k];
-    }
+    int64_t ia, ib;
+    broadcast_offsets(i, rank, out_shape, a_strides, b_strides, ia, ib);
     const T d = dz[i];
     switch (op) {
       case Binary::Add:
