@@ -4,7 +4,7 @@
 #
 #   bash setup.sh            install + data + Release build in build/
 #   BUILD_DIR=b bash setup.sh    build somewhere else
-#   TAPEGRAD_CMAKE_ARGS="-DTAPEGRAD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" bash setup.sh
+#   TAPEGRAD_CMAKE_ARGS="-DTAPEGRAD_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo" bash setup.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 BUILD_DIR=${BUILD_DIR:-build}
