@@ -6,15 +6,16 @@
 //   for jc in N step NC                  column block of C
 //     pack B(:, jc:jc+NC), all k-slabs   NR-wide panels, shared, in L3
 //     for item (ic block, jr range)      taken by threads from a counter
-//       for pc in K step KC              k-slab
-//         pack A(ic:ic+MC, pc:pc+KC)     MR-tall panels, per thread, in L2
+//       for pc in K step KC              k-slab; A(ic:ic+MC, pc:pc+KC) in L2
 //         for jr in range step NR        one B micro-panel (KC x NR)
-//           for ir in MC step MR         micro-kernel: C(MR,NR) += Ap(MR,KC) @ Bp(KC,NR)
+//           for ir in MC step MR         micro-kernel: C(MR,NR) += A(MR,KC) @ Bp(KC,NR)
 //
 // The micro-kernel keeps an MR x NR tile of C in vector registers
 // (NR = NV * vector width) and does one broadcast of A and NV FMAs per row
-// per k. Transposes are absorbed by the packing routines. Edge tiles (M or N
-// not a multiple of MR / NR) use zero-padded panels and a masked write-back.
+// per k. B is packed; A is read where it lies, through a row stride and a k
+// stride, so both of its transpose cases cost nothing (Note [GEMM reads A in
+// place]). Edge tiles (M or N not a multiple of MR / NR) use zero-padded
+// panels and a masked write-back.
 //
 // What it is not: a tuner. Block sizes are constants chosen by measurement on
 // the reference machine (see Note [GEMM block sizes]); there is no run-time
@@ -46,9 +47,9 @@ namespace tg::kernels {
 // 12 x 2, 8 x 3 and 7 x 4 measured within noise of it; 6 rows waste the least
 // on edge tiles.) With AVX2 (16 registers) the tile has 12 accumulators:
 // 6 x 2 vectors for float, 4 x 3 for double (measured best of 6x2 / 4x3).
-// KC = 256 (384 on AVX2) bounds the k-slab: the packed A block (MC x KC,
-// 240 KiB in float) stays in L2 while the B micro-panels (KC x NR) stream
-// through L1, and each C tile is loaded and stored once per slab. The packed B
+// KC = 256 (384 on AVX2) bounds the k-slab: the A block (MC x KC, 240 KiB in
+// float) stays in L2 while the B micro-panels (KC x NR) stream through L1,
+// and each C tile is loaded and stored once per slab. The packed B
 // block (all of K x NC) is kept under B_budget elements (8 MiB), a share of
 // the 32 MiB L3. The reference machine reports 48 KiB L1d and 1 MiB L2 per
 // core (the design note says 32 KiB / 512 KiB); these sizes were measured
@@ -64,6 +65,22 @@ namespace tg::kernels {
 // which item (items are handed out dynamically) therefore changes nothing, so
 // results are bitwise identical run to run and, in this implementation, also
 // across thread counts.
+//
+// Note [GEMM reads A in place]
+// The micro-kernel needs, at each k, the MR values op(A)(i..i+MR, k), one
+// broadcast each. They can come from a packed panel or straight from A: with
+// A stored (M,K) they are MR rows apart (row stride lda, k stride 1); with A
+// stored (K,M), transA, they are adjacent (row stride 1, k stride lda). An
+// MC x KC block of A is as cache-friendly in place as packed (whole cache
+// lines in both layouts, and it is reused from L2 across the B panels), so
+// the copy bought nothing, and it cost: packing A took 3-7% of the time of
+// the products whose N is small against K (MLP-down forward 2048x384x1024,
+// lm_head, the weight gradients), and 2 threads packed each A block twice
+// when columns were split. Measured on the reference machine, reading in
+// place moved those cases from 0.93-0.95 of OpenBLAS to 0.98-1.03 (bench_gemm,
+// same run). Only a last panel of fewer than MR rows is copied, zero-padded,
+// so that the micro-kernel never reads past the end of A. Each element still
+// sees the same FMAs in the same order, so the bits do not change.
 
 namespace {
 
@@ -232,45 +249,17 @@ void run_team(int nt, F&& body) {
 }
 
 // ---- packing ------------------------------------------------------------------
-// A panel p of the packed A block holds rows [p*MR, p*MR+MR) of op(A) block,
-// laid out k-major: Ap[p*MR*kc + k*MR + i] = op(A)(ic + p*MR + i, pc + k).
-// Rows past the end of the block are zero.
+// The last, short panel of a block of A: rows [i0, i0+rows) of op(A), rows < MR,
+// over k in [pc, pc+kc), copied k-major and zero-padded to MR rows:
+// Ap[k*MR + i] = op(A)(i0 + i, pc + k). Full panels are read in place (Note
+// [GEMM reads A in place]); this copy keeps the micro-kernel inside A.
 template <class T, int MR>
-void pack_A(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
-            int64_t kc, T* Ap) {
-  for (int64_t p = 0; p * MR < mc; ++p) {
-    const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
-    T* dst = Ap + p * MR * kc;
-    const int64_t i0 = ic + p * MR;
-    if (!transA) {
-      // op(A)(i,k) = A[i*lda + k]: gather MR rows.
-      const T* src = A + i0 * lda + pc;
-      if (rows == MR) {
-        for (int64_t k = 0; k < kc; ++k) {
-#pragma GCC unroll 16
-          for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[i * lda + k];
-        }
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int i = 0; i < rows; ++i) dst[k * MR + i] = src[i * lda + k];
-          for (int i = static_cast<int>(rows); i < MR; ++i) dst[k * MR + i] = T(0);
-        }
-      }
-    } else {
-      // op(A)(i,k) = A[k*lda + i]: MR contiguous values per k.
-      const T* src = A + pc * lda + i0;
-      if (rows == MR) {
-        for (int64_t k = 0; k < kc; ++k) {
-#pragma GCC unroll 16
-          for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[k * lda + i];
-        }
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int i = 0; i < rows; ++i) dst[k * MR + i] = src[k * lda + i];
-          for (int i = static_cast<int>(rows); i < MR; ++i) dst[k * MR + i] = T(0);
-        }
-      }
-    }
+void pack_A_edge(bool transA, const T* A, int64_t lda, int64_t i0, int64_t rows, int64_t pc,
+                 int64_t kc, T* Ap) {
+  for (int64_t k = 0; k < kc; ++k) {
+    for (int64_t i = 0; i < rows; ++i)
+      Ap[k * MR + i] = transA ? A[(pc + k) * lda + i0 + i] : A[(i0 + i) * lda + pc + k];
+    for (int64_t i = rows; i < MR; ++i) Ap[k * MR + i] = T(0);
   }
 }
 
@@ -314,14 +303,16 @@ void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_
 }
 
 // ---- micro-kernel -----------------------------------------------------------
-// c(MR, NR) = alpha * Ap(MR,kc) @ Bp(kc,NR) + beta * c; beta == 0 overwrites.
+// c(MR, NR) = alpha * a(MR,kc) @ Bp(kc,NR) + beta * c; beta == 0 overwrites.
+// a(i, k) is a[i*rsa + k*csa]: A in place, or a packed edge panel (rsa 1, csa MR).
 // When `full` is false only the top-left rows x cols corner is written.
 // NVS is the packed panel's width in vectors; NV < NVS computes only its first NV
 // vectors of columns (the last, narrow panel of a matrix: 6 columns need not pay
 // for 64). Each element sees the same FMAs in the same order either way.
 template <class T, int MR, int NV, int NVS = NV>
-inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
-                         int64_t ldc, T alpha, T beta, int64_t rows, int64_t cols, bool full) {
+inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa, int64_t csa,
+                         const T* __restrict b, T* c, int64_t ldc, T alpha, T beta, int64_t rows,
+                         int64_t cols, bool full) {
   using V = xsimd::batch<T>;
   constexpr int W = static_cast<int>(V::size);
   V acc[MR][NV];
@@ -336,11 +327,11 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
     for (int v = 0; v < NV; ++v) bv[v] = V::load_aligned(b + v * W);
 #pragma GCC unroll 64
     for (int i = 0; i < MR; ++i) {
-      const V av(a[i]);
+      const V av(a[i * rsa]);
 #pragma GCC unroll 64
       for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(av, bv[v], acc[i][v]);
     }
-    a += MR;
+    a += csa;
     b += NVS * W;
   }
 
@@ -378,29 +369,41 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   }
 }
 
-// ---- macro-kernel: one packed A block against a range of packed B panels ----
+// ---- macro-kernel: one block of A against a range of packed B panels ----------
+// The block is op(A)(ic:ic+mc, pc:pc+kc), read in place from A; a last panel of
+// fewer than MR rows is first copied to `edge` (MR x kc scratch).
 template <class T>
-void macro_kernel(int64_t mc, int64_t kc, const T* Ap, const T* Bp, int64_t q0, int64_t q1,
-                  int64_t nc, T* C, int64_t ldc, T alpha, T beta) {
+void macro_kernel(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
+                  int64_t kc, T* edge, const T* Bp, int64_t q0, int64_t q1, int64_t nc, T* C,
+                  int64_t ldc, T alpha, T beta) {
   constexpr int MR = Blocking<T>::MR;
   constexpr int NV = Blocking<T>::NV;
   constexpr int W = static_cast<int>(xsimd::batch<T>::size);
   constexpr int NR = NV * W;
+  // op(A)(i, k) = A[i*rsa + k*csa].
+  const int64_t rsa = transA ? 1 : lda, csa = transA ? lda : 1;
+  const int64_t full_panels = mc / MR, edge_rows = mc % MR;
+  if (edge_rows > 0) pack_A_edge<T, MR>(transA, A, lda, ic + full_panels * MR, edge_rows, pc, kc, edge);
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
     const T* b = Bp + q * NR * kc;
     for (int64_t p = 0; p * MR < mc; ++p) {
-      const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
+      const bool is_edge = p == full_panels;
+      const int64_t rows = is_edge ? edge_rows : MR;
+      const T* a = is_edge ? edge : A + (ic + p * MR) * rsa + pc * csa;
+      const int64_t ra = is_edge ? 1 : rsa, ca = is_edge ? MR : csa;
       T* c = C + p * MR * ldc + q * NR;
-      const T* a = Ap + p * MR * kc;
       if (cols > NR - W)
-        micro_kernel<T, MR, NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, rows == MR && cols == NR);
+        micro_kernel<T, MR, NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows, cols,
+                                rows == MR && cols == NR);
       else if (cols <= W)
-        micro_kernel<T, MR, 1, NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, false);
+        micro_kernel<T, MR, 1, NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows, cols, false);
       else if (cols <= 2 * W)
-        micro_kernel<T, MR, (NV >= 2 ? 2 : NV), NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, false);
+        micro_kernel<T, MR, (NV >= 2 ? 2 : NV), NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows,
+                                                    cols, false);
       else
-        micro_kernel<T, MR, (NV >= 3 ? 3 : NV), NV>(kc, a, b, c, ldc, alpha, beta, rows, cols, false);
+        micro_kernel<T, MR, (NV >= 3 ? 3 : NV), NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows,
+                                                    cols, false);
     }
   }
 }
@@ -461,11 +464,10 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   // short blocks would stream B from L3 too often); with several threads the
   // item count is made a multiple of the thread count, and columns are cut
   // too until there are at least 2 items per thread (more, smaller items
-  // measured slower: each repacks its A block).
+  // measured slower: each reloads its A block into L2).
   const int64_t m_panels = ceil_div(M, MR);
   int64_t mb = ceil_div(m_panels, MC_panels);
   if (nt > 1 && mb % nt != 0 && mb < 8 * int64_t(nt)) mb = std::min(m_panels, ceil_div(mb, nt) * nt);
-  const int64_t mb_panels_max = ceil_div(m_panels, mb);
 
   // Shared counters, four per column block (B items claimed, B items done,
   // compute items claimed, threads done with the block), never reset.
@@ -474,7 +476,7 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   for (int64_t i = 0; i < 4 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
 
   auto body = [&](int team) {
-    T* Ap = buffer_A<T>(std::size_t(mb_panels_max * MR * kc_max));
+    T* edge = buffer_A<T>(std::size_t(MR * kc_max));
     for (int64_t jb = 0; jb < n_jc; ++jb) {
       const int64_t jc = jb * NC, nc = std::min<int64_t>(NC, N - jc);
       const int64_t n_panels = ceil_div(nc, NR);
@@ -511,9 +513,8 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
         if (mc <= 0 || q1 <= q0) continue;
         for (int64_t s = 0; s < n_slabs; ++s) {
           const int64_t pc = s * KC, kc = std::min<int64_t>(KC, K - pc);
-          pack_A<T, MR>(transA, A, lda, ic, mc, pc, kc, Ap);
-          macro_kernel<T>(mc, kc, Ap, Bp + s * kc_max * NC, q0, q1, nc, C + ic * ldc + jc, ldc,
-                          alpha, s == 0 ? beta : T(1));
+          macro_kernel<T>(transA, A, lda, ic, mc, pc, kc, edge, Bp + s * kc_max * NC, q0, q1, nc,
+                          C + ic * ldc + jc, ldc, alpha, s == 0 ? beta : T(1));
         }
       }
       // The next column block repacks B: everyone must be done with this one.

@@ -1,11 +1,12 @@
 // autograd/kernels/gemm.hpp — dense matrix multiply (GEMM) on raw pointers.
 //
 // What it is for: every matmul of the engine (linear layers, attention scores,
-// their backwards) ends here. The fast version packs panels of A and B into
-// contiguous, cache-sized blocks and runs an xsimd FMA register-tile
-// micro-kernel over them, threaded with OpenMP over output blocks. The four
-// transpose cases are handled while packing, so matmul's backward never
-// materialises a transpose. Each fast entry point has a plain triple-loop twin
+// their backwards) ends here. The fast version packs panels of B into
+// contiguous, cache-sized blocks, reads cache-sized blocks of A in place, and
+// runs an xsimd FMA register-tile micro-kernel over them, threaded with OpenMP
+// over output blocks. The four transpose cases are absorbed by B's packing
+// and by A's two strides, so matmul's backward never materialises a
+// transpose. Each fast entry point has a plain triple-loop twin
 // (`*_naive`, same signature) that the tests use as the oracle.
 //
 // What it is not: a general BLAS. Only row-major storage, float and double,
