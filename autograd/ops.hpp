@@ -165,7 +165,8 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                     std::optional<double> scale = std::nullopt, xt::xarray<T>* probs = nullptr);
 
 // ---- shape ops ------------------------------------------------------------------------
-// reshape to `shape` (one entry may be -1). dx = reshape(dy, x's shape).
+// reshape to `shape` (one entry may be -1). dx = reshape(dy, x's shape). To x's own
+// shape it returns x itself (the same tensor, no new node).
 template <class T> Tensor<T> reshape(const Tensor<T>& x, const std::vector<std::int64_t>& shape);
 // permute axes: y = x.transpose(perm); dx = dy.transpose(inverse perm).
 template <class T> Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& perm);

@@ -41,6 +41,9 @@ Tensor<T> reshape(const Tensor<T>& x, const std::vector<std::int64_t>& shape_in)
   if (prod(s) != x.numel())
     fail("reshape: " + shape_to_string(sx) + " (" + std::to_string(x.numel()) + " elements) -> " +
          shape_to_string(shape_in) + " (" + std::to_string(prod(s)) + " elements)");
+  // To its own shape: x itself, no copy and no node (the attention's G1 path reshapes
+  // query pieces that already have their shape when K == H).
+  if (s == sx) return x;
   xt::xarray<T> y = x.value();
   y.reshape(s);
   Tensor<T> out(std::move(y));

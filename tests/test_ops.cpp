@@ -440,6 +440,13 @@ TEST_CASE("reshape, permute, transpose, slice, concat, split: values, gradients,
   CHECK(parts[1].value() == Arr{{2, 3}, {5, 6}});
 
   check_grad([](auto& v) { return reshape(v[0], {4, -1}); }, {rnd({2, 3, 2}, 1)});
+  {  // to its own shape: the same tensor, no copy, and gradients still reach x
+    TD w = rnd({2, 3}, 5);
+    TD same = reshape(w, {2, -1});
+    CHECK(same.impl() == w.impl());
+    CHECK(reshape(w, {3, 2}).impl() != w.impl());
+    check_grad([](auto& v) { return reshape(reshape(v[0], {2, 3}) * v[0], {6}); }, {rnd({2, 3}, 6)});
+  }
   check_grad([](auto& v) { return permute(v[0], {2, 0, 1}); }, {rnd({2, 3, 2}, 2)});
   check_grad([](auto& v) { return transpose(v[0], -1, 0); }, {rnd({2, 3}, 3)});
   check_grad([](auto& v) { return slice(v[0], 1, 1, 3); }, {rnd({2, 4, 2}, 4)});
