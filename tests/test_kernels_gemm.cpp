@@ -2,7 +2,8 @@
 //
 // What it is for: checks the packed, blocked, threaded GEMM against the plain
 // triple loop in float and double: all four transpose cases, odd sizes that
-// leave edge tiles in every direction, sizes past the cache blocks, padded
+// leave edge tiles in every direction, sizes past the cache blocks, skinny
+// products (M <= 4, unpacked), padded
 // leading dimensions (and that padding is left untouched), alpha/beta variants
 // including beta = 0 over a NaN-filled C, the batched form (strides, broadcast
 // operands, both threading paths), run-to-run bitwise reproducibility at 1 and
@@ -216,6 +217,45 @@ TEST_CASE_TEMPLATE("gemm is bitwise reproducible run to run at 1 and 2 threads",
   CHECK(out[1] == out[2]);
   // ... and, for this kernel, also across thread counts (Note [GEMM determinism]).
   CHECK(out[0] == out[1]);
+}
+
+TEST_CASE_TEMPLATE("gemm: skinny products (M <= 4, Note [GEMM skinny products]) in every case", T,
+                   float, double) {
+  // M = 1..4 take the unpacked path, M = 5 the packed one. N crosses the column chunk
+  // and the 256-column work item and leaves partial chunks; K leaves vector tails; N*K
+  // of 513 x 1000 is big enough for a team.
+  struct S {
+    int64_t N, K;
+  };
+  const S shapes[] = {{1, 1}, {7, 15}, {64, 16}, {65, 17}, {300, 33}, {513, 1000}};
+  for (int threads : {1, 2}) {
+    ThreadGuard guard(threads);
+    CAPTURE(threads);
+    std::mt19937 rng(99 + threads);
+    for (int64_t M = 1; M <= 5; ++M)
+      for (const S& s : shapes)
+        for (int t = 0; t < 4; ++t) {
+          Problem<T> p(t & 1, t & 2, M, s.N, s.K, int(M % 3), rng, M == 2);
+          check_against_naive(p, T(1.5), M == 2 ? T(0) : T(-0.5));
+        }
+  }
+  // Bitwise the same at 1 and 2 threads (a team splits the columns, never K).
+  std::mt19937 rng(5);
+  for (int t = 0; t < 4; ++t) {
+    Problem<T> p(t & 1, t & 2, 3, 777, 1001, 2, rng, false);
+    std::vector<T> C1 = p.C0, C2 = p.C0;
+    {
+      ThreadGuard guard(1);
+      gemm<T>(p.tA, p.tB, p.M, p.N, p.K, T(1), p.A.data(), p.lda, p.B.data(), p.ldb, T(1),
+              C1.data(), p.ldc);
+    }
+    {
+      ThreadGuard guard(2);
+      gemm<T>(p.tA, p.tB, p.M, p.N, p.K, T(1), p.A.data(), p.lda, p.B.data(), p.ldb, T(1),
+              C2.data(), p.ldc);
+    }
+    CHECK(C1 == C2);
+  }
 }
 
 TEST_CASE_TEMPLATE("gemm called from inside a parallel region runs single-threaded and correctly",
