@@ -7,6 +7,7 @@
 //   - the matmuls of the baby model's training step (tokens T=2048, width 384,
 //     MLP 1024, qkv 1152, vocab 256): forward y = x @ W^T, backward
 //     dX = dY @ W and dW = dY^T @ X,
+//   - one-token decoding (M = 1, and M = 4) through the qkv, MLP-down and MLP-up weights,
 //   - the batched attention matmuls (batch 48 = 8 sequences x 6 heads, T=256,
 //     D=64): scores q @ k^T and P @ v (peer: a loop of cblas calls),
 // at 1 and 2 threads (tg::set_num_threads and openblas_set_num_threads).
@@ -70,6 +71,14 @@ std::vector<Case> make_cases(bool quick) {
   // The g1_headwise preset widens q_proj by one score per head: 384 + 6 columns, a
   // last panel of 6 columns (a narrow edge the micro-kernel should not pay 64 for).
   if (!quick) cs.push_back({"fwd_q_headwise", false, true, T, d + 6, d, 1});
+  // Decoding with the KV cache: one token (M = 1), or a few, through a weight matrix
+  // (the skinny path: B is read in place, not packed). B stays in cache between
+  // repetitions here, unlike a real decoding step that streams all the weights.
+  if (!quick) {
+    cs.push_back({"dec_qkv", false, true, 1, 1152, d, 1});
+    cs.push_back({"dec_down", false, true, 1, d, 1024, 1});
+    cs.push_back({"dec4_up", false, true, 4, 1024, d, 1});
+  }
   // Attention, batch 8*6 heads, T=256, D=64.
   cs.push_back({"attn_qkT_b48", false, true, 256, 256, 64, 48});
   if (!quick) cs.push_back({"attn_pv_b48", false, false, 256, 64, 256, 48});
