@@ -124,6 +124,9 @@ template <class T> Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, Sca
 template <class T> Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, Scalar<T> eps);
 // swiglu: y = silu(g) * u (same shapes).
 template <class T> Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u);
+// sigmoid_gate: y = x * sigmoid(s) (same shapes), fused: the output gate of gated
+// attention. dx = dy * σ(s), ds = dy * x * σ(s)(1 - σ(s)).
+template <class T> Tensor<T> sigmoid_gate(const Tensor<T>& x, const Tensor<T>& s);
 // dropout: in training, y = x * mask / (1-p) with mask ~ Bernoulli(1-p) from gen;
 // otherwise (or p == 0) y = x.
 template <class T> Tensor<T> dropout(const Tensor<T>& x, Scalar<T> p, Generator& gen, bool training = true);

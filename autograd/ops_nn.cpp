@@ -301,6 +301,27 @@ Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u) {
 }
 
 template <class T>
+Tensor<T> sigmoid_gate(const Tensor<T>& x, const Tensor<T>& s) {
+  detail::require_defined(x, "sigmoid_gate", "x");
+  detail::require_defined(s, "sigmoid_gate", "s");
+  if (x.shape() != s.shape())
+    fail("sigmoid_gate: x " + x.shape_str() + " and gate scores s " + s.shape_str() + " differ");
+  // y = x * σ(s)
+  const std::size_t n = x.numel();
+  xt::xarray<T> y = xt::xarray<T>::from_shape(x.value().shape());
+  TG_KERNEL(sigmoid_gate_forward)(n, x.value().data(), s.value().data(), y.data());
+  Tensor<T> out(std::move(y));
+  if (needs_grad<T>({&x, &s}))
+    attach<T>(out, "sigmoid_gate", {x, s}, [x, s, n](const xt::xarray<T>& dy) {
+      // dx = dy * σ(s),  ds = dy * x * σ(s)(1 - σ(s)); added straight into the grad buffers
+      T* dx = x.requires_grad() ? x.grad_for_accumulation().data() : nullptr;
+      T* ds = s.requires_grad() ? s.grad_for_accumulation().data() : nullptr;
+      TG_KERNEL(sigmoid_gate_backward)(n, x.value().data(), s.value().data(), dy.data(), dx, ds);
+    });
+  return out;
+}
+
+template <class T>
 Tensor<T> dropout(const Tensor<T>& x, Scalar<T> p, Generator& gen, bool training) {
   detail::require_defined(x, "dropout", "x");
   if (!(p >= T(0) && p <= T(1))) fail("dropout: p = " + std::to_string(p) + " is outside [0, 1]");
@@ -501,6 +522,7 @@ Tensor<T> topk(const Tensor<T>& x, std::size_t kk, Index* indices) {
   template Tensor<T> rmsnorm<T>(const Tensor<T>&, const Tensor<T>&, T);                                     \
   template Tensor<T> layernorm<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, T);                 \
   template Tensor<T> swiglu<T>(const Tensor<T>&, const Tensor<T>&);                                         \
+  template Tensor<T> sigmoid_gate<T>(const Tensor<T>&, const Tensor<T>&);                                   \
   template Tensor<T> dropout<T>(const Tensor<T>&, T, Generator&, bool);                                     \
   template RopeTable<T> rope_table<T>(std::size_t, std::size_t, double, const std::optional<YarnScaling>&); \
   template Tensor<T> rope<T>(const Tensor<T>&, const RopeTable<T>&, std::size_t);                           \

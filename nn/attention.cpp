@@ -91,6 +91,16 @@ template <class T>
 Tensor<T> Attention<T>::apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRecord* record) const {
   // y (B,T,n,D) and s (B,T,n,Dg), or y and s (B,T,C) for dense.
   if (gate_.head_shared) s = mean(s, {2}, true);  // (B,T,1,Dg): one gate for all heads
+  if (gate_.activation == GateActivation::Sigmoid && gate_.combine == GateCombine::Multiplicative &&
+      s.shape() == y.shape()) {
+    // The paper's best gate (elementwise sigmoid): one fused op, σ(s) is never stored.
+    if (record) {
+      NoGrad no_grad;
+      record->has_gate_scores = true;
+      record->gate = gate_stats(sigmoid(s).value());
+    }
+    return sigmoid_gate(y, s);
+  }
   Tensor<T> a = activate(s);
   if (record) {
     record->has_gate_scores = true;

@@ -568,6 +568,57 @@ TEST_CASE("swiglu: naive backward matches finite differences (double)") {
   CHECK(y == doctest::Approx(2.0 / (1.0 + std::exp(-1.0))).epsilon(1e-15));
 }
 
+TEST_CASE_TEMPLATE("sigmoid_gate: fast forward and backward match the naive twin", T, float,
+                   double) {
+  uint64_t seed = 700;
+  for (int64_t n : {1, 7, 24, 100, 2053, 50001}) {
+    CAPTURE(n);
+    const auto x = randn<T>(sz(n), ++seed);
+    auto s = randn<T>(sz(n), ++seed, 3.0);
+    if (n > 10) s[3] = T(-120), s[5] = T(120), s[7] = T(0);  // saturated and half-open gates
+    const auto dy = randn<T>(sz(n), ++seed);
+    std::vector<T> y(sz(n)), y0(sz(n));
+    k::sigmoid_gate_forward(n, x.data(), s.data(), y.data());
+    k::sigmoid_gate_forward_naive(n, x.data(), s.data(), y0.data());
+    CHECK_CLOSE(y, y0, tol<T>());
+
+    const auto dx_init = randn<T>(sz(n), ++seed), ds_init = randn<T>(sz(n), ++seed);
+    auto dx = dx_init, dx0 = dx_init, ds = ds_init, ds0 = ds_init;
+    k::sigmoid_gate_backward(n, x.data(), s.data(), dy.data(), dx.data(), ds.data());
+    k::sigmoid_gate_backward_naive(n, x.data(), s.data(), dy.data(), dx0.data(), ds0.data());
+    CHECK_CLOSE(dx, dx0, tol<T>());
+    CHECK_CLOSE(ds, ds0, tol<T>());
+    for (T v : ds) CHECK(std::isfinite(double(v)));
+
+    std::vector<T> dxz(sz(n), T(0)), dsz(sz(n), T(0));
+    k::sigmoid_gate_backward(n, x.data(), s.data(), dy.data(), dxz.data(), static_cast<T*>(nullptr));
+    k::sigmoid_gate_backward(n, x.data(), s.data(), dy.data(), static_cast<T*>(nullptr), dsz.data());
+    CHECK_CLOSE(dx, plus(dx_init, dxz), tol<T>());
+    CHECK_CLOSE(ds, plus(ds_init, dsz), tol<T>());
+  }
+}
+
+TEST_CASE("sigmoid_gate: naive backward matches finite differences (double)") {
+  const int64_t n = 13;
+  auto x = randn<double>(sz(n), 51);
+  auto s = randn<double>(sz(n), 52, 2.5);
+  const auto R = randn<double>(sz(n), 53);
+  auto loss = [&] {
+    std::vector<double> y(sz(n));
+    k::sigmoid_gate_forward_naive(n, x.data(), s.data(), y.data());
+    return dot(R, y);
+  };
+  std::vector<double> dx(sz(n), 0.0), ds(sz(n), 0.0);
+  k::sigmoid_gate_backward_naive(n, x.data(), s.data(), R.data(), dx.data(), ds.data());
+  CHECK_CLOSE(dx, numgrad(x, loss), 1e-7);
+  CHECK_CLOSE(ds, numgrad(s, loss), 1e-7);
+  // At s = 0 the gate is one half: y = x / 2.
+  const double three = 3.0, zero = 0.0;
+  double y = 0;
+  k::sigmoid_gate_forward_naive<double>(1, &three, &zero, &y);
+  CHECK(y == 1.5);
+}
+
 // ======================================================================================
 // Embedding
 // ======================================================================================

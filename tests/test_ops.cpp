@@ -304,6 +304,12 @@ TEST_CASE("swiglu and dropout") {
   check_grad([](auto& v) { return swiglu(v[0], v[1]); }, {rnd({3, 4}, 1, -3, 3), rnd({3, 4}, 2)});
   CHECK(THROW_MSG(swiglu(TD::ones({2}), TD::ones({3}))).find("swiglu") == 0);
 
+  // sigmoid_gate(x, s) = x * sigmoid(s), fused; the same as the two ops it replaces.
+  TD gx = rnd({3, 4}, 3), gs = rnd({3, 4}, 4, -3, 3);
+  CHECK(xt::amax(xt::abs(sigmoid_gate(gx, gs).value() - (gx * sigmoid(gs)).value()))() < 1e-15);
+  check_grad([](auto& v) { return sigmoid_gate(v[0], v[1]); }, {rnd({3, 4}, 5), rnd({3, 4}, 6, -3, 3)});
+  CHECK(THROW_MSG(sigmoid_gate(TD::ones({2, 3}), TD::ones({2, 1}))).find("sigmoid_gate: x (2,3)") == 0);
+
   TD x = TD::ones({1000}, true);
   Generator gen(3);
   TD d = dropout(x, 0.25, gen);

@@ -1,4 +1,4 @@
-// autograd/kernels/swiglu.cpp — SwiGLU kernels; see swiglu.hpp for the formulas.
+// autograd/kernels/swiglu.cpp — SwiGLU and sigmoid-gate kernels; see swiglu.hpp for the formulas.
 //
 // Threading: the n elements are cut into blocks of kBlock (a multiple of every vector
 // width), and OpenMP hands out whole blocks. Only the last block has a scalar tail, so
@@ -35,7 +35,7 @@ void check(const char* K, int64_t n, const void* g, const void* u, const void* t
            const char* third_name) {
   if (n < 0) throw std::invalid_argument(std::string(K) + ": n must be >= 0, got n=" + std::to_string(n));
   if (n > 0 && (!g || !u || !third))
-    throw std::invalid_argument(std::string(K) + ": g, u or " + third_name +
+    throw std::invalid_argument(std::string(K) + ": an input or " + std::string(third_name) +
                                 " is nullptr (n=" + std::to_string(n) + ")");
 }
 
@@ -122,11 +122,82 @@ void swiglu_backward_naive(int64_t n, const T* g, const T* u, const T* dy, T* dg
   }
 }
 
+// ---- the sigmoid gate: y = x * sigmoid(s) ----------------------------------------------
+
+template <class T>
+void sigmoid_gate_forward(int64_t n, const T* x, const T* s, T* y) {
+  check("sigmoid_gate_forward", n, x, s, y, "y");
+  using B = xsimd::batch<T>;
+  constexpr int64_t W = B::size;
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  const int nt = threads_for(n);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+    int64_t i = i0;
+    for (; i + W <= i1; i += W)
+      (B::load_unaligned(x + i) * sigmoid(B::load_unaligned(s + i))).store_unaligned(y + i);
+    for (; i < i1; ++i) y[i] = x[i] * (T(1) / (T(1) + std::exp(-s[i])));
+  }
+}
+
+template <class T>
+void sigmoid_gate_forward_naive(int64_t n, const T* x, const T* s, T* y) {
+  check("sigmoid_gate_forward_naive", n, x, s, y, "y");
+  for (int64_t i = 0; i < n; ++i) {
+    const T a = T(1) / (T(1) + std::exp(-s[i]));
+    y[i] = x[i] * a;
+  }
+}
+
+template <class T>
+void sigmoid_gate_backward(int64_t n, const T* x, const T* s, const T* dy, T* dx, T* ds) {
+  check("sigmoid_gate_backward", n, x, s, dy, "dy");
+  if (!dx && !ds) return;
+  using B = xsimd::batch<T>;
+  constexpr int64_t W = B::size;
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  const int nt = threads_for(n);
+  const B one(T(1));
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+    int64_t i = i0;
+    for (; i + W <= i1; i += W) {
+      const B a = sigmoid(B::load_unaligned(s + i));
+      const B dyv = B::load_unaligned(dy + i);
+      if (dx) xsimd::fma(dyv, a, B::load_unaligned(dx + i)).store_unaligned(dx + i);
+      if (ds)
+        xsimd::fma(dyv * B::load_unaligned(x + i), a * (one - a), B::load_unaligned(ds + i))
+            .store_unaligned(ds + i);
+    }
+    for (; i < i1; ++i) {
+      const T a = T(1) / (T(1) + std::exp(-s[i]));
+      if (dx) dx[i] += dy[i] * a;
+      if (ds) ds[i] += dy[i] * x[i] * (a * (T(1) - a));
+    }
+  }
+}
+
+template <class T>
+void sigmoid_gate_backward_naive(int64_t n, const T* x, const T* s, const T* dy, T* dx, T* ds) {
+  check("sigmoid_gate_backward_naive", n, x, s, dy, "dy");
+  for (int64_t i = 0; i < n; ++i) {
+    const T a = T(1) / (T(1) + std::exp(-s[i]));
+    if (dx) dx[i] += dy[i] * a;
+    if (ds) ds[i] += dy[i] * x[i] * (a * (T(1) - a));
+  }
+}
+
 #define TG_INSTANTIATE_SWIGLU(T)                                                     \
   template void swiglu_forward<T>(int64_t, const T*, const T*, T*);                  \
   template void swiglu_forward_naive<T>(int64_t, const T*, const T*, T*);            \
   template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*);   \
-  template void swiglu_backward_naive<T>(int64_t, const T*, const T*, const T*, T*, T*);
+  template void swiglu_backward_naive<T>(int64_t, const T*, const T*, const T*, T*, T*);  \
+  template void sigmoid_gate_forward<T>(int64_t, const T*, const T*, T*);            \
+  template void sigmoid_gate_forward_naive<T>(int64_t, const T*, const T*, T*);      \
+  template void sigmoid_gate_backward<T>(int64_t, const T*, const T*, const T*, T*, T*); \
+  template void sigmoid_gate_backward_naive<T>(int64_t, const T*, const T*, const T*, T*, T*);
 
 TG_INSTANTIATE_SWIGLU(float)
 TG_INSTANTIATE_SWIGLU(double)
