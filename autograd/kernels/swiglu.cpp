@@ -39,6 +39,15 @@ void check(const char* K, int64_t n, const void* g, const void* u, const void* t
                                 " is nullptr (n=" + std::to_string(n) + ")");
 }
 
+// Runs body(i0, i1) on every block [i0, i1) of [0, n), the blocks shared by the threads.
+template <class F>
+void for_blocks(int64_t n, F&& body) {
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  const int nt = threads_for(n);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) body(blk * kBlock, std::min(n, blk * kBlock + kBlock));
+}
+
 template <class B>
 B sigmoid(const B& g) {
   return B(typename B::value_type(1)) / (B(typename B::value_type(1)) + xsimd::exp(-g));
@@ -52,11 +61,7 @@ void swiglu_forward(int64_t n, const T* g, const T* u, T* y) {
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
   static_assert(kBlock % W == 0, "kBlock must be a multiple of the vector width");
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+  for_blocks(n, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + W <= i1; i += W) {
       const B gv = B::load_unaligned(g + i);
@@ -66,7 +71,7 @@ void swiglu_forward(int64_t n, const T* g, const T* u, T* y) {
       const T s = T(1) / (T(1) + std::exp(-g[i]));
       y[i] = g[i] * s * u[i];
     }
-  }
+  });
 }
 
 template <class T>
@@ -84,12 +89,8 @@ void swiglu_backward(int64_t n, const T* g, const T* u, const T* dy, T* dg, T* d
   if (!dg && !du) return;
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
   const B one(T(1));
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+  for_blocks(n, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + W <= i1; i += W) {
       const B gv = B::load_unaligned(g + i);
@@ -107,7 +108,7 @@ void swiglu_backward(int64_t n, const T* g, const T* u, const T* dy, T* dg, T* d
       if (dg) dg[i] += dy[i] * u[i] * (s * (T(1) + g[i] * (T(1) - s)));
       if (du) du[i] += dy[i] * (g[i] * s);
     }
-  }
+  });
 }
 
 template <class T>
@@ -129,16 +130,12 @@ void sigmoid_gate_forward(int64_t n, const T* x, const T* s, T* y) {
   check("sigmoid_gate_forward", n, x, s, y, "y");
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+  for_blocks(n, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + W <= i1; i += W)
       (B::load_unaligned(x + i) * sigmoid(B::load_unaligned(s + i))).store_unaligned(y + i);
     for (; i < i1; ++i) y[i] = x[i] * (T(1) / (T(1) + std::exp(-s[i])));
-  }
+  });
 }
 
 template <class T>
@@ -156,12 +153,8 @@ void sigmoid_gate_backward(int64_t n, const T* x, const T* s, const T* dy, T* dx
   if (!dx && !ds) return;
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
   const B one(T(1));
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+  for_blocks(n, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + W <= i1; i += W) {
       const B a = sigmoid(B::load_unaligned(s + i));
@@ -176,7 +169,7 @@ void sigmoid_gate_backward(int64_t n, const T* x, const T* s, const T* dy, T* dx
       if (dx) dx[i] += dy[i] * a;
       if (ds) ds[i] += dy[i] * x[i] * (a * (T(1) - a));
     }
-  }
+  });
 }
 
 template <class T>
