@@ -28,6 +28,10 @@
 // this implementation, across thread counts too; see Note [GEMM determinism]
 // in gemm.cpp). Products under 2*96^3 flops run on one thread. Called from
 // inside an OpenMP parallel region, the kernels run single-threaded.
+//
+// Products of at most 4 rows (one-token decoding) skip packing and read B in
+// place (Note [GEMM skinny products] in gemm.cpp); they too are identical across
+// thread counts.
 #pragma once
 
 #include <cstdint>
