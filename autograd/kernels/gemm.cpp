@@ -411,15 +411,15 @@ void macro_kernel(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, 
         else
           micro_kernel<T, MR, NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows, cols,
                                   rows == MR && cols == NR);
-      }
-      else if (cols <= W)
+      } else if (cols <= W) {
         micro_kernel<T, MR, 1, NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows, cols, false);
-      else if (cols <= 2 * W)
+      } else if (cols <= 2 * W) {
         micro_kernel<T, MR, (NV >= 2 ? 2 : NV), NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows,
                                                     cols, false);
-      else
+      } else {
         micro_kernel<T, MR, (NV >= 3 ? 3 : NV), NV>(kc, a, ra, ca, b, c, ldc, alpha, beta, rows,
                                                     cols, false);
+      }
     }
   }
 }
