@@ -166,6 +166,12 @@ template <class T> Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table,
 template <class T>
 Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                     std::optional<double> scale = std::nullopt, xt::xarray<T>* probs = nullptr);
+// The same product against the first Tk positions of a KV cache stored (B,capacity,Hkv,D)
+// (nn's KVEntry): no copy of the cache, and no node — inference only; it throws if q
+// requires grad while recording (use `attention` on copies for that).
+template <class T>
+Tensor<T> attention_cached(const Tensor<T>& q, const xt::xarray<T>& k, const xt::xarray<T>& v,
+                           std::size_t Tk, xt::xarray<T>* probs = nullptr);
 
 // ---- shape ops ------------------------------------------------------------------------
 // reshape to `shape` (one entry may be -1). dx = reshape(dy, x's shape). To x's own

@@ -477,6 +477,38 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, 
   return out;
 }
 
+template <class T>
+Tensor<T> attention_cached(const Tensor<T>& q, const xt::xarray<T>& k, const xt::xarray<T>& v, std::size_t Tk,
+                           xt::xarray<T>* probs_out) {
+  detail::require_defined(q, "attention_cached", "q");
+  if (grad_enabled() && q.requires_grad())
+    fail("attention_cached: q requires grad; the cached product records no node (use attention)");
+  const Shape sq = q.shape();
+  if (sq.size() != 4 || k.dimension() != 4 || k.shape() != v.shape())
+    fail("attention_cached: expected q (B,Tq,H,D) and a cache k, v (B,capacity,Hkv,D); got q " +
+         shape_to_string(sq) + ", k " + shape_to_string(k.shape()) + ", v " + shape_to_string(v.shape()));
+  const std::size_t B = sq[0], Tq = sq[1], H = sq[2], D = sq[3], cap = k.shape()[1], Hkv = k.shape()[2];
+  if (k.shape()[0] != B || k.shape()[3] != D || Hkv == 0 || H % Hkv != 0 || Tq > Tk || Tk > cap)
+    fail("attention_cached: q " + shape_to_string(sq) + " against " + std::to_string(Tk) + " positions of a cache " +
+         shape_to_string(k.shape()));
+  const T scale = T(1) / std::sqrt(T(D));
+  const kernels::AttnDims dims{std::int64_t(B), std::int64_t(H), std::int64_t(Hkv), std::int64_t(Tq),
+                               std::int64_t(Tk), std::int64_t(D)};
+  const kernels::AttnStrides qs{std::int64_t(Tq * H * D), std::int64_t(D), std::int64_t(H * D)};
+  const kernels::AttnStrides ks{std::int64_t(cap * Hkv * D), std::int64_t(D), std::int64_t(Hkv * D)};
+  xt::xarray<T> o = xt::xarray<T>::from_shape(sq);
+  std::vector<T> lse(B * H * Tq);
+  TG_KERNEL(attention_forward)(dims, scale, q.value().data(), qs, k.data(), ks, v.data(), ks, o.data(), qs,
+                               lse.data());
+  if (probs_out) {
+    *probs_out = xt::xarray<T>::from_shape({B, H, Tq, Tk});
+    kernels::attention_probs<T>(dims, scale, q.value().data(), qs, k.data(), ks, lse.data(), probs_out->data());
+  }
+  Tensor<T> out(std::move(o));
+  detail::check_forward(out, "attention_cached");
+  return out;
+}
+
 // ---- top-k -------------------------------------------------------------------------------
 
 template <class T>
@@ -523,6 +555,7 @@ Tensor<T> topk(const Tensor<T>& x, std::size_t kk, Index* indices) {
   template Tensor<T> layernorm<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, T);                 \
   template Tensor<T> swiglu<T>(const Tensor<T>&, const Tensor<T>&);                                         \
   template Tensor<T> sigmoid_gate<T>(const Tensor<T>&, const Tensor<T>&);                                   \
+  template Tensor<T> attention_cached<T>(const Tensor<T>&, const xt::xarray<T>&, const xt::xarray<T>&, std::size_t, xt::xarray<T>*); \
   template Tensor<T> dropout<T>(const Tensor<T>&, T, Generator&, bool);                                     \
   template RopeTable<T> rope_table<T>(std::size_t, std::size_t, double, const std::optional<YarnScaling>&); \
   template Tensor<T> rope<T>(const Tensor<T>&, const RopeTable<T>&, std::size_t);                           \

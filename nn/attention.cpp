@@ -10,6 +10,7 @@
 // queries and the scores of every head in order (Dg = D or 1).
 #include "nn/attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <xtensor/xmath.hpp>
@@ -109,6 +110,48 @@ Tensor<T> Attention<T>::apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRec
   return gate_.combine == GateCombine::Multiplicative ? y * a : y + a;
 }
 
+// ---- the KV cache ----------------------------------------------------------------------
+namespace {
+// (B,len,K,D) from the first len positions of a (B,capacity,K,D) buffer.
+template <class T>
+xt::xarray<T> prefix(const xt::xarray<T>& buf, std::size_t len) {
+  const std::size_t B = buf.shape()[0], cap = buf.shape()[1], row = buf.shape()[2] * buf.shape()[3];
+  xt::xarray<T> out = xt::xarray<T>::from_shape({B, len, buf.shape()[2], buf.shape()[3]});
+  for (std::size_t b = 0; b < B; ++b) std::copy_n(buf.data() + b * cap * row, len * row, out.data() + b * len * row);
+  return out;
+}
+}  // namespace
+
+template <class T>
+void KVEntry<T>::append(const xt::xarray<T>& kn, const xt::xarray<T>& vn) {
+  const std::size_t B = kn.shape()[0], Tn = kn.shape()[1], Kh = kn.shape()[2], D = kn.shape()[3], row = Kh * D;
+  const std::size_t cap = k.dimension() == 4 ? k.shape()[1] : 0;
+  if (len + Tn > cap) {  // grow: double, at least 64 positions
+    const std::size_t ncap = std::max({len + Tn, 2 * cap, std::size_t(64)});
+    for (xt::xarray<T>* buf : {&k, &v}) {
+      xt::xarray<T> nb = xt::xarray<T>::from_shape({B, ncap, Kh, D});
+      for (std::size_t b = 0; b < B && len > 0; ++b)
+        std::copy_n(buf->data() + b * cap * row, len * row, nb.data() + b * ncap * row);
+      *buf = std::move(nb);
+    }
+  }
+  const std::size_t c = k.shape()[1];
+  for (std::size_t b = 0; b < B; ++b) {
+    std::copy_n(kn.data() + b * Tn * row, Tn * row, k.data() + (b * c + len) * row);
+    std::copy_n(vn.data() + b * Tn * row, Tn * row, v.data() + (b * c + len) * row);
+  }
+  len += Tn;
+}
+
+template <class T>
+Tensor<T> KVEntry<T>::keys() const {
+  return Tensor<T>(prefix(k, len));
+}
+template <class T>
+Tensor<T> KVEntry<T>::values() const {
+  return Tensor<T>(prefix(v, len));
+}
+
 template <class T>
 Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab, KVEntry<T>* cache,
                                 AttentionRecord* record) const {
@@ -151,21 +194,29 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
   const std::size_t offset = cache ? cache->length() : 0;
   q = rope(q, rope_tab, offset);
   k = rope(k, rope_tab, offset);
+  // With a cache: decoding (nothing to differentiate) reads the cache in place; with
+  // gradients wanted, the cached positions are copied and concatenated so that k and v
+  // of the new tokens stay on the graph.
+  bool in_place = false;
   if (cache) {
-    if (cache->length() > 0) {
-      if (cache->k.size(0) != sx[0])
-        throw std::invalid_argument("Attention: the KV cache holds batch " + std::to_string(cache->k.size(0)) +
-                                    " but x is " + x.shape_str());
-      k = concat<T>({cache->k, k}, 1);  // (B,Tc+T,K,D)
-      v = concat<T>({cache->v, v}, 1);
+    if (cache->length() > 0 && cache->batch() != sx[0])
+      throw std::invalid_argument("Attention: the KV cache holds batch " + std::to_string(cache->batch()) +
+                                  " but x is " + x.shape_str());
+    in_place = !(grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()));
+    if (!in_place && cache->length() > 0) {
+      Tensor<T> kc = cache->keys(), vc = cache->values();
+      cache->append(k.value(), v.value());
+      k = concat<T>({kc, k}, 1);  // (B,Tc+T,K,D)
+      v = concat<T>({vc, v}, 1);
+    } else {
+      cache->append(k.value(), v.value());
     }
-    cache->k = k.requires_grad() ? k.detach() : k;
-    cache->v = v.requires_grad() ? v.detach() : v;
   }
 
   // ---- causal SDPA: (B,T,H,D) ----
   xt::xarray<T> probs;
-  Tensor<T> o = attention(q, k, v, std::optional<T>{}, record ? &probs : nullptr);
+  Tensor<T> o = in_place ? attention_cached(q, cache->k, cache->v, cache->length(), record ? &probs : nullptr)
+                         : attention(q, k, v, std::optional<T>{}, record ? &probs : nullptr);
   if (record) {
     // probs (B,H,Tq,Tk); query i sits at absolute position Tk - Tq + i.
     const std::size_t Bn = probs.shape()[0], Hn = probs.shape()[1], Tq = probs.shape()[2], Tk = probs.shape()[3];
@@ -208,6 +259,8 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
 
 template GateStats gate_stats<float>(const xt::xarray<float>&);
 template GateStats gate_stats<double>(const xt::xarray<double>&);
+template struct KVEntry<float>;
+template struct KVEntry<double>;
 template class Attention<float>;
 template class Attention<double>;
 

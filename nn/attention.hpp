@@ -47,11 +47,21 @@ struct AttentionRecord {
 };
 
 // One layer's cache: keys after k_norm and RoPE (and a G3 gate), values (after a G2
-// gate), both (B,Tc,K,D). Held without a graph (the cache is for inference).
+// gate), both stored (B,capacity,K,D) with the first length() positions filled. New
+// tokens are written in place and the capacity doubles when full, so decoding a token
+// does not copy the whole cache (as appending by concat would, at every token). Held
+// without a graph (the cache is for inference).
 template <class T>
 struct KVEntry {
-  Tensor<T> k, v;
-  std::size_t length() const { return k.defined() ? k.size(1) : 0; }
+  xt::xarray<T> k, v;  // (B,capacity,K,D)
+  std::size_t len = 0;
+  std::size_t length() const { return len; }
+  std::size_t batch() const { return k.dimension() == 4 ? k.shape()[0] : 0; }
+  // Appends kn, vn (B,T,K,D) at positions length() .. length()+T-1.
+  void append(const xt::xarray<T>& kn, const xt::xarray<T>& vn);
+  // The filled positions as (B,length(),K,D) tensors (copies).
+  Tensor<T> keys() const;
+  Tensor<T> values() const;
 };
 
 template <class T>
@@ -84,6 +94,8 @@ class Attention : public Module<T> {
   std::size_t theta_ = 0;            // slot of gate_theta (H,D)
 };
 
+extern template struct KVEntry<float>;
+extern template struct KVEntry<double>;
 extern template class Attention<float>;
 extern template class Attention<double>;
 

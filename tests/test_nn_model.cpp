@@ -225,6 +225,28 @@ TEST_CASE("model: incremental decoding with the KV cache equals the full forward
   CHECK_THROWS_WITH_AS(d.forward(tokens, &wrong), doctest::Contains("make_cache"), std::invalid_argument);
 }
 
+TEST_CASE("model: the KV cache keeps its contents as it grows past its first capacity") {
+  // The cache starts at 64 positions and doubles: 150 tokens of batch 2 grow it twice,
+  // each growth copying every batch row's filled positions to the new buffer.
+  CausalLM<double> m(micro(), 8);
+  randomize(m, 64);
+  const Index tokens = random_tokens(2, 150, micro().vocab_size, 65);
+  NoGrad ng;
+  const auto full = m.forward(tokens).value();
+  KVCache<double> cache = m.make_cache();
+  double worst = 0;
+  for (std::size_t t = 0; t < 150; t += (t < 60 ? 1 : 7)) {
+    const std::size_t e = std::min<std::size_t>(150, t < 60 ? t + 1 : t + 7);
+    Index chunk = xt::view(tokens, xt::all(), xt::range(t, e));
+    const auto part = m.forward(chunk, &cache).value();
+    xt::xarray<double> ref = xt::view(full, xt::all(), xt::range(t, e), xt::all());
+    worst = std::max(worst, rel_diff(part, ref));
+    CHECK(cache.length() == e);
+  }
+  CHECK(worst < 1e-12);
+  CHECK(cache.layers[0].k.shape()[1] == 256);  // 64 -> 128 -> 256
+}
+
 TEST_CASE("model: sequences longer than max_position_embeddings (RoPE table grows)") {
   ModelConfig c = micro();
   c.max_position_embeddings = 4;
