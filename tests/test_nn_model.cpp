@@ -334,6 +334,16 @@ TEST_CASE("diagnostics: first-token attention on a hand-made case") {
   Diagnostics d2;
   m.forward(random_tokens(1, 1, 48, 122), &cache, &d2);
   CHECK(d2.layers[0].first_token_attention > 0);
+  {  // the same with nothing recorded, the cache read in place (attention_cached)
+    NoGrad ng;
+    KVCache<double> c2 = m.make_cache();
+    Diagnostics e1, e2;
+    m.forward(random_tokens(1, 1, 48, 121), &c2, &e1);
+    m.forward(random_tokens(1, 1, 48, 122), &c2, &e2);
+    CHECK(std::isnan(e1.layers[0].first_token_attention));
+    CHECK(e2.layers[0].first_token_attention ==
+          doctest::Approx(d2.layers[0].first_token_attention).epsilon(1e-12));
+  }
 }
 
 TEST_CASE("diagnostics: max |h| and gate scores match a step-by-step computation") {

@@ -432,6 +432,22 @@ TEST_CASE("attention: matches the composition of ops, GQA, decoding offset, prob
   CHECK(THROW_MSG(attention(TD::ones({1, 3, 2, 4}), TD::ones({1, 2, 2, 4}), TD::ones({1, 2, 2, 4}))).find("more queries") != std::string::npos);
 }
 
+TEST_CASE("attention_cached: the first Tk positions of a larger cache, read in place") {
+  // q (B=2,Tq=2,H=4,D=3) against 5 filled positions of a cache (2,8,Hkv=2,3).
+  TD q = TD::from(rnd({2, 2, 4, 3}, 31).value());  // no grad
+  const Arr kbuf = rnd({2, 8, 2, 3}, 32).value(), vbuf = rnd({2, 8, 2, 3}, 33).value();
+  const Arr k = xt::view(kbuf, xt::all(), xt::range(0, 5)), v = xt::view(vbuf, xt::all(), xt::range(0, 5));
+  xt::xarray<double> p1, p2;
+  const Arr want = attention(q, TD::from(k), TD::from(v), std::nullopt, &p1).value();
+  const Arr got = attention_cached(q, kbuf, vbuf, 5, &p2).value();
+  CHECK(xt::amax(xt::abs(got - want))() < 1e-14);
+  CHECK(xt::amax(xt::abs(p2 - p1))() < 1e-14);
+  CHECK(THROW_MSG(attention_cached(q, kbuf, vbuf, 9)).find("attention_cached: q (2,2,4,3) against 9") == 0);
+  TD qg = rnd({2, 2, 4, 3}, 34);
+  qg.requires_grad_(true);
+  CHECK(THROW_MSG(attention_cached(qg, kbuf, vbuf, 5)).find("requires grad") != std::string::npos);
+}
+
 // ---- shape ops ----------------------------------------------------------------------
 
 TEST_CASE("reshape, permute, transpose, slice, concat, split: values, gradients, errors") {
