@@ -126,6 +126,10 @@ template <class T>
 void KVEntry<T>::append(const xt::xarray<T>& kn, const xt::xarray<T>& vn) {
   const std::size_t B = kn.shape()[0], Tn = kn.shape()[1], Kh = kn.shape()[2], D = kn.shape()[3], row = Kh * D;
   const std::size_t cap = k.dimension() == 4 ? k.shape()[1] : 0;
+  if (cap > 0 && (k.shape()[0] != B || k.shape()[2] != Kh || k.shape()[3] != D))
+    throw std::invalid_argument("KVEntry: the cache holds (B,K,D) = (" + std::to_string(k.shape()[0]) + "," +
+                                std::to_string(k.shape()[2]) + "," + std::to_string(k.shape()[3]) +
+                                ") but the new keys are " + shape_to_string(kn.shape()));
   if (len + Tn > cap) {  // grow: double, at least 64 positions
     const std::size_t ncap = std::max({len + Tn, 2 * cap, std::size_t(64)});
     for (xt::xarray<T>* buf : {&k, &v}) {

@@ -245,6 +245,10 @@ TEST_CASE("model: the KV cache keeps its contents as it grows past its first cap
   }
   CHECK(worst < 1e-12);
   CHECK(cache.layers[0].k.shape()[1] == 256);  // 64 -> 128 -> 256
+  // Keys of another shape are refused, not written out of bounds.
+  xt::xarray<double> kv = xt::zeros<double>({2, 1, 2, 5});  // head_dim 5, not 4
+  CHECK_THROWS_WITH_AS(cache.layers[0].append(kv, kv), doctest::Contains("KVEntry: the cache holds (B,K,D)"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("model: sequences longer than max_position_embeddings (RoPE table grows)") {
