@@ -421,6 +421,32 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset
 
 // ---- attention ---------------------------------------------------------------------------
 
+namespace {
+// Token-major layout: element (b, t, h, d) of a (B,Tstore,heads,D) array is at
+// ((b*Tstore + t)*heads + h)*D + d.
+kernels::AttnStrides token_major(std::size_t Tstore, std::size_t heads, std::size_t D) {
+  return {std::int64_t(Tstore * heads * D), std::int64_t(D), std::int64_t(heads * D)};
+}
+
+// The forward product of attention and attention_cached: q (B,Tq,H,D) against the first
+// dims.Tk positions of k and v, stored (B,Tstore,Hkv,D) (Tstore = Tk, or a cache's
+// capacity). Returns out (B,Tq,H,D); fills lse (B,H,Tq) and, if asked, the probabilities
+// (B,H,Tq,Tk), recomputed from lse (diagnostics).
+template <class T>
+xt::xarray<T> attention_out(const Tensor<T>& q, const T* k, const T* v, std::size_t Tstore,
+                            const kernels::AttnDims& dims, T scale, T* lse, xt::xarray<T>* probs_out) {
+  const std::size_t B = dims.B, H = dims.H, Tq = dims.Tq, Tk = dims.Tk;
+  const kernels::AttnStrides qs = token_major(Tq, H, dims.D), ks = token_major(Tstore, dims.Hkv, dims.D);
+  xt::xarray<T> o = xt::xarray<T>::from_shape(q.value().shape());
+  TG_KERNEL(attention_forward)(dims, scale, q.value().data(), qs, k, ks, v, ks, o.data(), qs, lse);
+  if (probs_out) {
+    *probs_out = xt::xarray<T>::from_shape({B, H, Tq, Tk});
+    kernels::attention_probs<T>(dims, scale, q.value().data(), qs, k, ks, lse, probs_out->data());
+  }
+  return o;
+}
+}  // namespace
+
 template <class T>
 Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, std::optional<double> scale_opt,
                     xt::xarray<T>* probs_out) {
@@ -442,21 +468,11 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, 
   // Flash-style kernel (autograd/kernels/attention.hpp): tiles of queries × keys with an
   // online softmax; only out and the log-sum-exp of each row (B,H,Tq) are saved, and the
   // backward recomputes the probabilities tile by tile, so memory is linear in T.
-  // Token-major layout: element (b, t, h, d) is at ((b*T + t)*heads + h)*D + d.
   const kernels::AttnDims dims{std::int64_t(B), std::int64_t(H), std::int64_t(Hkv), std::int64_t(Tq),
                                std::int64_t(Tk), std::int64_t(D)};
-  const kernels::AttnStrides qs{std::int64_t(Tq * H * D), std::int64_t(D), std::int64_t(H * D)};
-  const kernels::AttnStrides ks{std::int64_t(Tk * Hkv * D), std::int64_t(D), std::int64_t(Hkv * D)};
-  xt::xarray<T> o = xt::xarray<T>::from_shape(sq);
+  const kernels::AttnStrides qs = token_major(Tq, H, D), ks = token_major(Tk, Hkv, D);
   auto lse = std::make_shared<std::vector<T>>(B * H * Tq);
-  TG_KERNEL(attention_forward)(dims, scale, q.value().data(), qs, k.value().data(), ks, v.value().data(), ks,
-                               o.data(), qs, lse->data());
-  if (probs_out) {  // diagnostics: the probabilities (B,H,Tq,Tk), recomputed from lse
-    *probs_out = xt::xarray<T>::from_shape({B, H, Tq, Tk});
-    kernels::attention_probs<T>(dims, scale, q.value().data(), qs, k.value().data(), ks, lse->data(),
-                                probs_out->data());
-  }
-  Tensor<T> out(std::move(o));
+  Tensor<T> out(attention_out(q, k.value().data(), v.value().data(), Tk, dims, scale, lse->data(), probs_out));
   detail::check_forward(out, "attention");
   if (needs_grad<T>({&q, &k, &v})) {
     std::weak_ptr<TensorImpl<T>> ow = out.impl();
@@ -491,20 +507,10 @@ Tensor<T> attention_cached(const Tensor<T>& q, const xt::xarray<T>& k, const xt:
   if (k.shape()[0] != B || k.shape()[3] != D || Hkv == 0 || H % Hkv != 0 || Tq > Tk || Tk > cap)
     fail("attention_cached: q " + shape_to_string(sq) + " against " + std::to_string(Tk) + " positions of a cache " +
          shape_to_string(k.shape()));
-  const T scale = T(1) / std::sqrt(T(D));
   const kernels::AttnDims dims{std::int64_t(B), std::int64_t(H), std::int64_t(Hkv), std::int64_t(Tq),
                                std::int64_t(Tk), std::int64_t(D)};
-  const kernels::AttnStrides qs{std::int64_t(Tq * H * D), std::int64_t(D), std::int64_t(H * D)};
-  const kernels::AttnStrides ks{std::int64_t(cap * Hkv * D), std::int64_t(D), std::int64_t(Hkv * D)};
-  xt::xarray<T> o = xt::xarray<T>::from_shape(sq);
   std::vector<T> lse(B * H * Tq);
-  TG_KERNEL(attention_forward)(dims, scale, q.value().data(), qs, k.data(), ks, v.data(), ks, o.data(), qs,
-                               lse.data());
-  if (probs_out) {
-    *probs_out = xt::xarray<T>::from_shape({B, H, Tq, Tk});
-    kernels::attention_probs<T>(dims, scale, q.value().data(), qs, k.data(), ks, lse.data(), probs_out->data());
-  }
-  Tensor<T> out(std::move(o));
+  Tensor<T> out(attention_out(q, k.data(), v.data(), cap, dims, T(1) / std::sqrt(T(D)), lse.data(), probs_out));
   detail::check_forward(out, "attention_cached");
   return out;
 }
