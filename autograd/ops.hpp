@@ -1,6 +1,6 @@
 // autograd/ops.hpp — every differentiable operation of tapegrad.
 //
-// What it is for: the op set of DESIGN.md. Each op computes its forward value and, when
+// What it is for: the op set of the engine. Each op computes its forward value and, when
 // an input requires a gradient, attaches a tape node whose backward closure is written
 // right below the forward, in the same function (ops_*.cpp). The formula of each op and
 // of its vector-Jacobian product is in the doc comment here.

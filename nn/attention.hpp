@@ -27,7 +27,7 @@
 
 namespace tg::nn {
 
-// Statistics of the activated gate scores act(s) of one layer (DESIGN.md "Diagnostics").
+// Statistics of the activated gate scores act(s) of one layer (nn/MODEL.md "Diagnostics").
 // std is the population standard deviation (divides by count).
 struct GateStats {
   std::size_t count = 0;

@@ -4,7 +4,7 @@
 // sandwich norms), CausalLM (embed_tokens -> layers -> norm -> lm_head, tied or untied)
 // with a full forward, the training loss of MODEL.md "Loss", an incremental forward over
 // a KVCache for sampling, float <-> double conversion, and the per-layer diagnostics of
-// DESIGN.md "Diagnostics" (first-token attention, max |h| of the sublayer outputs and
+// MODEL.md "Diagnostics" (first-token attention, max |h| of the sublayer outputs and
 // residual streams, gate-score statistics), recorded without changing the result.
 //
 // What it is not: checkpoint I/O (nn/safetensors.hpp; CausalLM::load_from() takes a
@@ -30,7 +30,7 @@
 
 namespace tg::nn {
 
-// ---- diagnostics (DESIGN.md "Diagnostics") ----
+// ---- diagnostics (nn/MODEL.md "Diagnostics") ----
 struct LayerDiagnostics {
   double first_token_attention = std::numeric_limits<double>::quiet_NaN();  // F-Attn
   double max_attn_output = 0;    // max |self_attn(x)| (before a sandwich norm)

@@ -1,4 +1,4 @@
-// tests/test_ops.cpp — every op of DESIGN.md's list: known-value forwards, a float64
+// tests/test_ops.cpp — every op of autograd/ops.hpp: known-value forwards, a float64
 // gradcheck on random inputs (broadcast shapes and edge cases included), float32
 // forwards agreeing with float64, and bad arguments whose messages name the op and shapes.
 #include <doctest/doctest.h>

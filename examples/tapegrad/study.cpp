@@ -733,7 +733,7 @@ std::string color(std::size_t i) { return std::string("rgb '") + kColors[i % 10]
 
 // ---- the report --------------------------------------------------------------------------------
 
-// The paper's values (15B MoE, DESIGN.md "Diagnostics").
+// The paper's values (15B MoE, nn/MODEL.md "Diagnostics").
 struct PaperRow {
   const char* preset;
   double fattn, mact, gate;

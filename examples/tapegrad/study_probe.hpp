@@ -136,7 +136,7 @@ LayerProbe<T> probe_layer(const nn::CausalLM<T>& model, const Index& tokens, std
 }
 
 // F-Attn of one probability tensor (B,H,T,T): the mean probability on key 0 over batch,
-// heads and queries 1..T-1 (DESIGN.md "Diagnostics"); of one head when head >= 0.
+// heads and queries 1..T-1 (nn/MODEL.md "Diagnostics"); of one head when head >= 0.
 template <class T>
 double first_token_attention(const xt::xarray<T>& probs, std::int64_t head = -1) {
   const std::size_t Bn = probs.shape()[0], Hn = probs.shape()[1], Tq = probs.shape()[2], Tk = probs.shape()[3];
