@@ -1,5 +1,5 @@
 // examples/tapegrad/run_folder.hpp — what `tapegrad train` writes and `tapegrad sample`
-// reads: the run folder, its checkpoint, its metrics and plot, and text generation.
+// reads: the run folder, its checkpoint, its metrics and plot.
 //
 // What it is for: one place that knows the layout of a run folder
 //
@@ -18,8 +18,7 @@
 // safetensors files carry the step in their metadata and a checkpoint whose files disagree
 // is refused on load (a crash between the two renames).
 //
-// Also the sampler both programs use (generate(): temperature, top-k, top-p, with or
-// without the KV cache).
+// The sampler both programs use is in the library: nn/generate.hpp.
 //
 // What it is not: the training loop (train.cpp) or the command lines (train.cpp,
 // sample.cpp); the file formats themselves (nn/safetensors.hpp, nn/config.hpp).
@@ -148,31 +147,6 @@ TrainState load_checkpoint(const std::string& dir, nn::CausalLM<T>& model, optim
 // Weights only (sample): a safetensors file whose names and shapes must match the model.
 template <class T>
 void load_weights(const std::string& path, nn::CausalLM<T>& model);
-
-// ---- text generation -------------------------------------------------------------------
-
-struct SampleOptions {
-  std::size_t length = 200;  // tokens to generate
-  double temperature = 0.8;  // 0: greedy (argmax, lowest id on ties)
-  std::size_t top_k = 0;     // 0: off
-  double top_p = 1.0;        // 1: off; else keep the smallest set of tokens whose probability reaches p
-  std::uint64_t seed = 0;
-  bool use_cache = true;     // incremental forward over a KV cache, or the full window each step
-  // The longest context the model sees (its training sequence length + 1, say). When the
-  // window is full it restarts from its last half (with the cache: the cache is rebuilt).
-  std::size_t context = 256;
-};
-
-// The next token from logits (V) under the options: temperature, then top-k, then top-p,
-// then one draw from gen (none when greedy).
-std::int64_t pick_token(const double* logits, std::size_t V, const SampleOptions& o, Generator& gen);
-
-// Continues `prompt` (at least one token) by o.length tokens; returns only the new ones.
-// on_token, if set, is called with each new token as it is made.
-template <class T>
-std::vector<std::int64_t> generate(const nn::CausalLM<T>& model, const std::vector<std::int64_t>& prompt,
-                                   const SampleOptions& o,
-                                   const std::function<void(std::int64_t)>& on_token = nullptr);
 
 // ---- small helpers shared by the commands ----------------------------------------------
 

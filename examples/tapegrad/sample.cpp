@@ -3,7 +3,7 @@
 // What it is for: loading a model from a run folder (--run: config.json, model.safetensors,
 // and train.json for the dtype and the context length) or from a config.json and a
 // safetensors file (--config + --weights), and continuing a prompt byte by byte with
-// temperature, top-k and top-p sampling (run_folder.hpp generate()). Decoding uses the KV
+// temperature, top-k and top-p sampling (nn/generate.hpp generate()). Decoding uses the KV
 // cache (one token per forward); --no-cache recomputes the whole window each step, which
 // gives the same tokens (tests/test_train.cpp checks it) and shows what the cache saves.
 //
@@ -17,6 +17,7 @@
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
 #include "nn/data.hpp"
+#include "nn/generate.hpp"
 #include "nn/model.hpp"
 #include "run_folder.hpp"
 
@@ -29,7 +30,7 @@ struct SampleInvocation {
   nn::ModelConfig config;
   std::string weights;
   std::string prompt;
-  cli::run::SampleOptions options;
+  nn::SampleOptions options;
   bool raw = false;
 };
 
@@ -75,7 +76,7 @@ int sample(const SampleInvocation& s) {
   Printer out(s.raw);
   out.put(s.prompt);
   const auto t0 = std::chrono::steady_clock::now();
-  const auto gen = cli::run::generate(model, prompt, s.options, [&](std::int64_t t) {
+  const auto gen = nn::generate(model, prompt, s.options, [&](std::int64_t t) {
     out.put(std::string(1, static_cast<char>(static_cast<unsigned char>(t))));
   });
   out.flush();

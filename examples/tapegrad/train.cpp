@@ -40,6 +40,7 @@
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
 #include "nn/data.hpp"
+#include "nn/generate.hpp"
 #include "nn/model.hpp"
 #include "optim/optim.hpp"
 #include "run_folder.hpp"
@@ -392,7 +393,7 @@ int train(Invocation& inv) {
             << (gnuplot ? ", loss.png" : "") << ")\n";
 
   if (inv.sample_len > 0) {
-    cli::run::SampleOptions so;
+    nn::SampleOptions so;
     so.length = static_cast<std::size_t>(inv.sample_len);
     so.temperature = inv.sample_temperature;
     so.seed = a.seed;
@@ -400,7 +401,7 @@ int train(Invocation& inv) {
     model.eval();
     const Index prompt_ids = data::ByteTokenizer::encode(inv.sample_prompt);
     const std::vector<std::int64_t> prompt(prompt_ids.begin(), prompt_ids.end());
-    const auto ids = cli::run::generate(model, prompt, so);
+    const auto ids = nn::generate(model, prompt, so);
     std::cout << "\n--- a sample (temperature " << std::setprecision(2) << so.temperature << ", " << ids.size()
               << " bytes; more with `tapegrad sample --run " << dir << "`) ---\n"
               << data::printable(inv.sample_prompt + data::ByteTokenizer::decode(ids.data(), ids.size())) << "\n---\n";
