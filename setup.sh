@@ -14,6 +14,7 @@ PACKAGES=(
   xtensor-dev libxsimd-dev xtl-dev    # tensors and SIMD
   doctest-dev                         # tests
   nlohmann-json3-dev libcli11-dev     # config.json / safetensors headers, command lines
+  libpcre2-dev libutf8proc-dev pkg-config  # tokenizer.json: the pre-tokenizer's regex, NFC
   libopenblas-dev                     # the peer in the GEMM benchmark (benchmarks only)
   python3 python3-numpy python3-torch # reference scripts (golden files, cross-checks)
   gnuplot-nox                         # loss-curve and study plots (PNG)

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -158,21 +159,26 @@ std::uint64_t Corpus::fingerprint() const {
 }
 
 Split split(const Corpus& corpus, double val_fraction, std::size_t min_bytes) {
+  return split(corpus.all(), corpus.path(), val_fraction, min_bytes);
+}
+
+Split split(Span all, const std::string& label, double val_fraction, std::size_t min_bytes) {
   if (!(val_fraction > 0.0 && val_fraction < 1.0))
     throw std::invalid_argument("validation fraction must be in (0, 1), got " + std::to_string(val_fraction));
-  const std::size_t n = corpus.size();
+  const char* unit = all.ids ? " tokens" : " bytes";
+  const std::size_t n = all.size;
   const std::size_t n_val = static_cast<std::size_t>(std::llround(static_cast<double>(n) * val_fraction));
   const std::size_t n_train = n - std::min(n_val, n);
   auto too_small = [&](const char* part, std::size_t have) {
     std::ostringstream m;
-    m << "data '" << corpus.path() << "' (" << n << " bytes): the " << part << " split has " << have
-      << " bytes but needs at least " << min_bytes << " (a sequence length T needs T+1 bytes; validation is the last "
+    m << "data '" << label << "' (" << n << unit << "): the " << part << " split has " << have << unit
+      << " but needs at least " << min_bytes << " (a sequence length T needs T+1" << unit << "; validation is the last "
       << val_fraction * 100 << "% of the file): use a shorter --seq-len, a larger corpus or another --val-fraction";
     return std::invalid_argument(m.str());
   };
   if (n_train < min_bytes || n_train == 0) throw too_small("training", n_train);
   if (n_val < min_bytes || n_val == 0) throw too_small("validation", n_val);
-  return {{corpus.data(), n_train}, {corpus.data() + n_train, n_val}};
+  return {all.sub(0, n_train), all.sub(n_train, n_val)};
 }
 
 // ---- batches -----------------------------------------------------------------------------
@@ -192,7 +198,8 @@ BatchSampler::BatchSampler(Span span, std::size_t B, std::size_t T, std::string 
     throw std::invalid_argument("BatchSampler: batch size and sequence length must be >= 1, got B=" +
                                 std::to_string(B) + " T=" + std::to_string(T));
   if (span.size < T + 1)
-    throw std::invalid_argument(what + " has " + std::to_string(span.size) + " bytes, fewer than a sequence of " +
+    throw std::invalid_argument(what + " has " + std::to_string(span.size) + (span.ids ? " tokens" : " bytes") +
+                                ", fewer than a sequence of " +
                                 std::to_string(T) + "+1: use a shorter --seq-len or more text");
 }
 
@@ -201,9 +208,9 @@ Index BatchSampler::next(Generator& gen) const {
   const std::uint64_t windows = num_windows();
   for (std::size_t b = 0; b < B_; ++b) {
     const std::size_t start = static_cast<std::size_t>(uniform_index(gen, windows));
-    const unsigned char* src = span_.data + start;
     std::int64_t* dst = x.data() + b * (T_ + 1);
-    for (std::size_t t = 0; t <= T_; ++t) dst[t] = src[t];
+    if (span_.ids) std::copy(span_.ids + start, span_.ids + start + T_ + 1, dst);
+    else std::copy(span_.data + start, span_.data + start + T_ + 1, dst);
   }
   return x;
 }

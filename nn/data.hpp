@@ -49,10 +49,18 @@ std::string printable(std::string_view bytes);
 
 // ---- the corpus ------------------------------------------------------------------------
 
-// A contiguous run of bytes (a view into a Corpus; the Corpus must outlive it).
+// A contiguous run of tokens, a view into a Corpus or a TokenFile (nn/tokens.hpp), which
+// must outlive it. Bytes (`data`; token = byte value, vocab 256) or, when `ids` is set,
+// int32 token ids of a wider vocabulary (then `data` is null). `size` counts tokens.
 struct Span {
   const unsigned char* data = nullptr;
   std::size_t size = 0;
+  const std::int32_t* ids = nullptr;
+  std::int64_t at(std::size_t i) const { return ids ? ids[i] : data[i]; }
+  // tokens [from, from + n): the caller keeps from + n <= size
+  Span sub(std::size_t from, std::size_t n) const {
+    return ids ? Span{nullptr, n, ids + from} : Span{data + from, n, nullptr};
+  }
 };
 
 class Corpus {
@@ -94,6 +102,8 @@ struct Split {
   Span train, val;
 };
 Split split(const Corpus& corpus, double val_fraction, std::size_t min_bytes = 1);
+// The same on any span of tokens (a TokenFile's ids); `label` names it in messages.
+Split split(Span all, const std::string& label, double val_fraction, std::size_t min_tokens = 1);
 
 // ---- batches ---------------------------------------------------------------------------
 
@@ -103,7 +113,7 @@ class BatchSampler {
   // Throws std::invalid_argument if B == 0, T == 0 or the span is shorter than T+1
   // (`what` names the span in the message, e.g. "the validation split").
   BatchSampler(Span span, std::size_t B, std::size_t T, std::string what = "the data");
-  // The next batch (B, T+1) of ids in [0, 256), advancing gen by at least B draws.
+  // The next batch (B, T+1) of token ids (bytes: [0, 256)), advancing gen by at least B draws.
   Index next(Generator& gen) const;
   std::size_t batch() const { return B_; }
   std::size_t seq_len() const { return T_; }
