@@ -1,24 +1,18 @@
 // examples/tapegrad/run_folder.hpp — what `tapegrad train` writes and `tapegrad sample`
-// reads: the run folder, its checkpoint, its metrics and plot.
+// reads: the run folder and its settings (train.json).
 //
 // What it is for: one place that knows the layout of a run folder
 //
 //   config.json            the model config (nn/config.hpp) plus "preset": the preset's name
 //   train.json             the training arguments (TrainArgs), so --resume needs nothing else
-//   metrics.csv            one row per step: step,lr,train_loss,val_loss,val_bpb,
-//                          tokens_per_s,elapsed_s,grad_norm (val_* empty between evaluations)
-//   model.safetensors      the weights, Hugging Face names, F32 or F64 (metadata: step)
-//   optimizer.safetensors  AdamW's state dict, and in its metadata the step, the data
-//                          generator's state, elapsed time and tokens seen: all a resumed run
-//                          needs to continue exactly as an uninterrupted one
-//   loss.png               the loss curves (gnuplot; skipped with a warning without it)
+//   metrics.csv            one row per step (nn/metrics.hpp)
+//   model.safetensors      the weights, Hugging Face names, F32 or F64 (nn/checkpoint.hpp)
+//   optimizer.safetensors  AdamW's state and what an exact resume needs (nn/checkpoint.hpp)
+//   loss.png               the loss curves (nn/plot.hpp; skipped with a warning without gnuplot)
 //
-// Every file is written atomically (a temporary file in the same folder, fsync, rename),
-// so a crash leaves either the old or the new version, never a torn one. The two
-// safetensors files carry the step in their metadata and a checkpoint whose files disagree
-// is refused on load (a crash between the two renames).
-//
-// The sampler both programs use is in the library: nn/generate.hpp.
+// Every file is written atomically (nn/files.hpp). The library parts a user of tapegrad
+// reuses live in nn/: files.hpp, checkpoint.hpp, metrics.hpp, plot.hpp, signals.hpp,
+// train_step.hpp, generate.hpp; the names below re-export some of them for the programs.
 //
 // What it is not: the training loop (train.cpp) or the command lines (train.cpp,
 // sample.cpp); the file formats themselves (nn/safetensors.hpp, nn/config.hpp).
@@ -32,7 +26,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nn/checkpoint.hpp"
 #include "nn/data.hpp"
+#include "nn/files.hpp"
+#include "nn/metrics.hpp"
+#include "nn/plot.hpp"
 #include "nn/model.hpp"
 #include "optim/optim.hpp"
 
@@ -41,22 +39,26 @@ namespace tg::cli::run {
 inline constexpr const char* kConfigFile = "config.json";
 inline constexpr const char* kTrainFile = "train.json";
 inline constexpr const char* kMetricsFile = "metrics.csv";
-inline constexpr const char* kModelFile = "model.safetensors";
-inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
 inline constexpr const char* kPlotFile = "loss.png";
 
-// `dir/name`.
-std::string join(const std::string& dir, const std::string& name);
-
-// ---- files -----------------------------------------------------------------------------
-
-// Atomic: writes `path.tmp.<pid>`, fsyncs it, renames it over `path`. On failure the
-// temporary is removed, `path` is untouched, and std::runtime_error names the path.
-void write_file_atomic(const std::string& path, const std::string& bytes);
-// The whole file; std::runtime_error naming the path if it cannot be read.
-std::string read_file(const std::string& path);
-// A JSON file, parsed; errors name the path.
-nlohmann::json read_json(const std::string& path);
+// The library's file, metrics, plot and checkpoint names, as the programs use them.
+using io::join;
+using io::read_file;
+using io::read_json;
+using io::write_file_atomic;
+using plot::have_gnuplot;
+using plot::plot_loss;
+using train::kMetricsHeader;
+using train::kModelFile;
+using train::kNone;
+using train::kOptimizerFile;
+using train::load_checkpoint;
+using train::load_weights;
+using train::MetricsRow;
+using train::metrics_csv;
+using train::parse_metrics_csv;
+using train::save_checkpoint;
+using train::TrainState;
 
 // ---- config.json -----------------------------------------------------------------------
 
@@ -96,57 +98,6 @@ struct TrainArgs {
 nlohmann::ordered_json to_json(const TrainArgs& a);
 // Errors (std::runtime_error) name `label` and the field.
 TrainArgs train_args_from_json(const nlohmann::json& j, const std::string& label);
-
-// ---- metrics.csv -----------------------------------------------------------------------
-
-inline constexpr double kNone = std::numeric_limits<double>::quiet_NaN();
-
-struct MetricsRow {
-  std::int64_t step = 0;
-  double lr = 0, train_loss = 0;
-  double val_loss = kNone, val_bpb = kNone;  // NaN: not evaluated at this step
-  double tokens_per_s = 0, elapsed_s = 0, grad_norm = 0;
-};
-inline constexpr const char* kMetricsHeader = "step,lr,train_loss,val_loss,val_bpb,tokens_per_s,elapsed_s,grad_norm";
-// The CSV text: the header, then one line per row; numbers in the shortest form that reads
-// back to the same double, NaN as an empty field.
-std::string metrics_csv(const std::vector<MetricsRow>& rows);
-// Parses metrics_csv's output; std::runtime_error naming `label` and the line otherwise.
-std::vector<MetricsRow> parse_metrics_csv(const std::string& text, const std::string& label);
-
-// ---- the loss plot ---------------------------------------------------------------------
-
-// Is `gnuplot` on the PATH?
-bool have_gnuplot();
-// Draws train and validation loss against the step into `png_path` (atomically, through
-// a temporary file). Returns false with `why` set when gnuplot is missing or fails; the
-// caller warns and goes on.
-bool plot_loss(const std::vector<MetricsRow>& rows, const std::string& png_path, const std::string& title,
-               std::string* why);
-
-// ---- checkpoints -----------------------------------------------------------------------
-
-// What a resumed run needs besides the weights and the optimizer's moments.
-struct TrainState {
-  std::int64_t step = 0;        // optimizer steps done
-  std::string data_rng;         // data::generator_state of the batch generator
-  double elapsed_s = 0;         // wall time of the run so far
-  std::uint64_t tokens_seen = 0;
-};
-
-// Writes optimizer.safetensors, then model.safetensors (each atomically).
-template <class T>
-void save_checkpoint(const std::string& dir, const nn::CausalLM<T>& model, const optim::Optimizer<T>& opt,
-                     const TrainState& state);
-// Reads and checks both files (they must exist, parse, match the model's parameters and
-// shapes, and agree on the step) before changing anything; then loads the weights into
-// model and the state into opt and returns the TrainState. Errors (std::runtime_error)
-// name the file and the problem.
-template <class T>
-TrainState load_checkpoint(const std::string& dir, nn::CausalLM<T>& model, optim::Optimizer<T>& opt);
-// Weights only (sample): a safetensors file whose names and shapes must match the model.
-template <class T>
-void load_weights(const std::string& path, nn::CausalLM<T>& model);
 
 // ---- small helpers shared by the commands ----------------------------------------------
 

@@ -58,6 +58,8 @@
 #include "commands.hpp"
 #include "nn/data.hpp"
 #include "nn/model.hpp"
+#include "nn/plot.hpp"
+#include "nn/signals.hpp"
 #include "optim/optim.hpp"
 #include "run_folder.hpp"
 #include "study_analysis.hpp"
@@ -229,34 +231,14 @@ std::vector<cli::run::MetricsRow> read_metrics(const std::string& dir) {
 
 // ---- signals and the child process -------------------------------------------------------------
 
-volatile std::sig_atomic_t g_signal = 0;
-volatile std::sig_atomic_t g_child = 0;  // the running `tapegrad train`, or 0
+// Ctrl-C (nn/signals.hpp): forwarded to the running `tapegrad train` (its own process
+// group hears of it only from here): once, it finishes its step and saves; twice, it quits
+// at once (train.cpp's rule). Between runs a second Ctrl-C quits the study at once.
+constexpr const char* kStopMessage =
+    "\ntapegrad study: interrupted: the current run saves a checkpoint; run the same command again to continue "
+    "(press Ctrl-C again to quit at once)\n";
 
-extern "C" void on_study_signal(int sig) {
-  const bool again = g_signal != 0;
-  g_signal = sig;
-  if (g_child > 0) {
-    // The child runs in its own process group: it hears of the signal only from here. Once:
-    // it finishes its step and saves; twice: it quits at once (train.cpp's rule).
-    ::kill(static_cast<pid_t>(g_child), sig);
-  } else if (again) {
-    ::_exit(130);
-  }
-  static const char msg[] =
-      "\ntapegrad study: interrupted: the current run saves a checkpoint; run the same command again to continue "
-      "(press Ctrl-C again to quit at once)\n";
-  ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
-  (void)ignored;
-}
-
-void install_signal_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_study_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-}
+void install_signal_handlers() { signals::install_stop_handlers(kStopMessage); }
 
 struct ChildExit {
   int code = -1;     // exit status, or -1 when killed by a signal
@@ -290,7 +272,7 @@ ChildExit run_child(const std::string& exe, const std::vector<std::string>& args
   posix_spawn_file_actions_addclose(&fa, fds[1]);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);  // its own process group (see on_study_signal)
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);  // its own process group (see kStopMessage)
   posix_spawnattr_setpgroup(&attr, 0);
   pid_t pid = 0;
   const int rc = posix_spawn(&pid, exe.c_str(), &fa, &attr, argv.data(), environ);
@@ -301,8 +283,7 @@ ChildExit run_child(const std::string& exe, const std::vector<std::string>& args
     ::close(fds[0]);
     throw std::runtime_error("cannot start " + exe + ": " + std::strerror(rc));
   }
-  g_child = pid;
-  if (g_signal) ::kill(pid, g_signal);  // a signal that came while starting
+  signals::forward_to(pid);
 
   ChildExit ce;
   std::deque<std::string> tail;
@@ -333,7 +314,7 @@ ChildExit run_child(const std::string& exe, const std::vector<std::string>& args
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  g_child = 0;
+  signals::forward_to(0);
   if (WIFEXITED(status)) ce.code = WEXITSTATUS(status);
   else if (WIFSIGNALED(status)) ce.signal = WTERMSIG(status);
   for (auto& t : tail) ce.tail += "  " + t + "\n";
@@ -464,7 +445,7 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
   const ChildExit ce = run_child(cli::run::executable_path(), args, log_path(o, r), on_line);
   progress.clear();
   if (ce.code == 3) return Outcome::Diverged;
-  if (ce.code == 130 || (ce.code < 0 && (ce.signal == SIGINT || ce.signal == SIGTERM)) || g_signal)
+  if (ce.code == 130 || (ce.code < 0 && (ce.signal == SIGINT || ce.signal == SIGTERM)) || signals::stop_signal())
     return Outcome::Interrupted;
   if (ce.code != 0)
     throw std::runtime_error("`tapegrad train` failed for " + r.name() + " (" +
@@ -647,7 +628,7 @@ StepTimes time_steps(const Options& o, const data::Corpus& corpus) {
           cpu[p].push_back(cpu_seconds() - c0);
         }
       }
-      if (g_signal) throw std::runtime_error("interrupted");
+      if (signals::stop_signal()) throw std::runtime_error("interrupted");
     }
   StepTimes t;
   for (auto& [p, v] : wall) t.wall[p] = median(v);
@@ -657,75 +638,9 @@ StepTimes time_steps(const Options& o, const data::Corpus& corpus) {
 
 // ---- plots -------------------------------------------------------------------------------------
 
-std::string gp_quote(const std::string& s) {
-  std::string r = "'";
-  for (char c : s) r += c == '\'' ? std::string("''") : std::string(1, c);
-  return r + "'";
-}
-
-// Runs a gnuplot script that draws into `png` (size w x h); false (with why) on failure.
-bool gnuplot_png(const std::string& body, const std::string& png, int w, int h, std::string* why) {
-  if (!cli::run::have_gnuplot()) {
-    *why = "gnuplot is not installed (Debian: apt-get install gnuplot-nox)";
-    return false;
-  }
-  const std::string tmp = png + ".tmp." + std::to_string(::getpid());
-  const std::string script = png + ".gp.tmp." + std::to_string(::getpid());
-  const std::string err = png + ".err.tmp." + std::to_string(::getpid());
-  std::ostringstream s;
-  s << "set terminal png size " << w << "," << h << " font ',10'\nset output " << gp_quote(tmp) << "\n" << body;
-  cli::run::write_file_atomic(script, s.str());
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::string prog = "gnuplot";
-  std::vector<char*> argv = {prog.data(), const_cast<char*>(script.c_str()), nullptr};
-  pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, "gnuplot", &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  int status = 0;
-  if (rc == 0)
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-  std::string msg;
-  try {
-    msg = cli::run::read_file(err);
-  } catch (...) {
-  }
-  ::unlink(script.c_str());
-  ::unlink(err.c_str());
-  const bool ok = rc == 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::exists(tmp);
-  if (!ok) {
-    ::unlink(tmp.c_str());
-    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-    *why = rc != 0 ? std::string("cannot run gnuplot: ") + std::strerror(rc) : "gnuplot failed: " + msg;
-    return false;
-  }
-  if (::rename(tmp.c_str(), png.c_str()) != 0) {
-    *why = "cannot rename " + tmp;
-    ::unlink(tmp.c_str());
-    return false;
-  }
-  return true;
-}
-
-// A gnuplot data block named $name with the given rows.
-std::string datablock(const std::string& name, const std::vector<std::vector<double>>& rows) {
-  std::ostringstream s;
-  s << std::setprecision(8) << "$" << name << " << EOD\n";
-  for (auto& r : rows) {
-    for (std::size_t i = 0; i < r.size(); ++i) {
-      if (i) s << ' ';
-      if (std::isfinite(r[i])) s << r[i];
-      else s << "NaN";
-    }
-    s << "\n";
-  }
-  s << "EOD\n";
-  return s.str();
-}
+using plot::datablock;
+using plot::gnuplot_png;
+std::string gp_quote(const std::string& s) { return plot::quote(s); }
 
 const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                          "#7f7f7f", "#bcbd22"};
@@ -1326,7 +1241,7 @@ int run_study_impl(Options& o) {
       }
       cli::run::write_file_atomic(result_path(o, r), cached.dump(1) + "\n");
     }
-    if (g_signal) return 130;
+    if (signals::stop_signal()) return 130;
     rr.eval = rr.outcome == Outcome::Finished ? cached : json();
     rr.metrics = read_metrics(run_dir(o, r));
     std::vector<double> losses;
@@ -1353,7 +1268,7 @@ int run_study_impl(Options& o) {
         cli::run::write_file_atomic(path, cached.dump(1) + "\n");
       }
       rr.length = cached;
-      if (g_signal) return 130;
+      if (signals::stop_signal()) return 130;
     }
   }
 

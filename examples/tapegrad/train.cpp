@@ -42,6 +42,8 @@
 #include "nn/data.hpp"
 #include "nn/generate.hpp"
 #include "nn/model.hpp"
+#include "nn/signals.hpp"
+#include "nn/train_step.hpp"
 #include "optim/optim.hpp"
 #include "run_folder.hpp"
 
@@ -53,27 +55,11 @@ using tg::cli::run::MetricsRow;
 using tg::cli::run::TrainArgs;
 using tg::cli::run::TrainState;
 
-// ---- Ctrl-C ----------------------------------------------------------------------------
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void on_stop_signal(int sig) {
-  g_stop_signal = sig;
-  static const char msg[] =
-      "\ntapegrad train: interrupted: finishing this step, then saving a checkpoint (press Ctrl-C again to quit "
-      "without saving)\n";
-  ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
-  (void)ignored;
-}
-
-void install_stop_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND | SA_RESTART;  // a second signal takes the default action: quit at once
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-}
+// Ctrl-C (nn/signals.hpp): the first finishes the step and saves, a second quits at once
+// (but never in the middle of writing a checkpoint).
+constexpr const char* kStopMessage =
+    "\ntapegrad train: interrupted: finishing this step, then saving a checkpoint (press Ctrl-C again to quit "
+    "without saving)\n";
 
 // ---- the settings of one invocation ---------------------------------------------------------
 
@@ -252,7 +238,7 @@ int train(Invocation& inv) {
   }
 
   // ---- from here on the run folder is written ----
-  install_stop_handlers();  // Ctrl-C from now on ends with a checkpoint
+  signals::install_stop_handlers(kStopMessage);  // Ctrl-C from now on ends with a checkpoint
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create the run folder " + dir + ": " + ec.message());
@@ -301,6 +287,7 @@ int train(Invocation& inv) {
     // not be made up.
     write_metrics();
     state.data_rng = data::generator_state(data_gen);
+    const signals::HoldStopSignals hold;  // a second Ctrl-C waits for the save to end
     run::save_checkpoint(dir, model, opt, state);
     plot();
   };
@@ -317,14 +304,11 @@ int train(Invocation& inv) {
 
   while (state.step < a.steps) {
     const auto ts = clock::now();
-    opt.zero_grad();
     const Index batch = train_batches.next(data_gen);  // (B, T+1)
-    const nn::LossOutput<T> out = model.loss(batch);
-    out.loss.backward();
-    const double gnorm = a.clip > 0 ? optim::clip_grad_norm(opt.parameters(), a.clip) : optim::grad_norm(opt.parameters());
-    const double loss = static_cast<double>(out.ce.item());
     const double lr = schedule.at(state.step);
-    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+    const tg::train::StepResult r = tg::train::train_step(model, opt, batch, lr, a.clip);
+    const double loss = r.loss, gnorm = r.grad_norm;
+    if (!r.finite) {
       progress.finish();
       write_metrics();
       std::cerr << "tapegrad train: step " << state.step + 1 << ": the loss is " << loss << " and the gradient norm "
@@ -332,8 +316,6 @@ int train(Invocation& inv) {
                 << " is kept; try a lower --lr or --clip.\n";
       return 3;
     }
-    opt.set_lr(lr);
-    opt.step();
     ++state.step;
     state.tokens_seen += B * Tn;
     const double step_s = std::chrono::duration<double>(clock::now() - ts).count();
@@ -362,7 +344,7 @@ int train(Invocation& inv) {
     inv.metrics.push_back(row);
     if (row.val_loss == row.val_loss) write_metrics();
 
-    const bool stop_requested = g_stop_signal != 0;
+    const bool stop_requested = signals::stop_signal() != 0;
     const bool stop_at = inv.stop_at > 0 && state.step == inv.stop_at && !last;
     if (last || stop_requested || stop_at || (a.save_every > 0 && state.step % a.save_every == 0)) {
       checkpoint();
@@ -379,8 +361,7 @@ int train(Invocation& inv) {
   }
   progress.finish();
   // Training is over and saved: Ctrl-C during the sample just quits.
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
+  signals::restore_default_handlers();
 
   const double wall = elapsed() - elapsed0;
   std::cout << std::fixed << std::setprecision(4) << "done: " << a.steps - first_step << " steps in "

@@ -1,0 +1,119 @@
+// tests/test_checkpoint.cpp — the library's training pieces without the program:
+// nn/checkpoint (save, load, refusals), nn/train_step (one step by name, non-finite steps
+// change nothing).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "nn/checkpoint.hpp"
+#include "nn/config.hpp"
+#include "nn/data.hpp"
+#include "nn/train_step.hpp"
+#include "optim/optim.hpp"
+#include "test_util.hpp"
+
+using namespace tg;
+namespace fs = std::filesystem;
+
+namespace {
+
+nn::ModelConfig tiny() {
+  nn::ModelConfig c = nn::named_size("tiny");
+  c.vocab_size = 256;
+  return c;
+}
+
+Index batch_of(std::uint64_t seed, std::size_t B = 2, std::size_t T = 8) {
+  Generator g(seed);
+  Index x = Index::from_shape({B, T + 1});
+  for (std::size_t i = 0; i < x.size(); ++i) x.data()[i] = static_cast<std::int64_t>(g.next_u64() % 256);
+  return x;
+}
+
+template <class T>
+struct Run {
+  nn::CausalLM<T> model;
+  optim::AdamW<T> opt;
+  explicit Run(std::uint64_t seed) : model(tiny(), seed), opt(optim::make_param_groups(model.named_parameters(), 0.1)) {}
+};
+
+template <class T>
+std::vector<T> flat_weights(const nn::CausalLM<T>& m) {
+  std::vector<T> v;
+  for (const auto& [name, value] : m.state_dict()) v.insert(v.end(), value.begin(), value.end());
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("train_step: one step is zero_grad, loss, backward, clip, step; a non-finite step changes nothing") {
+  Run<float> a(1), b(1);
+  const Index x = batch_of(7);
+  const train::StepResult r = train::train_step(a.model, a.opt, x, 1e-3, 1.0);
+  CHECK(r.finite);
+  CHECK(std::isfinite(r.loss));
+  CHECK(r.grad_norm > 0);
+  // The same by hand.
+  b.opt.zero_grad();
+  const auto out = b.model.loss(x);
+  out.loss.backward();
+  const double gn = optim::clip_grad_norm(b.opt.parameters(), 1.0);
+  b.opt.set_lr(1e-3);
+  b.opt.step();
+  CHECK(gn == r.grad_norm);
+  CHECK(flat_weights(a.model) == flat_weights(b.model));
+
+  // A NaN weight makes the loss NaN: the step reports it and does not move the optimizer.
+  Run<float> c(2);
+  auto params = c.model.named_parameters();
+  for (auto& [name, p] : params)
+    if (name == "model.norm.weight") p.mutable_value().data()[0] = std::numeric_limits<float>::quiet_NaN();
+  const auto before = flat_weights(c.model);
+  const train::StepResult bad = train::train_step(c.model, c.opt, x, 1e-3, 1.0);
+  CHECK_FALSE(bad.finite);
+  CHECK(c.opt.step_count() == 0);
+  const auto after = flat_weights(c.model);
+  REQUIRE(after.size() == before.size());
+  for (std::size_t i = 0; i < after.size(); ++i)
+    if (!std::isnan(before[i])) REQUIRE(after[i] == before[i]);
+}
+
+TEST_CASE("checkpoint: save then load restores weights, moments and the training state exactly") {
+  const fs::path dir = tg::testing::scratch_dir("checkpoint") / "roundtrip";
+  fs::create_directories(dir);
+  Run<float> a(3);
+  for (int s = 0; s < 2; ++s) train::train_step(a.model, a.opt, batch_of(10 + s), 1e-3, 1.0);
+  Generator g(5);
+  g.next_u64();
+  train::TrainState st;
+  st.step = 2, st.elapsed_s = 1.25, st.tokens_seen = 36, st.data_rng = data::generator_state(g);
+  train::save_checkpoint(dir.string(), a.model, a.opt, st);
+
+  Run<float> b(4);  // another initialisation
+  const train::TrainState got = train::load_checkpoint(dir.string(), b.model, b.opt);
+  CHECK(got.step == 2);
+  CHECK(got.elapsed_s == 1.25);
+  CHECK(got.tokens_seen == 36);
+  CHECK(got.data_rng == st.data_rng);
+  CHECK(flat_weights(a.model) == flat_weights(b.model));
+  // The next step is the same in both.
+  train::train_step(a.model, a.opt, batch_of(20), 1e-3, 1.0);
+  train::train_step(b.model, b.opt, batch_of(20), 1e-3, 1.0);
+  CHECK(flat_weights(a.model) == flat_weights(b.model));
+
+  SUBCASE("a model of another shape is refused, naming the weights") {
+    nn::ModelConfig other = tiny();
+    other.hidden_size *= 2;
+    other.intermediate_size *= 2;
+    nn::CausalLM<float> m(other, 1);
+    optim::AdamW<float> o(optim::make_param_groups(m.named_parameters(), 0.1));
+    const std::string msg = THROW_MSG(train::load_checkpoint(dir.string(), m, o));
+    CHECK(msg.find("do not fit") != std::string::npos);
+  }
+  SUBCASE("a folder without a checkpoint") {
+    Run<float> c(1);
+    const std::string msg = THROW_MSG(train::load_checkpoint((dir / "nothing").string(), c.model, c.opt));
+    CHECK(msg.find("no checkpoint") != std::string::npos);
+  }
+}
