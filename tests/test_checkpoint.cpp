@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "nn/checkpoint.hpp"
 #include "nn/config.hpp"
@@ -116,4 +117,73 @@ TEST_CASE("checkpoint: save then load restores weights, moments and the training
     const std::string msg = THROW_MSG(train::load_checkpoint((dir / "nothing").string(), c.model, c.opt));
     CHECK(msg.find("no checkpoint") != std::string::npos);
   }
+}
+
+TEST_CASE("run checkpoints: step folders, keep K, newest complete wins, non-finite refused and skipped") {
+  const fs::path run = tg::testing::scratch_dir("checkpoint") / "run";
+  fs::create_directories(run);
+  Run<float> a(3);
+  train::TrainState st;
+  Generator g(1);
+  st.data_rng = data::generator_state(g);
+  for (int s = 1; s <= 3; ++s) {
+    train::train_step(a.model, a.opt, batch_of(s), 1e-3, 1.0);
+    st.step = s;
+    const std::string dir = train::save_run_checkpoint(run.string(), a.model, a.opt, st, 2);
+    CHECK(fs::path(dir).filename() == "step-00000" + std::to_string(s));
+  }
+  auto all = train::list_checkpoints(run.string());
+  REQUIRE(all.size() == 2);  // keep = 2
+  CHECK(all[0].step == 3);
+  CHECK(all[1].step == 2);
+
+  // Leftovers of an interrupted save do not count and are cleaned.
+  fs::create_directories(run / "checkpoints" / "step-000009");                 // no manifest
+  fs::create_directories(run / "checkpoints" / "step-000010.tmp.123");         // a temporary
+  std::ofstream((run / "metrics.csv.tmp.77").string()) << "x";
+  CHECK(train::latest_checkpoint(run.string()) == (run / "checkpoints" / "step-000003").string());
+  CHECK(train::clean_interrupted_saves(run.string()).size() == 3);
+  CHECK(train::list_checkpoints(run.string()).size() == 2);
+
+  // A NaN weight: the save is refused, naming the tensor; the finite checkpoints stay.
+  Run<float> bad(3);
+  for (auto& [name, p] : bad.model.named_parameters())
+    if (name == "model.norm.weight") p.mutable_value().data()[0] = std::numeric_limits<float>::quiet_NaN();
+  st.step = 4;
+  const std::string msg = THROW_MSG(train::save_run_checkpoint(run.string(), bad.model, bad.opt, st, 2));
+  CHECK(msg.find("model.norm.weight") != std::string::npos);
+  CHECK(msg.find("NaN or Inf") != std::string::npos);
+  CHECK(train::list_checkpoints(run.string()).size() == 2);
+
+  // The newest folder damaged (a NaN written into it by hand): resume skips it, says why,
+  // and loads the one before.
+  {
+    const fs::path newest = run / "checkpoints" / "step-000003";
+    Run<float> c(9);
+    train::TrainState s3 = train::load_checkpoint(newest.string(), c.model, c.opt);
+    CHECK(s3.step == 3);
+    for (auto& [name, p] : c.model.named_parameters())
+      if (name == "model.norm.weight") p.mutable_value().data()[0] = std::numeric_limits<float>::infinity();
+    train::save_checkpoint(newest.string(), c.model, c.opt, s3);  // bypasses the check, as a bad disk would
+    // The sizes still match the manifest (same shapes): only the finite check catches it.
+    Run<float> d(5);
+    std::string used;
+    std::vector<std::string> skipped;
+    const train::TrainState got = train::load_latest_checkpoint(run.string(), d.model, d.opt, &used, &skipped);
+    CHECK(got.step == 2);
+    CHECK(fs::path(used).filename() == "step-000002");
+    REQUIRE(skipped.size() == 1);
+    CHECK(skipped[0].find("NaN or Inf") != std::string::npos);
+  }
+
+  // A run folder of the older layout (the two files beside config.json) still loads.
+  const fs::path old = tg::testing::scratch_dir("checkpoint") / "old";
+  fs::create_directories(old);
+  st.step = 3;
+  train::save_checkpoint(old.string(), a.model, a.opt, st);
+  Run<float> e(6);
+  std::string used;
+  CHECK(train::load_latest_checkpoint(old.string(), e.model, e.opt, &used).step == 3);
+  CHECK(used == old.string());
+  CHECK(flat_weights(e.model) == flat_weights(a.model));
 }

@@ -24,6 +24,7 @@
 
 #include "examples/tapegrad/study_analysis.hpp"
 #include "examples/tapegrad/study_probe.hpp"
+#include "nn/checkpoint.hpp"
 #include "nn/config.hpp"
 #include "nn/data.hpp"
 #include "nn/model.hpp"
@@ -450,7 +451,7 @@ TEST_CASE("study: an interrupted study resumes; finished runs are reused, not re
   CHECK(last_step(run_b) == 12);
   REQUIRE(fs::exists(out + "/report.md"));
   const auto metrics_a = read(run_a + "/metrics.csv");
-  const auto weights_a = read(run_a + "/model.safetensors");
+  const auto weights_a = read(tg::train::latest_checkpoint(run_a) + "/model.safetensors");
 
   // 3. Again, with the lr mode added: the two finished runs are reused (nothing is
   // retrained, their files are untouched); only the new learning rates are trained.
@@ -461,7 +462,7 @@ TEST_CASE("study: an interrupted study resumes; finished runs are reused, not re
   CHECK(count_of(r.output, "training into") == 2);
   CHECK_FALSE(contains(r.output, "baseline-lr0.003: training into"));
   CHECK(read(run_a + "/metrics.csv") == metrics_a);
-  CHECK(read(run_a + "/model.safetensors") == weights_a);
+  CHECK(read(tg::train::latest_checkpoint(run_a) + "/model.safetensors") == weights_a);
   const std::string md = read(out + "/report.md");
   CHECK(nlohmann::json::parse(read(out + "/time.json"))["invocations"].size() == 3);  // the parts add up
   CHECK(contains(md, "the 3 invocations that wrote into this folder"));
@@ -492,7 +493,7 @@ TEST_CASE("study: SIGTERM stops the study with a checkpoint; the same command co
   const long stopped = last_step(out + "/runs/baseline-lr0.003");
   CHECK(stopped > 0);
   CHECK(stopped < 400);
-  CHECK(fs::exists(out + "/runs/baseline-lr0.003/model.safetensors"));
+  CHECK_FALSE(tg::train::latest_checkpoint(out + "/runs/baseline-lr0.003").empty());
   CHECK_FALSE(fs::exists(out + "/runs/g1_elementwise-lr0.003"));
 
   const Result r = run(args);

@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nn/checkpoint.hpp"
 #include "nn/config.hpp"
 #include "nn/model.hpp"
 #include "nn/safetensors.hpp"
@@ -156,7 +157,8 @@ std::vector<std::string> loss_columns(const std::string& csv) {
 // Every file of a folder with its bytes.
 std::map<std::string, std::string> snapshot(const std::string& dir) {
   std::map<std::string, std::string> m;
-  for (auto& e : fs::directory_iterator(dir)) m[e.path().filename().string()] = read(e.path().string());
+  for (auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) m[fs::relative(e.path(), dir).string()] = read(e.path().string());
   return m;
 }
 
@@ -164,6 +166,13 @@ nn::ModelConfig run_config(const std::string& dir) {
   auto j = nlohmann::json::parse(read(dir + "/config.json"));
   j.erase("preset");
   return nn::ModelConfig::from_json(j);
+}
+
+// The newest complete checkpoint folder of a run (checkpoints/step-NNNNNN).
+std::string ckpt(const std::string& run_dir) {
+  const std::string c = tg::train::latest_checkpoint(run_dir);
+  if (c.empty()) FAIL_CHECK("no checkpoint in " << run_dir);
+  return c;
 }
 
 bool have_program() {
@@ -182,8 +191,10 @@ TEST_CASE("train: a tiny run writes the run folder and learns") {
   const Result r = run(plus(tiny_args(d / "text.txt", out, 60), {"--lr", "1e-2", "--sample-len", "40"}));
   INFO(r.output);
   REQUIRE(r.status == 0);
-  for (const char* f : {"config.json", "train.json", "metrics.csv", "model.safetensors", "optimizer.safetensors"})
-    CHECK(fs::exists(out + "/" + f));
+  for (const char* f : {"config.json", "train.json", "metrics.csv"}) CHECK(fs::exists(out + "/" + f));
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "manifest.json"})
+    CHECK(fs::exists(ckpt(out) + "/" + f));
+  CHECK(fs::path(ckpt(out)).filename() == "step-000060");
   CHECK(contains(r.output, "val loss"));
   CHECK(contains(r.output, "bits/byte"));
   CHECK(contains(r.output, "--- a sample"));
@@ -230,13 +241,13 @@ TEST_CASE("train: a tiny run writes the run folder and learns") {
   CHECK(last_val < 3.3);
 
   // The weights load into the model of config.json (Hugging Face names, F32).
-  const auto weights = st::SafeTensorsFile::load(out + "/model.safetensors");
+  const auto weights = st::SafeTensorsFile::load(ckpt(out) + "/model.safetensors");
   CHECK(weights.contains("model.embed_tokens.weight"));
   CHECK(weights.dtype("model.embed_tokens.weight") == "F32");
   CHECK(weights.metadata().at("step") == "60");
   nn::CausalLM<float> model(cfg);
   CHECK_NOTHROW(model.load_from(weights));
-  const auto optim = st::SafeTensorsFile::load(out + "/optimizer.safetensors");
+  const auto optim = st::SafeTensorsFile::load(ckpt(out) + "/optimizer.safetensors");
   CHECK(optim.metadata().at("step") == "60");
   CHECK(optim.contains("exp_avg.model.embed_tokens.weight"));
 
@@ -272,7 +283,7 @@ TEST_CASE("train: --resume gives the same losses as an uninterrupted run") {
     REQUIRE(la.size() == 25);
     CHECK(la == lb);
     // The final weights are the same bytes too.
-    CHECK(read(whole + "/model.safetensors") == read(parts + "/model.safetensors"));
+    CHECK(read(ckpt(whole) + "/model.safetensors") == read(ckpt(parts) + "/model.safetensors"));
 
     // Resuming a finished run changes nothing.
     const auto before = snapshot(parts);
@@ -305,8 +316,8 @@ TEST_CASE("train: Ctrl-C finishes the step, writes a checkpoint that loads and r
   CHECK(contains(output, "interrupted"));
   CHECK(contains(output, "checkpoint written"));
 
-  const auto weights = st::SafeTensorsFile::load(out + "/model.safetensors");
-  const auto optim = st::SafeTensorsFile::load(out + "/optimizer.safetensors");
+  const auto weights = st::SafeTensorsFile::load(ckpt(out) + "/model.safetensors");
+  const auto optim = st::SafeTensorsFile::load(ckpt(out) + "/optimizer.safetensors");
   const std::string step = weights.metadata().at("step");
   CHECK(optim.metadata().at("step") == step);
   const long k = std::stol(step);
@@ -355,7 +366,7 @@ TEST_CASE("sample: the same tokens with and without the KV cache") {
 
   // --config + --weights is the same model.
   const std::string via_files = sample({"--temperature", "0", "--dtype", "f64"});
-  Result r = run({"sample", "--config", out + "/config.json", "--weights", out + "/model.safetensors", "--length",
+  Result r = run({"sample", "--config", out + "/config.json", "--weights", ckpt(out) + "/model.safetensors", "--length",
                   "60", "--raw", "--threads", "1", "--prompt", "the lord", "--temperature", "0", "--dtype", "f64",
                   "--context", "16"});
   CHECK(r.status == 0);
@@ -408,6 +419,8 @@ TEST_CASE("train and sample: bad input is a clear error, a non-zero exit, and no
     const std::string out = d / "run";
     REQUIRE(run(plus(tiny_args(text, out, 12), {"--stop-at", "6"})).status == 0);
     const auto original = snapshot(out);
+    const std::string ck = ckpt(out);
+    const auto original_ck = snapshot(ck);
 
     // A new run into the same folder.
     fails_with(tiny_args(text, out, 12), {"already holds a run", "--resume"});
@@ -428,22 +441,22 @@ TEST_CASE("train and sample: bad input is a clear error, a non-zero exit, and no
     fails_with({"train", "--resume", d / "early"}, {"no checkpoint yet"});
 
     // A truncated checkpoint.
-    const std::string model = out + "/model.safetensors";
-    write(model, original.at("model.safetensors").substr(0, original.at("model.safetensors").size() / 2));
+    const std::string model = ck + "/model.safetensors";
+    write(model, original_ck.at("model.safetensors").substr(0, original_ck.at("model.safetensors").size() / 2));
     auto damaged = snapshot(out);
     fails_with({"train", "--resume", out, "--threads", "1"}, {"model.safetensors"});
     CHECK(snapshot(out) == damaged);
     fails_with({"sample", "--run", out}, {"model.safetensors"});
-    write(model, original.at("model.safetensors"));
+    write(model, original_ck.at("model.safetensors"));
 
-    // Model and optimizer from different steps (a crash between the two renames).
+    // Model and optimizer from different steps (no longer made by a crash: a checkpoint is one folder).
     const std::string other = d / "other_run";
     REQUIRE(run(plus(tiny_args(text, other, 12), {"--stop-at", "8"})).status == 0);
-    write(out + "/optimizer.safetensors", read(other + "/optimizer.safetensors"));
+    write(ck + "/optimizer.safetensors", read(ckpt(other) + "/optimizer.safetensors"));
     damaged = snapshot(out);
-    fails_with({"train", "--resume", out, "--threads", "1"}, {"inconsistent", "step 6", "step 8"});
+    fails_with({"train", "--resume", out, "--threads", "1"}, {"optimizer.safetensors", "no loadable checkpoint"});
     CHECK(snapshot(out) == damaged);
-    write(out + "/optimizer.safetensors", original.at("optimizer.safetensors"));
+    write(ck + "/optimizer.safetensors", original_ck.at("optimizer.safetensors"));
 
     // A config.json that does not match the weights (another width, another preset).
     auto cfg = nlohmann::json::parse(original.at("config.json"));
@@ -545,11 +558,122 @@ TEST_CASE("train: the default corpus data/kjv.txt, and a clear error without it"
   std::vector<std::string> no_out(args.begin(), args.end() - 2);
   REQUIRE(run(no_out, d / "work", exe).status == 0);
   REQUIRE(run(no_out, d / "work", exe).status == 0);
-  CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0" / "model.safetensors"));
-  CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0-2" / "model.safetensors"));
+  CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0" / "checkpoints"));
+  CHECK(fs::exists(d.path / "work" / "runs" / "baseline-tiny-s0-2" / "checkpoints"));
+}
+
+namespace {
+
+// The temporaries and incomplete folders under a run's checkpoints/ (none after a start).
+std::vector<std::string> leftovers(const std::string& run_dir) {
+  std::vector<std::string> l;
+  std::error_code ec;
+  for (auto& e : fs::recursive_directory_iterator(run_dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.find(".tmp.") != std::string::npos) l.push_back(e.path().string());
+    if (n.rfind("step-", 0) == 0 && !fs::exists(e.path() / "manifest.json")) l.push_back(e.path().string());
+  }
+  return l;
+}
+
+// Kills `kills` runs with SIGKILL at random moments (uniform over the reference run's wall
+// time, which with --save-every 1 is mostly checkpointing) and resumes each to the end: the
+// losses must be the uninterrupted run's, bit for bit.
+void kill_and_resume(int kills, std::uint64_t seed) {
+  TempDir d;
+  const std::string text = d / "text.txt";
+  write(text, corpus_text(6000));
+  const int steps = 8;
+  auto args = [&](const std::string& out) {
+    return plus(tiny_args(text, out, steps), {"--save-every", "1", "--eval-every", "3"});
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result ref = run(args(d / "ref"));
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(ref.output);
+  REQUIRE(ref.status == 0);
+  const auto expected = loss_columns(read(d / "ref/metrics.csv"));
+  REQUIRE(expected.size() == steps + 1);
+  std::uint64_t x = seed;
+  int resumed = 0, equal = 0, killed_in_run = 0;
+  for (int i = 0; i < kills; ++i) {
+    const std::string out = d / ("k" + std::to_string(i));
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    const double at = wall * (0.15 + 0.85 * double(x >> 11) / double(1ull << 53));
+    const pid_t pid = spawn(args(out), d / "log.txt");
+    std::this_thread::sleep_for(std::chrono::duration<double>(at));
+    ::kill(pid, SIGKILL);
+    const int st = wait_status(pid);
+    if (st == 128 + SIGKILL) ++killed_in_run;
+    Result r;
+    if (tg::train::latest_checkpoint(out).empty()) {
+      // Killed before its first checkpoint: nothing to resume; start it again.
+      fs::remove_all(out);
+      r = run(args(out));
+    } else {
+      r = run({"train", "--resume", out, "--threads", "1"});
+      ++resumed;
+    }
+    INFO("kill " << i << " at " << at << " s: " << r.output);
+    CHECK(r.status == 0);
+    const bool same = loss_columns(read(out + "/metrics.csv")) == expected;
+    CHECK(same);
+    equal += same;
+    CHECK(leftovers(out).empty());
+    fs::remove_all(out);
+  }
+  MESSAGE("kill test: " << kills << " kills (" << killed_in_run << " while running, the rest after it ended), "
+                        << resumed << " resumed from a checkpoint, " << equal << " with bitwise equal losses; "
+                        << "reference run " << wall << " s");
+  CHECK(equal == kills);
+}
+
+}  // namespace
+
+TEST_CASE("train: SIGKILL at 10 random moments of checkpointing; every run resumes to the same losses") {
+  if (!have_program()) return;
+  kill_and_resume(10, 42);
+}
+
+TEST_CASE("train: a save that fails between any two of its stages leaves the previous checkpoint loadable") {
+  if (!have_program()) return;
+  TempDir d;
+  const std::string text = d / "text.txt";
+  write(text, corpus_text(6000));
+  auto args = [&](const std::string& out) {
+    return plus(tiny_args(text, out, 6), {"--save-every", "1", "--eval-every", "3"});
+  };
+  REQUIRE(run(args(d / "ref")).status == 0);
+  const auto expected = loss_columns(read(d / "ref/metrics.csv"));
+  for (int stage = 1; stage <= 6; ++stage) {
+    const std::string out = d / ("f" + std::to_string(stage));
+    REQUIRE(run(plus(args(out), {"--stop-at", "3"})).status == 0);
+    ::setenv("TAPEGRAD_TEST_FAIL_SAVE_AT", std::to_string(stage).c_str(), 1);
+    const Result failed = run({"train", "--resume", out, "--threads", "1"});
+    ::unsetenv("TAPEGRAD_TEST_FAIL_SAVE_AT");
+    INFO("stage " << stage << ": " << failed.output);
+    CHECK(failed.status == 86);  // the hook ended it in the middle of the step-4 save
+    const std::string newest = tg::train::latest_checkpoint(out);
+    CHECK(fs::path(newest).filename() == (stage <= 4 ? "step-000003" : "step-000004"));
+    // It loads, and the run goes on to the losses of the uninterrupted run; the leftovers
+    // are removed at that start and only the newest 2 are kept.
+    const Result r = run({"train", "--resume", out, "--threads", "1"});
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(contains(r.output, "resume: from"));
+    if (stage <= 4) CHECK(contains(r.output, "left by an interrupted save"));
+    CHECK(loss_columns(read(out + "/metrics.csv")) == expected);
+    CHECK(leftovers(out).empty());
+    CHECK(tg::train::list_checkpoints(out).size() == 2);
+  }
 }
 
 TEST_SUITE("slow") {
+  TEST_CASE("train: SIGKILL at 100 random moments of checkpointing; 100 of 100 resume to the same losses") {
+    if (!have_program()) return;
+    kill_and_resume(100, 7);
+  }
+
   TEST_CASE("train: the baby model on 2 threads resumes exactly too") {
     if (!have_program()) return;
     TempDir d;
@@ -565,10 +689,10 @@ TEST_SUITE("slow") {
     INFO(r.output);
     REQUIRE(r.status == 0);
     CHECK(loss_columns(read(d / "whole/metrics.csv")) == loss_columns(read(d / "parts/metrics.csv")));
-    CHECK(read(d / "whole/model.safetensors") == read(d / "parts/model.safetensors"));
+    CHECK(read(ckpt(d / "whole") + "/model.safetensors") == read(ckpt(d / "parts") + "/model.safetensors"));
     // The optimizer state too (its metadata's elapsed time differs, so compare the contents).
-    const auto a = st::SafeTensorsFile::load(d / "whole/optimizer.safetensors");
-    const auto b = st::SafeTensorsFile::load(d / "parts/optimizer.safetensors");
+    const auto a = st::SafeTensorsFile::load(ckpt(d / "whole") + "/optimizer.safetensors");
+    const auto b = st::SafeTensorsFile::load(ckpt(d / "parts") + "/optimizer.safetensors");
     REQUIRE(a.names() == b.names());
     for (const auto& n : a.names()) CHECK_MESSAGE(a.get<float>(n) == b.get<float>(n), n);
     CHECK(a.metadata().at("data_rng") == b.metadata().at("data_rng"));

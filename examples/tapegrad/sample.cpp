@@ -130,7 +130,9 @@ int run_sample(int argc, char** argv) {
     const std::string cfg = cli::run::join(run_dir, cli::run::kConfigFile);
     if (!fs::exists(cfg)) throw std::runtime_error(run_dir + " is not a run folder (no " + cli::run::kConfigFile + ")");
     s.config = cli::run::load_model_spec(cfg).config;
-    s.weights = cli::run::join(run_dir, cli::run::kModelFile);
+    const std::string ck = tg::train::latest_checkpoint(run_dir);
+    if (ck.empty()) throw std::runtime_error(run_dir + " holds no complete checkpoint yet");
+    s.weights = cli::run::join(ck, cli::run::kModelFile);
     const std::string tj = cli::run::join(run_dir, cli::run::kTrainFile);
     if (fs::exists(tj)) {
       const auto targs = cli::run::train_args_from_json(cli::run::read_json(tj), tj);

@@ -378,8 +378,7 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
     if (!diff.empty())
       throw std::runtime_error("the run folder " + dir + " holds a run with other settings (" + diff +
                                "); use another --out");
-    if (!fs::exists(cli::run::join(dir, cli::run::kModelFile), ec) ||
-        !fs::exists(cli::run::join(dir, cli::run::kOptimizerFile), ec)) {
+    if (tg::train::latest_checkpoint(dir).empty()) {
       progress.line(label + ": the run folder has no checkpoint yet; starting the run over");
       fs::remove_all(dir, ec);
       resume = false;
@@ -476,7 +475,9 @@ double jnum(const json& j, const char* key) {
 nn::CausalLM<float> load_run_model(const std::string& dir, const nn::ModelConfig* override_config = nullptr) {
   const auto spec = cli::run::load_model_spec(cli::run::join(dir, cli::run::kConfigFile));
   nn::CausalLM<float> model(override_config ? *override_config : spec.config);
-  cli::run::load_weights(cli::run::join(dir, cli::run::kModelFile), model);
+  const std::string ck = tg::train::latest_checkpoint(dir);
+  if (ck.empty()) throw std::runtime_error(dir + " holds no complete checkpoint");
+  cli::run::load_weights(cli::run::join(ck, cli::run::kModelFile), model);
   model.eval();
   return model;
 }

@@ -5,7 +5,7 @@
 // AdamW, warm-up + cosine decay and gradient clipping, showing a progress bar (step, loss,
 // tokens/s, ETA) and evaluating on the held-out tail of the corpus (loss and bits per
 // byte). Everything goes to a run folder (run_folder.hpp): config.json, train.json,
-// metrics.csv, checkpoints, loss.png. `--resume` continues a run exactly where it stopped
+// metrics.csv, checkpoints (checkpoints/step-NNNNNN/, nn/checkpoint.hpp), loss.png. `--resume` continues a run exactly where it stopped
 // (same losses as without the interruption, at the same thread count); Ctrl-C finishes the
 // current step, writes a checkpoint and exits with status 130. At the end it prints a
 // sample of generated text.
@@ -14,7 +14,7 @@
 // James Bible (data/kjv.txt, written by setup.sh) for a few minutes on 2 cores.
 //
 // What it is not: the model (nn/), the optimizer (optim/), the checkpoint format
-// (run_folder.cpp), or a multi-process trainer.
+// (nn/checkpoint.hpp), or a multi-process trainer.
 //
 // Note [Exact resume]
 // A step draws its batch from the data generator, whose state is saved in
@@ -35,12 +35,14 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
 #include "nn/data.hpp"
 #include "nn/generate.hpp"
+#include "nn/checkpoint.hpp"
 #include "nn/model.hpp"
 #include "nn/signals.hpp"
 #include "nn/train_step.hpp"
@@ -73,6 +75,8 @@ struct Invocation {
   double sample_temperature = 0.8;
   std::int64_t log_every = 0;  // lines between progress lines when stdout is not a terminal
   std::int64_t stop_at = 0;    // stop (with a checkpoint) at this step; 0: never
+  int keep = 2;                // complete checkpoints kept (checkpoints/step-NNNNNN/)
+  bool detect_anomaly = false; // autograd's anomaly mode: name the first op making NaN/Inf
   nn::ModelConfig config;
   std::string preset;
   std::vector<MetricsRow> metrics;  // rows already in metrics.csv (resume)
@@ -115,7 +119,7 @@ bool folder_holds_a_run(const std::string& dir) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) return false;
   for (const char* f : {cli::run::kTrainFile, cli::run::kConfigFile, cli::run::kModelFile, cli::run::kOptimizerFile,
-                        cli::run::kMetricsFile})
+                        cli::run::kMetricsFile, tg::train::kCheckpointsDir})
     if (fs::exists(fs::path(dir) / f, ec)) return true;
   return false;
 }
@@ -223,7 +227,14 @@ int train(Invocation& inv) {
   TrainState state;
   state.data_rng = data::generator_state(data_gen);
   if (inv.resume) {
-    state = run::load_checkpoint(dir, model, opt);
+    std::string used;
+    std::vector<std::string> skipped;
+    state = tg::train::load_latest_checkpoint(dir, model, opt, &used, &skipped);
+    for (const auto& w : skipped) std::cerr << "tapegrad train: warning: skipped a checkpoint: " << w << "\n";
+    std::cout << "resume: from " << used << " (step " << state.step << ")\n";
+    if (inv.stop_at > 0 && inv.stop_at <= state.step)
+      throw std::runtime_error("--stop-at " + std::to_string(inv.stop_at) + " is not after the checkpoint's step " +
+                               std::to_string(state.step));
     data::set_generator_state(data_gen, state.data_rng);
     // Rows past the checkpoint belong to steps that will be done again.
     std::vector<MetricsRow> kept;
@@ -242,6 +253,8 @@ int train(Invocation& inv) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error("cannot create the run folder " + dir + ": " + ec.message());
+  for (const auto& p : tg::train::clean_interrupted_saves(dir))
+    std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
   TrainArgs recorded = a;
   recorded.threads = tg::num_threads();
   recorded.data_bytes = corpus.size();
@@ -282,13 +295,24 @@ int train(Invocation& inv) {
     if (!run::plot_loss(inv.metrics, run::join(dir, run::kPlotFile), title, &why))
       std::cerr << "tapegrad train: warning: no loss plot: " << why << "\n";
   };
+  std::int64_t last_saved_step = inv.resume ? state.step : -1;
+  auto last_checkpoint_note = [&] {
+    return last_saved_step < 0 ? std::string("no checkpoint was written yet")
+                               : "the last finite checkpoint, step " + std::to_string(last_saved_step) + ", is kept in " +
+                                     run::join(dir, tg::train::kCheckpointsDir);
+  };
   auto checkpoint = [&] {
     // metrics.csv first: rows past a checkpoint are dropped on resume, missing rows could
     // not be made up.
     write_metrics();
     state.data_rng = data::generator_state(data_gen);
     const signals::HoldStopSignals hold;  // a second Ctrl-C waits for the save to end
-    run::save_checkpoint(dir, model, opt, state);
+    try {
+      tg::train::save_run_checkpoint(dir, model, opt, state, inv.keep);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string(e.what()) + "; " + last_checkpoint_note());
+    }
+    last_saved_step = state.step;
     plot();
   };
 
@@ -301,6 +325,8 @@ int train(Invocation& inv) {
   std::int64_t last_val_step = -1;
   const std::int64_t first_step = state.step;
   model.train();
+  std::optional<DetectAnomaly> anomaly;
+  if (inv.detect_anomaly) anomaly.emplace();
 
   while (state.step < a.steps) {
     const auto ts = clock::now();
@@ -312,8 +338,8 @@ int train(Invocation& inv) {
       progress.finish();
       write_metrics();
       std::cerr << "tapegrad train: step " << state.step + 1 << ": the loss is " << loss << " and the gradient norm "
-                << gnorm << ": training diverged. The last checkpoint in " << dir
-                << " is kept; try a lower --lr or --clip.\n";
+                << gnorm << ": training diverged (nothing was saved from this step); " << last_checkpoint_note()
+                << ". Try a lower --lr or --clip, or --detect-anomaly to name the op.\n";
       return 3;
     }
     ++state.step;
@@ -369,8 +395,8 @@ int train(Invocation& inv) {
             << double((a.steps - first_step) * std::int64_t(B * Tn)) / std::max(wall, 1e-9)
             << " tokens/s including evaluation); validation loss " << std::setprecision(4) << last_val << " = "
             << std::setprecision(3) << last_val / std::log(2.0) << " bits per byte at step " << last_val_step << "\n"
-            << "run folder: " << dir << " (config.json, train.json, metrics.csv, model.safetensors, "
-               "optimizer.safetensors"
+            << "run folder: " << dir << " (config.json, train.json, metrics.csv, checkpoints/step-"
+            << std::setw(6) << std::setfill('0') << a.steps << std::setfill(' ') << "/"
             << (gnuplot ? ", loss.png" : "") << ")\n";
 
   if (inv.sample_len > 0) {
@@ -395,8 +421,9 @@ int train(Invocation& inv) {
 int run_train(int argc, char** argv) {
   CLI::App app{
       "Train a byte-level language model on a text file (default: the baby model on the King James Bible, a few "
-      "minutes on 2 cores), writing a run folder with config.json, train.json, metrics.csv, the checkpoint "
-      "(model.safetensors + optimizer.safetensors) and loss.png; then print a sample."};
+      "minutes on 2 cores), writing a run folder with config.json, train.json, metrics.csv, the checkpoints "
+      "(checkpoints/step-NNNNNN/: model.safetensors, optimizer.safetensors, manifest.json) and loss.png; then print "
+      "a sample."};
   app.name("tapegrad train");
   app.get_formatter()->column_width(34);
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later flag wins
@@ -448,7 +475,14 @@ int run_train(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
   app.add_option("--stop-at", inv.stop_at, "stop with a checkpoint after this step, as if interrupted (for tests)")
       ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  app.add_option("--keep", inv.keep, "complete checkpoints kept in <out>/checkpoints/")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_flag("--detect-anomaly", inv.detect_anomaly,
+               "stop at the first op whose output or gradient holds NaN or Inf, naming it, its shapes and the layer "
+               "(also TAPEGRAD_DETECT_ANOMALY=1)");
   CLI11_PARSE(app, argc, argv);
+  if (const char* e = std::getenv("TAPEGRAD_DETECT_ANOMALY"); e && std::string(e) == "1") inv.detect_anomaly = true;
 
   inv.resume = app.count("--resume") > 0;
   auto given = [&](const char* flag) { return app.count(flag) > 0; };
@@ -461,8 +495,7 @@ int run_train(int argc, char** argv) {
     if (!resume_dir.empty()) inv.out = resume_dir;
     if (inv.out.empty()) throw std::runtime_error("--resume needs the run folder: --resume DIR (or --out DIR)");
     if (!folder_holds_a_run(inv.out)) throw std::runtime_error("--resume: " + inv.out + " holds no run");
-    if (!fs::exists(cli::run::join(inv.out, cli::run::kModelFile)) &&
-        !fs::exists(cli::run::join(inv.out, cli::run::kOptimizerFile)))
+    if (tg::train::latest_checkpoint(inv.out).empty())
       throw std::runtime_error("--resume: the run in " + inv.out +
                                " has no checkpoint yet (it stopped before its first one): start it again with "
                                "another --out, or delete the folder");
