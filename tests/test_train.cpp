@@ -619,7 +619,8 @@ void kill_and_resume(int kills, std::uint64_t seed) {
     const bool same = loss_columns(read(out + "/metrics.csv")) == expected;
     CHECK(same);
     equal += same;
-    CHECK(leftovers(out).empty());
+    const auto left = leftovers(out);
+    CHECK_MESSAGE(left.empty(), (left.empty() ? std::string() : left.front()));
     fs::remove_all(out);
   }
   MESSAGE("kill test: " << kills << " kills (" << killed_in_run << " while running, the rest after it ended), "

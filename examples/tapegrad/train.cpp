@@ -242,6 +242,8 @@ int train(Invocation& inv) {
       if (r.step <= state.step) kept.push_back(r);
     inv.metrics = std::move(kept);
     if (state.step >= a.steps) {
+      for (const auto& p : tg::train::clean_interrupted_saves(dir))
+        std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
       std::cout << "tapegrad train: the run in " << dir << " already finished its " << a.steps
                 << " steps; pass --steps N (more than " << state.step << ") to train it further\n";
       return 0;
