@@ -9,6 +9,7 @@
 // [(H/K)*D, (H/K)*Dg] and viewing the two parts as (B,T,H,D) and (B,T,H,Dg) gives the
 // queries and the scores of every head in order (Dg = D or 1).
 #include "nn/attention.hpp"
+#include "nn/diagnostics.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -41,6 +42,31 @@ GateStats gate_stats(const xt::xarray<T>& a) {
   s.frac_below_1e3 = double(below3) / double(s.count);
   return s;
 }
+
+namespace {
+// Fills the record's gate fields from the activated scores a: (B,T,...) split at token
+// position 0 (absolute position `offset` of the first row), or (H,D) for a θ gate.
+template <class T>
+void record_gate(AttentionRecord* record, const xt::xarray<T>& a, bool per_token, std::size_t offset) {
+  record->has_gate_scores = true;
+  record->gate = gate_stats(a);
+  if (per_token && a.dimension() >= 2 && a.shape()[1] > 0) {
+    const std::size_t B = a.shape()[0], Tn = a.shape()[1], row = a.size() / (B * Tn);
+    const std::size_t first_rows = offset == 0 ? 1 : 0;
+    xt::xarray<T> f = xt::xarray<T>::from_shape({B * first_rows * row}), r = xt::xarray<T>::from_shape({B * (Tn - first_rows) * row});
+    for (std::size_t b = 0; b < B; ++b) {
+      const T* src = a.data() + b * Tn * row;
+      std::copy_n(src, first_rows * row, f.data() + b * first_rows * row);
+      std::copy_n(src + first_rows * row, (Tn - first_rows) * row, r.data() + b * (Tn - first_rows) * row);
+    }
+    record->gate_first = gate_stats(f);
+    record->gate_rest = gate_stats(r);
+  } else {
+    record->gate_first = record->gate_rest = record->gate;
+  }
+  if (record->keep_tensors) record->gate_scores = xt::cast<double>(a);
+}
+}  // namespace
 
 template <class T>
 Attention<T>::Attention(const ModelConfig& c, Generator& gen)
@@ -89,7 +115,8 @@ Tensor<T> Attention<T>::activate(const Tensor<T>& s) const {
 }
 
 template <class T>
-Tensor<T> Attention<T>::apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRecord* record) const {
+Tensor<T> Attention<T>::apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRecord* record,
+                                   std::size_t offset) const {
   // y (B,T,n,D) and s (B,T,n,Dg), or y and s (B,T,C) for dense.
   if (gate_.head_shared) s = mean(s, {2}, true);  // (B,T,1,Dg): one gate for all heads
   if (gate_.activation == GateActivation::Sigmoid && gate_.combine == GateCombine::Multiplicative &&
@@ -97,16 +124,12 @@ Tensor<T> Attention<T>::apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRec
     // The paper's best gate (elementwise sigmoid): one fused op, σ(s) is never stored.
     if (record) {
       NoGrad no_grad;
-      record->has_gate_scores = true;
-      record->gate = gate_stats(sigmoid(s).value());
+      record_gate(record, sigmoid(s).value(), true, offset);
     }
     return sigmoid_gate(y, s);
   }
   Tensor<T> a = activate(s);
-  if (record) {
-    record->has_gate_scores = true;
-    record->gate = gate_stats(a.value());
-  }
+  if (record) record_gate(record, a.value(), true, offset);
   return gate_.combine == GateCombine::Multiplicative ? y * a : y + a;
 }
 
@@ -182,12 +205,13 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
   Tensor<T> v = reshape(v_proj_->forward(x), {B, Tn, K, D});
 
   // ---- G2 / G3 / G4: on the projections, before QK-norm and RoPE ----
+  const std::size_t offset = cache ? cache->length() : 0;  // absolute position of the first token
   if (gate_proj_ && gate_.position != GatePosition::Dense) {
     const std::int64_t n = gate_.position == GatePosition::Query ? H : K;
     Tensor<T> s = reshape(gate_proj_->forward(x), {B, Tn, n, Dg});
-    if (gate_.position == GatePosition::Value) v = apply_gate(v, s, record);
-    if (gate_.position == GatePosition::Key) k = apply_gate(k, s, record);
-    if (gate_.position == GatePosition::Query) q = apply_gate(q, s, record);
+    if (gate_.position == GatePosition::Value) v = apply_gate(v, s, record, offset);
+    if (gate_.position == GatePosition::Key) k = apply_gate(k, s, record, offset);
+    if (gate_.position == GatePosition::Query) q = apply_gate(q, s, record, offset);
   }
 
   // ---- QK-norm, RoPE, the cache ----
@@ -195,7 +219,6 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
     q = q_norm_->forward(q);  // RMSNorm over D, per head
     k = k_norm_->forward(k);
   }
-  const std::size_t offset = cache ? cache->length() : 0;
   q = rope(q, rope_tab, offset);
   k = rope(k, rope_tab, offset);
   // With a cache: decoding (nothing to differentiate) reads the cache in place; with
@@ -223,17 +246,10 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
                          : attention(q, k, v, std::optional<T>{}, record ? &probs : nullptr);
   if (record) {
     // probs (B,H,Tq,Tk); query i sits at absolute position Tk - Tq + i.
-    const std::size_t Bn = probs.shape()[0], Hn = probs.shape()[1], Tq = probs.shape()[2], Tk = probs.shape()[3];
-    double sum = 0;
-    std::size_t count = 0;
-    for (std::size_t b = 0; b < Bn; ++b)
-      for (std::size_t h = 0; h < Hn; ++h)
-        for (std::size_t i = 0; i < Tq; ++i)
-          if (Tk - Tq + i >= 1) {
-            sum += double(probs.data()[((b * Hn + h) * Tq + i) * Tk]);
-            ++count;
-          }
-    record->first_token_attention = count ? sum / double(count) : std::numeric_limits<double>::quiet_NaN();
+    record->head_first_token_attention = head_key_attention(probs, 0);
+    record->first_token_attention = mean_over_heads(record->head_first_token_attention);
+    record->second_token_attention = mean_over_heads(head_key_attention(probs, 1));
+    if (record->keep_tensors) record->probs = xt::cast<double>(probs);
   }
 
   // ---- G1: gate (or probe) on the SDPA output ----
@@ -243,13 +259,10 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
     } else if (gate_.probe == GateProbe::Silu) {
       o = silu(o);
     } else if (gate_.input_dependent) {
-      o = apply_gate(o, s_sdpa, record);
+      o = apply_gate(o, s_sdpa, record, offset);
     } else {
       Tensor<T> a = activate(this->param(theta_));  // (H,D), broadcast over B, T
-      if (record) {
-        record->has_gate_scores = true;
-        record->gate = gate_stats(a.value());
-      }
+      if (record) record_gate(record, a.value(), false, offset);
       o = o * a;
     }
   }
@@ -257,7 +270,7 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
   Tensor<T> out = o_proj_->forward(reshape(o, {B, Tn, H * D}));  // (B,T,C)
 
   // ---- G5: on o_proj's output ----
-  if (gate_.position == GatePosition::Dense) out = apply_gate(out, gate_proj_->forward(x), record);
+  if (gate_.position == GatePosition::Dense) out = apply_gate(out, gate_proj_->forward(x), record, offset);
   return out;
 }
 

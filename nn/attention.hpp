@@ -37,13 +37,27 @@ struct GateStats {
 template <class T>
 GateStats gate_stats(const xt::xarray<T>& scores);
 
-// What one attention call reports when diagnostics are on.
+// What one attention call reports when diagnostics are on (nn/diagnostics.hpp computes
+// the sink metrics from it).
 struct AttentionRecord {
+  // Asked by the caller: also keep the full probabilities and gate scores (heat maps,
+  // histograms); off by default (they are (B,H,T,T)).
+  bool keep_tensors = false;
   // Attention probability on key 0, averaged over batch, heads and the queries at
   // absolute positions >= 1 (NaN when there is none).
   double first_token_attention = std::numeric_limits<double>::quiet_NaN();
+  // The same per head (H), and the attention on key 1 (the first text token after a BOS)
+  // averaged over heads and the queries at positions >= 1 (NaN when key 1 is not seen).
+  std::vector<double> head_first_token_attention;
+  double second_token_attention = std::numeric_limits<double>::quiet_NaN();
   bool has_gate_scores = false;  // false for no gate and for the probes
   GateStats gate;
+  // The gate scores of the token at absolute position 0 and of the others (the
+  // input-independent gate is the same everywhere: both equal `gate`).
+  GateStats gate_first, gate_rest;
+  // With keep_tensors: probs (B,H,Tq,Tk) and the activated gate scores as the gate applies
+  // them ((B,T,n,Dg), (B,T,C) for G5, (H,D) input-independent).
+  xt::xarray<double> probs, gate_scores;
 };
 
 // One layer's cache: keys after k_norm and RoPE (and a G3 gate), values (after a G2
@@ -77,7 +91,8 @@ class Attention : public Module<T> {
 
  private:
   // Y' = Y * act(s) or Y + act(s), s averaged over heads first when head-shared.
-  Tensor<T> apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRecord* record) const;
+  // offset: the absolute position of the first token (for the record's position-0 split).
+  Tensor<T> apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRecord* record, std::size_t offset) const;
   Tensor<T> activate(const Tensor<T>& s) const;
 
   GateConfig gate_;

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 
@@ -193,24 +194,83 @@ std::uint64_t uniform_index(Generator& gen, std::uint64_t n) {
   }
 }
 
-BatchSampler::BatchSampler(Span span, std::size_t B, std::size_t T, std::string what) : span_(span), B_(B), T_(T) {
+std::string document_separators() { return "blankline, kjv-chapter, line:REGEX"; }
+
+std::vector<std::size_t> document_starts(Span span, const std::string& doc_sep) {
+  std::vector<std::size_t> starts;
+  const unsigned char* d = span.data;
+  const std::size_t n = span.size;
+  if (doc_sep == "blankline") {
+    // The first byte that is not '\n' after two or more consecutive '\n'.
+    for (std::size_t i = 2; i < n; ++i)
+      if (d[i] != '\n' && d[i - 1] == '\n' && d[i - 2] == '\n') starts.push_back(i);
+    return starts;
+  }
+  std::regex re;
+  const bool kjv = doc_sep == "kjv-chapter";
+  if (!kjv) {
+    if (doc_sep.rfind("line:", 0) != 0 || doc_sep.size() == 5)
+      throw std::invalid_argument("document separator '" + doc_sep + "' is not one of " + document_separators());
+    try {
+      re = std::regex(doc_sep.substr(5), std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      throw std::invalid_argument("document separator '" + doc_sep + "': the regex does not compile: " + e.what());
+    }
+  }
+  // Line by line: [b, e) is a line without its '\n' (the span's first line counts as one).
+  for (std::size_t b = 0; b < n;) {
+    std::size_t e = b;
+    while (e < n && d[e] != '\n') ++e;
+    if (e > b) {
+      bool match;
+      if (kjv) {
+        std::size_t k = e;
+        while (k > b && d[k - 1] >= '0' && d[k - 1] <= '9') --k;
+        match = d[b] != ' ' && d[b] != '\t' && k < e && k > b + 1 && d[k - 1] == ' ';
+      } else {
+        match = std::regex_search(reinterpret_cast<const char*>(d + b), reinterpret_cast<const char*>(d + e), re);
+      }
+      if (match) starts.push_back(b);
+    }
+    b = e + 1;
+  }
+  return starts;
+}
+
+BatchSampler::BatchSampler(Span span, std::size_t B, std::size_t T, std::string what, WindowOptions opts)
+    : span_(span), B_(B), T_(T), opts_(std::move(opts)) {
   if (B == 0 || T == 0)
     throw std::invalid_argument("BatchSampler: batch size and sequence length must be >= 1, got B=" +
                                 std::to_string(B) + " T=" + std::to_string(T));
-  if (span.size < T + 1)
-    throw std::invalid_argument(what + " has " + std::to_string(span.size) + (span.ids ? " tokens" : " bytes") +
-                                ", fewer than a sequence of " +
-                                std::to_string(T) + "+1: use a shorter --seq-len or more text");
+  if (opts_.has_bos() && T < 2)
+    throw std::invalid_argument("BatchSampler: a window with a BOS token needs T >= 2, got T=" + std::to_string(T));
+  const std::size_t len = text_len();
+  const char* unit = span.ids ? " tokens" : " bytes";
+  if (span.size < len)
+    throw std::invalid_argument(what + " has " + std::to_string(span.size) + unit + ", fewer than the " +
+                                std::to_string(len) + " of one window" + (opts_.has_bos() ? " (T after the BOS)" : " (T+1)") +
+                                ": use a shorter --seq-len or more text");
+  if (!opts_.doc_sep.empty()) {
+    if (span.ids)
+      throw std::invalid_argument(what + ": --doc-windows finds documents in bytes; it does not work on token ids yet");
+    for (std::size_t s : document_starts(span, opts_.doc_sep))
+      if (s + len <= span.size) starts_.push_back(s);
+    if (starts_.empty())
+      throw std::invalid_argument(what + ": no document start (--doc-windows " + opts_.doc_sep + ") leaves room for " +
+                                  std::to_string(len) + unit + " of text: check the separator or use a shorter --seq-len");
+  }
 }
 
 Index BatchSampler::next(Generator& gen) const {
   Index x = Index::from_shape({B_, T_ + 1});  // (B, T+1)
   const std::uint64_t windows = num_windows();
+  const std::size_t off = opts_.has_bos() ? 1 : 0, len = text_len();
   for (std::size_t b = 0; b < B_; ++b) {
-    const std::size_t start = static_cast<std::size_t>(uniform_index(gen, windows));
+    const std::size_t start = window_start(static_cast<std::size_t>(uniform_index(gen, windows)));
     std::int64_t* dst = x.data() + b * (T_ + 1);
-    if (span_.ids) std::copy(span_.ids + start, span_.ids + start + T_ + 1, dst);
-    else std::copy(span_.data + start, span_.data + start + T_ + 1, dst);
+    if (off) dst[0] = opts_.bos_id;
+    if (span_.ids) std::copy(span_.ids + start, span_.ids + start + len, dst + off);
+    else std::copy(span_.data + start, span_.data + start + len, dst + off);
   }
   return x;
 }

@@ -20,12 +20,29 @@
 // tokens[:, 1:]). The window start is uniform over [0, n - (T+1)] of its part; the draw is
 // unbiased (rejection sampling on 64-bit words of the generator), so it does not depend on
 // the standard library's distributions and is the same on every platform.
+//
+// Note [BOS and document windows]
+// Two options change what a window holds (WindowOptions; train.json records them, so
+// train, sample, oracle and study read a run's windows the same way):
+//   - bos_id >= 0: position 0 of every window is that id (for byte models 256, with
+//     vocab_size 257: an id no byte of the text has), followed by T text bytes (the row is
+//     still T+1 ids). A fixed first token is what concentrates an attention sink there
+//     (Gu et al., ICLR 2025).
+//   - doc_sep: windows start only at a document start. Documents are found once per span
+//     by document_starts(): "blankline" (the byte after a run of "\n\n"), "kjv-chapter"
+//     (a line that does not start with a space and ends in a number: "Genesis 1",
+//     "1 Kings 3" -- the chapter headings of data/kjv.txt), or "line:REGEX" (the start of
+//     every line that ECMAScript REGEX matches, std::regex_search). A window that reaches
+//     the end of its document runs on into the next one (no padding); the start is drawn
+//     uniformly among the document starts that leave room for the window.
+// Without the options the windows are exactly as before.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "autograd/ops.hpp"  // tg::Index, tg::Generator
 
@@ -107,22 +124,46 @@ Split split(Span all, const std::string& label, double val_fraction, std::size_t
 
 // ---- batches ---------------------------------------------------------------------------
 
-// Random windows of T+1 bytes (see Note [Batches of T+1 tokens]).
+// What a window holds (Note [BOS and document windows]).
+struct WindowOptions {
+  std::int64_t bos_id = -1;  // >= 0: position 0 of every window is this id
+  std::string doc_sep;       // "": any start; "blankline", "kjv-chapter", "line:REGEX"
+  bool has_bos() const { return bos_id >= 0; }
+  bool operator==(const WindowOptions&) const = default;
+};
+
+// The offsets in `span` where a document starts under `doc_sep` (sorted; offset 0 is a
+// start when the span begins with one). Throws std::invalid_argument naming the value for
+// an unknown separator or a regex that does not compile.
+std::vector<std::size_t> document_starts(Span span, const std::string& doc_sep);
+// The separators document_starts knows, for help texts: "blankline, kjv-chapter, line:REGEX".
+std::string document_separators();
+
+// Random windows of T+1 ids (see Note [Batches of T+1 tokens], Note [BOS and document windows]).
 class BatchSampler {
  public:
-  // Throws std::invalid_argument if B == 0, T == 0 or the span is shorter than T+1
+  // Throws std::invalid_argument if B == 0, T == 0, the span is shorter than the text of
+  // one window (T+1 bytes, T with a BOS), or no document start leaves room for one
   // (`what` names the span in the message, e.g. "the validation split").
-  BatchSampler(Span span, std::size_t B, std::size_t T, std::string what = "the data");
-  // The next batch (B, T+1) of token ids (bytes: [0, 256)), advancing gen by at least B draws.
+  BatchSampler(Span span, std::size_t B, std::size_t T, std::string what = "the data", WindowOptions opts = {});
+  // The next batch (B, T+1) of token ids (bytes: [0, 256); bos_id at column 0 with a BOS),
+  // advancing gen by at least B draws.
   Index next(Generator& gen) const;
   std::size_t batch() const { return B_; }
   std::size_t seq_len() const { return T_; }
-  // Number of distinct window starts: span.size - T.
-  std::size_t num_windows() const { return span_.size - T_; }
+  const WindowOptions& options() const { return opts_; }
+  // Bytes of text in a window: T+1, or T with a BOS.
+  std::size_t text_len() const { return T_ + 1 - (opts_.has_bos() ? 1 : 0); }
+  // Number of distinct window starts: span.size - text_len() + 1, or the usable document starts.
+  std::size_t num_windows() const { return starts_.empty() ? span_.size - text_len() + 1 : starts_.size(); }
+  // The offset in the span of window start k (0 <= k < num_windows()).
+  std::size_t window_start(std::size_t k) const { return starts_.empty() ? k : starts_[k]; }
 
  private:
   Span span_;
   std::size_t B_, T_;
+  WindowOptions opts_;
+  std::vector<std::size_t> starts_;  // usable document starts (empty: every offset)
 };
 
 // An unbiased integer in [0, n) (n >= 1) from gen's 64-bit words (rejection sampling).

@@ -98,6 +98,8 @@ LayerOutput<T> DecoderLayer<T>::forward(const Tensor<T>& h_in, const RopeTable<T
                                         LayerDiagnostics* diag) const {
   LayerOutput<T> out;
   AttentionRecord rec;
+  rec.keep_tensors = diag && diag->keep_tensors;
+  const std::size_t offset = cache ? cache->length() : 0;  // absolute position of row 0
   // attention block: h = h + [sandwich](self_attn(input_layernorm(h)))
   Tensor<T> a = self_attn_->forward(input_layernorm_->forward(h_in), rope, cache, diag ? &rec : nullptr);
   if (diag) diag->max_attn_output = max_abs(a);
@@ -121,6 +123,23 @@ LayerOutput<T> DecoderLayer<T>::forward(const Tensor<T>& h_in, const RopeTable<T
     diag->first_token_attention = rec.first_token_attention;
     diag->has_gate_scores = rec.has_gate_scores;
     diag->gate = rec.gate;
+    diag->head_first_token_attention = std::move(rec.head_first_token_attention);
+    diag->second_token_attention = rec.second_token_attention;
+    diag->gate_first = rec.gate_first, diag->gate_rest = rec.gate_rest;
+    diag->probs = std::move(rec.probs), diag->gate_scores = std::move(rec.gate_scores);
+    // max |h| of the layer output at position 0 and at the others: h (B,T,C).
+    const auto& hv = out.h.value();
+    const std::size_t Bn = hv.shape()[0], Tn = hv.shape()[1], Cn = hv.shape()[2];
+    double first = 0, rest = 0;
+    for (std::size_t b = 0; b < Bn; ++b)
+      for (std::size_t t = 0; t < Tn; ++t) {
+        const T* row = hv.data() + (b * Tn + t) * Cn;
+        double m = 0;
+        for (std::size_t c = 0; c < Cn; ++c) m = std::max(m, std::abs(double(row[c])));
+        (offset + t == 0 ? first : rest) = std::max(offset + t == 0 ? first : rest, m);
+      }
+    diag->max_h_first = offset == 0 && Tn > 0 ? first : std::numeric_limits<double>::quiet_NaN();
+    diag->max_h_rest = rest;
   }
   return out;
 }
@@ -178,7 +197,10 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
                                 " layers, the model " + std::to_string(L) + " (use make_cache())");
   const std::size_t offset = cache ? cache->length() : 0;
   const RopeTable<T>& rope = rope_table_for(offset + tokens.shape()[1]);
-  if (diag) diag->layers.assign(L, LayerDiagnostics{});
+  if (diag) {
+    diag->layers.assign(L, LayerDiagnostics{});
+    for (auto& l : diag->layers) l.keep_tensors = diag->keep_tensors;
+  }
 
   Tensor<T> h = model_->embed_tokens().forward(tokens);  // (B,T,C)
   ForwardOutput<T> out;

@@ -39,9 +39,20 @@ struct LayerDiagnostics {
   double max_ffn_residual = 0;   // max |h + f|: the layer output (M-Act)
   bool has_gate_scores = false;
   GateStats gate;                // activated gate scores, when the layer has a gate
+  // For the sink metrics (nn/diagnostics.hpp): first-token attention per head, attention
+  // on key 1, max |layer output| at position 0 and elsewhere (NaN / 0 when not in this
+  // call), gate scores at position 0 and elsewhere.
+  std::vector<double> head_first_token_attention;
+  double second_token_attention = std::numeric_limits<double>::quiet_NaN();
+  double max_h_first = std::numeric_limits<double>::quiet_NaN(), max_h_rest = 0;
+  GateStats gate_first, gate_rest;
+  // With Diagnostics::keep_tensors: probs (B,H,Tq,Tk) and the activated gate scores.
+  xt::xarray<double> probs, gate_scores;
+  bool keep_tensors = false;  // set by forward_full from Diagnostics::keep_tensors
 };
 
 struct Diagnostics {
+  bool keep_tensors = false;  // ask for the full probabilities and gate scores per layer
   std::vector<LayerDiagnostics> layers;
   double mean_first_token_attention() const;  // F-Attn averaged over layers
   double mean_max_activation() const;         // M-Act: max_ffn_residual averaged over layers

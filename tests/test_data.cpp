@@ -243,3 +243,74 @@ TEST_CASE("generator state: restoring it replays the same numbers, garbage is re
   Generator k2(1);
   CHECK(k.next_u64() == k2.next_u64());
 }
+
+TEST_CASE("BatchSampler --bos: the BOS id at position 0 of every window, then consecutive text") {
+  const Corpus c = Corpus::from_string(std::string(500, 'a') + "0123456789abcdefghijklmnopqrstuvwxyz");
+  const WindowOptions opts{256, ""};
+  const BatchSampler bs(c.all(), 5, 8, "the data", opts);
+  CHECK(bs.text_len() == 8);
+  CHECK(bs.num_windows() == c.size() - 8 + 1);
+  Generator gen(7);
+  for (int k = 0; k < 20; ++k) {
+    const Index x = bs.next(gen);
+    REQUIRE(x.shape() == std::vector<std::size_t>{5, 9});
+    for (std::size_t b = 0; b < 5; ++b) {
+      CHECK(x(b, 0) == 256);
+      // The rest is a slice of the text: find it.
+      std::string row;
+      for (std::size_t t = 1; t < 9; ++t) {
+        REQUIRE(x(b, t) >= 0);
+        REQUIRE(x(b, t) < 256);
+        row += char(x(b, t));
+      }
+      CHECK(std::string_view(reinterpret_cast<const char*>(c.data()), c.size()).find(row) != std::string_view::npos);
+    }
+  }
+  // Without the option the first column is text.
+  const BatchSampler plain(c.all(), 64, 8);
+  Generator g2(7);
+  const Index y = plain.next(g2);
+  for (std::size_t b = 0; b < 64; ++b) CHECK(y(b, 0) < 256);
+}
+
+TEST_CASE("document windows start at document starts") {
+  const std::string text = "Genesis 1\n\n  1 In the beginning\n  2 And the earth\n\nGenesis 2\n\n  1 Thus the heavens\n"
+                           "  2 And on the seventh day\n\n1 Kings 3\n\n  1 And Solomon made affinity with Pharaoh\n";
+  const Corpus c = Corpus::from_string(text);
+  const auto chapters = document_starts(c.all(), "kjv-chapter");
+  REQUIRE(chapters.size() == 3);
+  CHECK(text.substr(chapters[0], 9) == "Genesis 1");
+  CHECK(text.substr(chapters[1], 9) == "Genesis 2");
+  CHECK(text.substr(chapters[2], 9) == "1 Kings 3");
+  const auto blank = document_starts(c.all(), "blankline");
+  // After each "\n\n": the verses after each heading and the headings after the first.
+  CHECK(blank.size() == 5);
+  for (auto s : blank) CHECK(text.substr(s - 2, 2) == "\n\n");
+  const auto re = document_starts(c.all(), "line:^  1 ");
+  REQUIRE(re.size() == 3);
+  for (auto s : re) CHECK(text.substr(s, 4) == "  1 ");
+  CHECK_THROWS_WITH_AS(document_starts(c.all(), "verses"), doctest::Contains("document separator 'verses'"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(document_starts(c.all(), "line:(["), doctest::Contains("does not compile"), std::invalid_argument);
+
+  // Every window of the sampler starts at one of the starts that leave room for it.
+  const BatchSampler bs(c.all(), 16, 12, "the data", WindowOptions{256, "kjv-chapter"});
+  CHECK(bs.num_windows() == 3);
+  Generator gen(3);
+  std::set<std::string> seen;
+  for (int k = 0; k < 10; ++k) {
+    const Index x = bs.next(gen);
+    for (std::size_t b = 0; b < 16; ++b) {
+      CHECK(x(b, 0) == 256);
+      std::string head;
+      for (std::size_t t = 1; t < 10; ++t) head += char(x(b, t));
+      CHECK((head == "Genesis 1" || head == "Genesis 2" || head == "1 Kings 3"));
+      seen.insert(head);
+    }
+  }
+  CHECK(seen.size() == 3);
+  // No start with room for a window: a clear error.
+  // (the only start of "line:Solomon" is in the last line)
+  CHECK_THROWS_WITH_AS(BatchSampler(c.all(), 1, 100, "the validation split", WindowOptions{-1, "line:Solomon"}),
+                       doctest::Contains("the validation split: no document start"), std::invalid_argument);
+}

@@ -700,3 +700,43 @@ TEST_SUITE("slow") {
     CHECK(a.metadata().at("step") == "6");
   }
 }
+
+TEST_CASE("train: --bos and --doc-windows round-trip through the run folder, --diag-every writes diagnostics.csv") {
+  if (!have_program()) return;
+  TempDir d;
+  // Documents separated by blank lines.
+  std::string text;
+  for (int k = 0; text.size() < 20000; ++k) text += "Chapter " + std::to_string(k) + "\n\n" + corpus_text(300) + "\n\n";
+  write(d / "text.txt", text);
+  const std::string dir = d / "run";
+  const Result a = run(plus(tiny_args(d / "text.txt", dir, 12),
+                            {"--bos", "--doc-windows", "blankline", "--diag-every", "4", "--stop-at", "6"}));
+  INFO(a.output);
+  REQUIRE(a.status == 0);
+  const auto tj = nlohmann::json::parse(read(dir + "/train.json"));
+  CHECK(tj.at("bos_id") == 256);
+  CHECK(tj.at("doc_sep") == "blankline");
+  CHECK(tj.at("diag_every") == 4);
+  CHECK(run_config(dir).vocab_size == 257);  // the BOS id is in the vocabulary
+  // Resumed from the folder alone: the windows stay BOS + document windows.
+  const Result b = run({"train", "--resume", dir, "--threads", "1", "--sample-len", "0"});
+  INFO(b.output);
+  REQUIRE(b.status == 0);
+  const auto tj2 = nlohmann::json::parse(read(dir + "/train.json"));
+  CHECK(tj2.at("bos_id") == 256);
+  CHECK(tj2.at("doc_sep") == "blankline");
+  // diagnostics.csv: the header and the rows of steps 1, 4, 8, 12 (the rows of the first
+  // part past its checkpoint at 6 are not there twice).
+  std::istringstream in(read(dir + "/diagnostics.csv"));
+  std::string line;
+  std::vector<std::string> steps;
+  std::getline(in, line);
+  CHECK(contains(line, "sink_rate,f_attn,f_attn_uniform"));
+  while (std::getline(in, line)) steps.push_back(line.substr(0, line.find(',')));
+  CHECK(steps == std::vector<std::string>{"1", "4", "8", "12"});
+  // An unknown separator is a clear error before anything is written.
+  const Result bad = run(plus(tiny_args(d / "text.txt", d / "bad", 4), {"--doc-windows", "paragraphs"}));
+  CHECK(bad.status != 0);
+  CHECK(contains(bad.output, "document separator 'paragraphs'"));
+  CHECK_FALSE(fs::exists(d / "bad"));
+}

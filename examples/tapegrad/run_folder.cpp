@@ -64,6 +64,10 @@ nlohmann::ordered_json to_json(const TrainArgs& a) {
   j["dtype"] = a.dtype;
   j["data_bytes"] = a.data_bytes;
   j["data_fingerprint"] = a.data_fingerprint;
+  j["bos_id"] = a.bos_id;
+  j["doc_sep"] = a.doc_sep;
+  j["diag_every"] = a.diag_every;
+  j["diag_batches"] = a.diag_batches;
   return j;
 }
 
@@ -115,6 +119,14 @@ TrainArgs train_args_from_json(const json& j, const std::string& label) {
   str("dtype", a.dtype);
   integer("data_bytes", a.data_bytes);
   str("data_fingerprint", a.data_fingerprint);
+  // Added later (Note [BOS and document windows]): an older train.json has none of them.
+  if (j.contains("bos_id")) integer("bos_id", a.bos_id);
+  if (j.contains("doc_sep")) str("doc_sep", a.doc_sep);
+  if (j.contains("diag_every")) integer("diag_every", a.diag_every);
+  if (j.contains("diag_batches")) integer("diag_batches", a.diag_batches);
+  if (a.bos_id < -1) throw std::runtime_error(label + ": field 'bos_id' must be -1 (none) or a token id");
+  if (a.diag_every < 0 || a.diag_batches < 1)
+    throw std::runtime_error(label + ": diag_every must be >= 0 and diag_batches >= 1");
   if (a.dtype != "f32" && a.dtype != "f64") throw std::runtime_error(label + ": field 'dtype' must be \"f32\" or \"f64\"");
   if (a.steps < 1 || a.batch < 1 || a.seq_len < 1 || a.eval_batches < 1)
     throw std::runtime_error(label + ": steps, batch, seq_len and eval_batches must be >= 1");

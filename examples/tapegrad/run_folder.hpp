@@ -91,6 +91,11 @@ struct TrainArgs {
   int threads = 0;  // the thread count the run used (bitwise reproducibility needs the same)
   std::int64_t eval_every = 0, eval_batches = 0, save_every = 0;
   std::string dtype = "f32";
+  // Note [BOS and document windows] (nn/data.hpp); absent in older train.json: off.
+  std::int64_t bos_id = -1;  // >= 0: the BOS token id at position 0 of every window
+  std::string doc_sep;       // "": windows start anywhere
+  // Sink diagnostics (nn/diagnostics.hpp) every diag_every steps into diagnostics.csv (0: off).
+  std::int64_t diag_every = 0, diag_batches = 1;
   // Recorded when the run starts, checked when it resumes.
   std::uint64_t data_bytes = 0;
   std::string data_fingerprint;  // 16 hex digits (data::Corpus::fingerprint)

@@ -43,6 +43,7 @@
 #include "nn/data.hpp"
 #include "nn/generate.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/diagnostics.hpp"
 #include "nn/model.hpp"
 #include "nn/signals.hpp"
 #include "nn/train_step.hpp"
@@ -80,6 +81,7 @@ struct Invocation {
   nn::ModelConfig config;
   std::string preset;
   std::vector<MetricsRow> metrics;  // rows already in metrics.csv (resume)
+  std::vector<std::pair<std::int64_t, std::string>> diag_rows;  // diagnostics.csv rows (step, line)
 };
 
 std::string default_data_path(bool* found_note) {
@@ -197,6 +199,33 @@ double evaluate(const nn::CausalLM<T>& model, const data::BatchSampler& val, std
   return sum / static_cast<double>(batches);
 }
 
+// The sink metrics (nn/diagnostics.hpp) on the first `batches` validation batches (the
+// evaluation's), T positions of each window.
+template <class T>
+nn::SinkSummary sink_diagnostics(const nn::CausalLM<T>& model, const data::BatchSampler& val, std::int64_t batches,
+                                 std::uint64_t val_seed) {
+  NoGrad no_grad;
+  Generator gen(val_seed);
+  const std::size_t B = val.batch(), Tn = val.seq_len();
+  Index x = Index::from_shape({B * static_cast<std::size_t>(batches), Tn});  // (n*B, T)
+  for (std::int64_t i = 0; i < batches; ++i) {
+    const Index b = val.next(gen);  // (B, T+1)
+    for (std::size_t r = 0; r < B; ++r)
+      std::copy_n(b.data() + r * (Tn + 1), Tn, x.data() + (std::size_t(i) * B + r) * Tn);
+  }
+  nn::Diagnostics d;
+  model.forward(x, nullptr, &d);
+  return nn::summarize_sinks(d, Tn);
+}
+
+// diagnostics.csv: the header, then the rows kept so far (written atomically).
+void write_diag_csv(const std::string& dir, std::size_t layers,
+                    const std::vector<std::pair<std::int64_t, std::string>>& rows) {
+  std::string text = nn::sink_csv_header(layers) + "\n";
+  for (const auto& r : rows) text += r.second + "\n";
+  cli::run::write_file_atomic(cli::run::join(dir, "diagnostics.csv"), text);
+}
+
 template <class T>
 int train(Invocation& inv) {
   const TrainArgs& a = inv.args;
@@ -213,8 +242,9 @@ int train(Invocation& inv) {
                              ")");
   const std::size_t B = static_cast<std::size_t>(a.batch), Tn = static_cast<std::size_t>(a.seq_len);
   const data::Split parts = data::split(corpus, a.val_fraction, Tn + 1);
-  const data::BatchSampler train_batches(parts.train, B, Tn, "the training split");
-  const data::BatchSampler val_batches(parts.val, B, Tn, "the validation split");
+  const data::WindowOptions windows{a.bos_id, a.doc_sep};  // Note [BOS and document windows]
+  const data::BatchSampler train_batches(parts.train, B, Tn, "the training split", windows);
+  const data::BatchSampler val_batches(parts.val, B, Tn, "the validation split", windows);
 
   nn::CausalLM<T> model(inv.config, a.seed);
   optim::AdamWOptions ao;
@@ -241,6 +271,10 @@ int train(Invocation& inv) {
     for (const auto& r : inv.metrics)
       if (r.step <= state.step) kept.push_back(r);
     inv.metrics = std::move(kept);
+    std::vector<std::pair<std::int64_t, std::string>> kept_diag;
+    for (const auto& r : inv.diag_rows)
+      if (r.first <= state.step) kept_diag.push_back(r);
+    inv.diag_rows = std::move(kept_diag);
     if (state.step >= a.steps) {
       for (const auto& p : tg::train::clean_interrupted_saves(dir))
         std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
@@ -288,6 +322,7 @@ int train(Invocation& inv) {
 
   auto write_metrics = [&] {
     run::write_file_atomic(run::join(dir, run::kMetricsFile), run::metrics_csv(inv.metrics));
+    if (a.diag_every > 0) write_diag_csv(dir, inv.config.num_hidden_layers, inv.diag_rows);
   };
   auto plot = [&] {
     if (!gnuplot) return;
@@ -366,6 +401,13 @@ int train(Invocation& inv) {
         << std::setprecision(3) << row.val_bpb << " bits/byte), train loss " << std::setprecision(4) << loss
         << ", elapsed " << run::format_duration(elapsed());
       progress.message(m.str());
+    }
+    if (a.diag_every > 0 && (state.step % a.diag_every == 0 || last || state.step == 1)) {
+      model.eval();
+      inv.diag_rows.emplace_back(state.step, nn::sink_csv_row(state.step, state.tokens_seen,
+                                                              sink_diagnostics(model, val_batches, a.diag_batches, val_seed)));
+      model.train();
+      if (!(row.val_loss == row.val_loss)) write_metrics();
     }
     row.elapsed_s = elapsed();
     state.elapsed_s = row.elapsed_s;
@@ -465,6 +507,16 @@ int run_train(int argc, char** argv) {
   app.add_option("--eval-every", a.eval_every, "steps between validation evaluations")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 40));
   app.add_option("--eval-batches", a.eval_batches, "batches per validation evaluation")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   app.add_option("--save-every", a.save_every, "steps between checkpoints (0: only at the end)")->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  bool bos = false;
+  app.add_flag("--bos", bos, "put a BOS token (id 256, vocabulary 257) at position 0 of every window")
+      ->capture_default_str();
+  app.add_option("--doc-windows", a.doc_sep,
+                 "start windows only at document starts: " + data::document_separators() +
+                     " (nn/data.hpp Note [BOS and document windows])");
+  app.add_option("--diag-every", a.diag_every, "steps between sink diagnostics into diagnostics.csv (0: off)")
+      ->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  app.add_option("--diag-batches", a.diag_batches, "validation batches of each sink diagnostic")
+      ->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 20));
   app.add_option("--dtype", a.dtype, "f32 or f64")->capture_default_str()->check(CLI::IsMember({"f32", "f64"}));
   app.add_option("--out", inv.out, "the run folder (default: runs/<preset>-<size>-s<seed>, numbered if it exists)");
   app.add_option("--resume", resume_dir, "continue the run in this folder (or --out) from its checkpoint")
@@ -523,11 +575,15 @@ int run_train(int argc, char** argv) {
     fixed("--clip", a.clip == stored.clip);
     fixed("--seed", a.seed == stored.seed);
     fixed("--dtype", a.dtype == stored.dtype);
+    fixed("--bos", !bos || stored.bos_id >= 0);
+    fixed("--doc-windows", !given("--doc-windows") || a.doc_sep == stored.doc_sep);
     TrainArgs r = stored;
     if (given("--steps")) r.steps = a.steps;
     if (given("--eval-every")) r.eval_every = a.eval_every;
     if (given("--eval-batches")) r.eval_batches = a.eval_batches;
     if (given("--save-every")) r.save_every = a.save_every;
+    if (given("--diag-every")) r.diag_every = a.diag_every;
+    if (given("--diag-batches")) r.diag_batches = a.diag_batches;
     if (given("--data")) r.data = fs::absolute(a.data).lexically_normal().string();
     if (tg::num_threads() != stored.threads)
       std::cerr << "tapegrad train: warning: this run used " << stored.threads << " thread(s), now "
@@ -539,6 +595,14 @@ int run_train(int argc, char** argv) {
     inv.preset = spec.preset;
     const std::string mpath = cli::run::join(inv.out, cli::run::kMetricsFile);
     if (fs::exists(mpath)) inv.metrics = cli::run::parse_metrics_csv(cli::run::read_file(mpath), mpath);
+    const std::string dpath = cli::run::join(inv.out, "diagnostics.csv");
+    if (fs::exists(dpath)) {
+      std::istringstream in(cli::run::read_file(dpath));
+      std::string line;
+      std::getline(in, line);  // the header
+      while (std::getline(in, line))
+        if (!line.empty()) inv.diag_rows.emplace_back(std::stoll(line.substr(0, line.find(','))), line);
+    }
   } else {
     // ---- a new run ----
     if (!given("--warmup")) a.warmup = std::min(a.warmup, a.steps);  // short runs: a shorter warm-up
@@ -567,6 +631,13 @@ int run_train(int argc, char** argv) {
       nn::apply_preset(inv.config, a.preset);
       inv.preset = a.preset;
     }
+    if (bos) {
+      // Note [BOS and document windows]: the id after the bytes, in the vocabulary.
+      a.bos_id = static_cast<std::int64_t>(data::ByteTokenizer::vocab_size);
+      if (inv.config.vocab_size <= data::ByteTokenizer::vocab_size)
+        inv.config.vocab_size = data::ByteTokenizer::vocab_size + 1;
+    }
+    if (!a.doc_sep.empty()) (void)data::document_starts({nullptr, 0}, a.doc_sep);  // checks the separator
     if (static_cast<std::size_t>(a.seq_len) + 1 > inv.config.max_position_embeddings)
       throw std::runtime_error("--seq-len " + std::to_string(a.seq_len) + " needs " + std::to_string(a.seq_len + 1) +
                                " positions, more than the model's max_position_embeddings " +
