@@ -187,7 +187,7 @@ Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> s) {
 // ---- unary functions ----------------------------------------------------------------
 // One skeleton for all: forward y = f(x); backward dx += dy * f'(x, y). The loops are
 // kernels::unary_forward / unary_backward (xsimd + OpenMP), whose naive twins spell out
-// each f and f' as plain scalar code (autograd/kernels/elementwise.cpp).
+// each f and f' as plain scalar code (autograd/kernels/unary.cpp).
 namespace {
 
 using U = kernels::Unary;

@@ -441,7 +441,7 @@ xt::xarray<T> attention_out(const Tensor<T>& q, const T* k, const T* v, std::siz
   TG_KERNEL(attention_forward)(dims, scale, q.value().data(), qs, k, ks, v, ks, o.data(), qs, lse);
   if (probs_out) {
     *probs_out = xt::xarray<T>::from_shape({B, H, Tq, Tk});
-    kernels::attention_probs<T>(dims, scale, q.value().data(), qs, k, ks, lse, probs_out->data());
+    TG_KERNEL(attention_probs)(dims, scale, q.value().data(), qs, k, ks, lse, probs_out->data());
   }
   return o;
 }

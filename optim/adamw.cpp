@@ -7,6 +7,7 @@
 #include <string>
 
 #include "autograd/kernels/adamw.hpp"
+#include "autograd/kernels/dispatch.hpp"
 
 namespace tg::optim {
 
@@ -70,7 +71,7 @@ void AdamW<T>::step() {
       if (!p.has_grad()) continue;  // as PyTorch: no .grad, no update, no step
       ++s.step;
       xt::xarray<T>& value = p.mutable_value();
-      kernels::adamw_step<T>(std::int64_t(value.size()), value.data(), p.grad().data(), s.exp_avg.data(),
+      TG_KERNEL(adamw_step)(std::int64_t(value.size()), value.data(), p.grad().data(), s.exp_avg.data(),
                              s.exp_avg_sq.data(), T(lr), T(options_.beta1), T(options_.beta2), T(options_.eps),
                              T(wd), s.step);
     }

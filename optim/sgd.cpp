@@ -7,6 +7,7 @@
 #include <string>
 
 #include "autograd/kernels/adamw.hpp"
+#include "autograd/kernels/dispatch.hpp"
 
 namespace tg::optim {
 
@@ -66,7 +67,7 @@ void SGD<T>::step() {
       State& s = state_[k++];
       if (!p.has_grad()) continue;  // as PyTorch: no .grad, no update
       xt::xarray<T>& value = p.mutable_value();
-      kernels::sgd_step<T>(std::int64_t(value.size()), value.data(), p.grad().data(),
+      TG_KERNEL(sgd_step)(std::int64_t(value.size()), value.data(), p.grad().data(),
                            has_momentum() ? s.momentum_buffer.data() : nullptr, T(lr), T(options_.momentum),
                            T(options_.dampening), T(wd), options_.nesterov, s.step == 0);
       ++s.step;

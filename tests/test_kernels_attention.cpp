@@ -277,6 +277,13 @@ TEST_CASE_TEMPLATE("attention: probabilities match the definition and reproduce 
     CHECK(worst < kTol<T>);
     CHECK(worst_rowsum < 10 * kTol<T>);
     CHECK(worst_pv < 10 * kTol<T>);
+    // The naive twin (full score matrix, row softmax; lse not read) gives the same P.
+    std::vector<T> Pn(P.size(), T(-1));
+    K::attention_probs_naive<T>(d, p.scale, p.q.data.data(), p.q.s, p.k.data.data(), p.k.s, ref.lse.data(),
+                                Pn.data());
+    double worst_twin = 0;
+    for (std::size_t e = 0; e < P.size(); ++e) worst_twin = std::max(worst_twin, std::abs(double(P[e]) - Pn[e]));
+    CHECK(worst_twin < kTol<T>);
   }
 }
 

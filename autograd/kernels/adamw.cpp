@@ -12,13 +12,7 @@
 #include <string>
 #include <type_traits>
 
-// GCC 12 warns (falsely) about _mm512_undefined_ps() inside the AVX-512 intrinsics that
-// xsimd::sqrt inlines into this file; the warning is about the compiler's own headers.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <xsimd/xsimd.hpp>
-
-#include "autograd/kernels/parallel.hpp"
+#include "autograd/kernels/simd.hpp"
 
 namespace tg::kernels {
 
@@ -27,10 +21,7 @@ namespace {
 constexpr int64_t kBlock = 4096;                    // elements per OpenMP work item
 constexpr int64_t kParallelMin = int64_t(1) << 15;  // below this, one thread
 
-int threads_for(int64_t n) {
-  if (n < kParallelMin) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>(tg::num_threads(), (n + kBlock - 1) / kBlock)));
-}
+int threads_for(int64_t n) { return simd::threads_for(n, (n + kBlock - 1) / kBlock, kParallelMin); }
 
 // Note [Exact rounding in the optimizer kernels]
 // To round exactly as PyTorch does, every multiply-add below must be fused where PyTorch
@@ -43,19 +34,7 @@ int threads_for(int64_t n) {
 //    statements, so PyTorch's separate `param.mul_(1 - lr*wd)` followed by an add would
 //    lose its rounding. rounded() hides a value from the optimiser with an empty asm
 //    statement, so the product that made it is rounded and stored as written.
-template <class T, class A>
-xsimd::batch<T, A> fmadd(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& y,
-                         const xsimd::batch<T, A>& z) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
-    if constexpr (std::is_same_v<T, float>)
-      return _mm512_fmadd_ps(x, y, z);
-    else
-      return _mm512_fmadd_pd(x, y, z);
-  } else
-#endif
-    return xsimd::fma(x, y, z);
-}
+using simd::fmadd;
 
 template <class T, class A>
 xsimd::batch<T, A> rounded(const xsimd::batch<T, A>& v) {

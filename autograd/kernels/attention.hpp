@@ -71,6 +71,11 @@ template <class T>
 void attention_probs(const AttnDims& dims, T scale,
                      const T* q, AttnStrides qs, const T* k, AttnStrides ks,
                      const T* lse, T* probs);
+// Its twin: the full score matrix and a row softmax (lse is not read).
+template <class T>
+void attention_probs_naive(const AttnDims& dims, T scale,
+                           const T* q, AttnStrides qs, const T* k, AttnStrides ks,
+                           const T* lse, T* probs);
 
 // The O(T^2) reference twins: materialise the (B,H,Tq,Tk) scores, softmax them,
 // then multiply. Same arguments and results as the fast kernels. The naive

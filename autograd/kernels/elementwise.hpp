@@ -1,16 +1,14 @@
-// autograd/kernels/elementwise.hpp — elementwise maps and row/column reductions.
+// autograd/kernels/elementwise.hpp — elementwise maps, plain and with broadcasting.
 //
 // What it is for: the loops under the unary ops (exp, log, sqrt, rsqrt, tanh,
-// sigmoid, silu, relu, gelu, abs), the binary ops on equal-length arrays
-// (add, sub, mul, div), a few BLAS-1 style helpers (axpy, scale, fill), and the
-// reductions sum / max over the last axis and sum over the first axis (the
-// last one undoes the broadcasting of a bias in backward). Every fast kernel is
+// sigmoid, silu, relu, gelu, abs; unary.cpp) and the binary ops on equal-length
+// arrays (add, sub, mul, div; binary.cpp). Every fast kernel is
 // vectorised with xsimd and threaded with OpenMP above a size threshold; each
 // has a `_naive` twin with the same signature, a plain scalar loop over std::
 // math, kept as its test oracle and as the readable definition.
 //
 // Also the binary ops with numpy broadcasting (binary_broadcast_forward /
-// _backward): the inputs are described by strides over the output's axes, 0
+// _backward; broadcast.cpp): the inputs are described by strides over the output's axes, 0
 // where an input is broadcast, and the backward sums over those axes itself.
 //
 // What it is not: general strided views, or anything that knows a Tensor or
@@ -114,18 +112,6 @@ void binary_forward(Binary op, int64_t n, const T* x, const T* y, T* z);
 template <class T>
 void binary_forward_naive(Binary op, int64_t n, const T* x, const T* y, T* z);
 
-// Scalar broadcast, right: z = x op s.  x, z are (n); z may alias x.
-template <class T>
-void binary_forward_scalar(Binary op, int64_t n, const T* x, T s, T* z);
-template <class T>
-void binary_forward_scalar_naive(Binary op, int64_t n, const T* x, T s, T* z);
-
-// Scalar broadcast, left: z = s op y.  y, z are (n); z may alias y.
-template <class T>
-void binary_forward_scalar_lhs(Binary op, int64_t n, T s, const T* y, T* z);
-template <class T>
-void binary_forward_scalar_lhs_naive(Binary op, int64_t n, T s, const T* y, T* z);
-
 // Backward of z = x op y, accumulating; dx or dy may be nullptr (not wanted).
 //   Add: dx += dz            dy += dz
 //   Sub: dx += dz            dy -= dz
@@ -198,28 +184,6 @@ void binary_broadcast_backward_naive(Binary op, int rank, const int64_t* out_sha
                                      const int64_t* a_strides, const int64_t* b_strides, const T* a,
                                      const T* b, const T* dz, T* da, T* db);
 
-// ---- BLAS-1 helpers --------------------------------------------------------
-
-// y += a * x (computed with one rounding, std::fma).  x, y are (n).
-template <class T>
-void axpy(int64_t n, T a, const T* x, T* y);
-template <class T>
-void axpy_naive(int64_t n, T a, const T* x, T* y);
-
-// y = a * x.  x, y are (n); y may alias x (in-place scaling).
-template <class T>
-void scale(int64_t n, T a, const T* x, T* y);
-template <class T>
-void scale_naive(int64_t n, T a, const T* x, T* y);
-
-// y[i] = value.  y is (n).
-template <class T>
-void fill(int64_t n, T value, T* y);
-template <class T>
-void fill_naive(int64_t n, T value, T* y);
-
-// ---- reductions ------------------------------------------------------------
-//
 // Note [Accumulation in double]
 // Sums accumulate in double for both T = float and T = double, and the result
 // is rounded to T once. For float that makes a sum of 10⁵ terms as accurate
@@ -227,28 +191,5 @@ void fill_naive(int64_t n, T value, T* y);
 // (these loops are memory bound). The naive twins do the same, so they are
 // accurate oracles. The fast kernels sum in a different order (vector lanes,
 // per-thread blocks), so in double the two agree to round-off, not bitwise.
-// Reductions write their output (they do not accumulate).
-
-// out[r] = Σ_j x[r, j].  x is (rows, n), out is (rows). n == 0 gives zeros.
-template <class T>
-void sum_rows(int64_t rows, int64_t n, const T* x, T* out);
-template <class T>
-void sum_rows_naive(int64_t rows, int64_t n, const T* x, T* out);
-
-// out[j] = Σ_r x[r, j].  x is (rows, n), out is (n). rows == 0 gives zeros.
-template <class T>
-void sum_cols(int64_t rows, int64_t n, const T* x, T* out);
-template <class T>
-void sum_cols_naive(int64_t rows, int64_t n, const T* x, T* out);
-
-// out_max[r] = max_j x[r, j], out_arg[r] = the first j attaining it.
-// x is (rows, n), out_max and out_arg are (rows); out_arg may be nullptr.
-// A row holding a NaN gives NaN and the index of its first NaN (the max
-// propagates NaN, as in PyTorch). n == 0 with rows > 0 throws
-// std::invalid_argument. Exact: fast and naive agree bitwise.
-template <class T>
-void max_rows(int64_t rows, int64_t n, const T* x, T* out_max, int64_t* out_arg);
-template <class T>
-void max_rows_naive(int64_t rows, int64_t n, const T* x, T* out_max, int64_t* out_arg);
 
 }  // namespace tg::kernels

@@ -11,9 +11,8 @@
 #include <string>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
 
-#include "autograd/kernels/parallel.hpp"
+#include "autograd/kernels/simd.hpp"
 
 namespace tg::kernels {
 
@@ -24,10 +23,7 @@ namespace {
 constexpr int64_t kParallelMin = int64_t(1) << 15;
 
 // Threads to use for `work` elements split into at most `max_chunks` pieces.
-int threads_for(int64_t work, int64_t max_chunks) {
-  if (work < kParallelMin) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>(tg::num_threads(), max_chunks)));
-}
+int threads_for(int64_t work, int64_t max_chunks) { return simd::threads_for(work, max_chunks, kParallelMin); }
 
 std::string sizes(int64_t rows, int64_t C) {
   return "rows=" + std::to_string(rows) + ", C=" + std::to_string(C);

@@ -7,9 +7,8 @@
 #include <string>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
 
-#include "autograd/kernels/parallel.hpp"
+#include "autograd/kernels/simd.hpp"
 
 namespace tg::kernels {
 
@@ -18,10 +17,7 @@ namespace {
 // Inputs with fewer elements than this stay on one thread.
 constexpr int64_t kParallelMin = int64_t(1) << 15;
 
-int threads_for(int64_t work, int64_t max_chunks) {
-  if (work < kParallelMin) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>(tg::num_threads(), max_chunks)));
-}
+int threads_for(int64_t work, int64_t max_chunks) { return simd::threads_for(work, max_chunks, kParallelMin); }
 
 std::string fail(const char* kernel, const std::string& what) {
   return std::string(kernel) + ": " + what;

@@ -16,15 +16,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-#include <xsimd/xsimd.hpp>
 
-// GCC 12 reports "__Y may be used uninitialized" from inside xsimd 8.1's
-// AVX-512 exp/ldexp (the _mm512_undefined_* idiom) once inlined here; the
-// warning is about xsimd's code, not ours, and would bury real ones.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
-#include "autograd/kernels/parallel.hpp"
+#include "autograd/kernels/simd.hpp"
 
 namespace tg::kernels {
 
@@ -33,19 +26,7 @@ namespace {
 // Below this many elements (rows · n) a call stays on the calling thread.
 constexpr int64_t kGrain = int64_t(1) << 14;
 
-// x * y + z with one rounding, also on AVX-512 (Note [xsimd fma on AVX-512],
-// elementwise.cpp).
-template <class T, class A>
-xsimd::batch<T, A> fmadd(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& y,
-                         const xsimd::batch<T, A>& z) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
-    if constexpr (std::is_same_v<T, float>) return _mm512_fmadd_ps(x, y, z);
-    else return _mm512_fmadd_pd(x, y, z);
-  } else
-#endif
-    return xsimd::fma(x, y, z);
-}
+using simd::fmadd;  // one rounding, also on AVX-512 (Note [xsimd fma on AVX-512])
 
 template <class T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();

@@ -11,13 +11,7 @@
 #include <stdexcept>
 #include <string>
 
-// GCC 12 warns (falsely) about _mm512_undefined_ps() inside the AVX-512 intrinsics that
-// xsimd::exp inlines into this file; the warning is about the compiler's own headers.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <xsimd/xsimd.hpp>
-
-#include "autograd/kernels/parallel.hpp"
+#include "autograd/kernels/simd.hpp"
 
 namespace tg::kernels {
 
@@ -26,10 +20,7 @@ namespace {
 constexpr int64_t kBlock = 2048;                       // elements per OpenMP work item
 constexpr int64_t kParallelMin = int64_t(1) << 14;     // below this, one thread
 
-int threads_for(int64_t n) {
-  if (n < kParallelMin) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>(tg::num_threads(), (n + kBlock - 1) / kBlock)));
-}
+int threads_for(int64_t n) { return simd::threads_for(n, (n + kBlock - 1) / kBlock, kParallelMin); }
 
 void check(const char* K, int64_t n, const void* g, const void* u, const void* third,
            const char* third_name) {

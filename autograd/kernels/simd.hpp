@@ -1,0 +1,135 @@
+// autograd/kernels/simd.hpp — the helpers the SIMD kernel files share (private to
+// autograd/kernels/*.cpp; not installed for users, not part of the kernel API).
+//
+// What it is for: xsimd with GCC's false warnings silenced, an FMA with one rounding on
+// every instruction set (fmadd / fmsub), the thread count for a loop of a given size
+// (threads_for), and the vector map with its padded tail that the elementwise kernels are
+// made of (vmap), plus the plain loop their naive twins use (each).
+//
+// What it is not: a kernel. Nothing here knows a shape or an op.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+// GCC 12 reports "__Y may be used uninitialized" from inside xsimd 8.1's AVX-512
+// exp/ldexp/sqrt (the _mm512_undefined_* idiom) once inlined into a kernel file; the
+// warning is about xsimd's and the compiler's own headers, not ours, and would bury real
+// ones. (A pragma in a header holds for the rest of the including file.)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <xsimd/xsimd.hpp>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "autograd/kernels/parallel.hpp"
+
+namespace tg::kernels::simd {
+
+// Note [xsimd fma on AVX-512]
+// xsimd 8.1 has no AVX-512 fma/fms kernels: on an avx512 arch xsimd::fma falls back to
+// the generic `x * y + z`, two roundings (and with -std=c++20 GCC does not contract it).
+// Where one rounding matters we call the intrinsic ourselves; on other archs xsimd::fma
+// is the real instruction.
+
+// x * y + z with one rounding.
+template <class T, class A>
+xsimd::batch<T, A> fmadd(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& y,
+                         const xsimd::batch<T, A>& z) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) return _mm512_fmadd_ps(x, y, z);
+    else return _mm512_fmadd_pd(x, y, z);
+  } else
+#endif
+    return xsimd::fma(x, y, z);
+}
+
+// x * y - z with one rounding.
+template <class T, class A>
+xsimd::batch<T, A> fmsub(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& y,
+                         const xsimd::batch<T, A>& z) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) return _mm512_fmsub_ps(x, y, z);
+    else return _mm512_fmsub_pd(x, y, z);
+  } else
+#endif
+    return xsimd::fms(x, y, z);
+}
+
+// Threads for a loop over `work` elements cut into at most `max_chunks` independent
+// pieces: 1 below `min_work` (starting a parallel region costs a few microseconds, as
+// much as a memory-bound pass over ~30k elements), else tg::num_threads(), capped.
+inline int threads_for(int64_t work, int64_t max_chunks, int64_t min_work) {
+  if (work < min_work) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>(tg::num_threads(), max_chunks)));
+}
+
+// Throws std::invalid_argument naming `kernel` if n < 0.
+inline void check_n(const char* kernel, int64_t n) {
+  if (n < 0)
+    throw std::invalid_argument(std::string(kernel) + ": negative length n = " + std::to_string(n));
+}
+
+// Runs body(i0, i1) over [0, nvec·W) split into per-thread ranges of whole vectors
+// (static, one contiguous range per thread) when `big`, else once.
+template <class Body>
+void parallel_vectors(int64_t nvec, int64_t W, bool big, Body&& body) {
+  const int nt = tg::num_threads();
+  if (big && nt > 1 && nvec > 1) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int p = 0; p < nt; ++p) body(nvec * p / nt * W, nvec * (p + 1) / nt * W);
+  } else {
+    body(0, nvec * W);
+  }
+}
+
+// The vector loop of vmap over [i0, i1). The pointers are parameters (not captured by
+// reference), so the compiler keeps them in registers instead of reloading them after
+// every store.
+template <class V, class F, class T, class... In>
+void vmap_range(int64_t i0, int64_t i1, F f, T* out, const In*... in) {
+  for (int64_t i = i0; i < i1; i += int64_t(V::size)) f(V::load_unaligned(in + i)...).store_unaligned(out + i);
+}
+
+// out[i] = f(in_0[i], in_1[i], ...) for i in [0, n), f a function of xsimd::batch<T>,
+// threaded from `grain` elements on. out may alias any input. The last n % W elements
+// are copied into vectors padded with 1 (a value every f here accepts), so they go
+// through the same f as the rest: results do not depend on the length, the alignment
+// or the thread count.
+template <class T, class F, class... In>
+void vmap(int64_t n, int64_t grain, F f, T* out, const In*... in) {
+  using V = xsimd::batch<T>;
+  constexpr int64_t W = V::size;
+  static_assert((std::is_same_v<In, T> && ...), "vmap: all arrays have the same type");
+  const int64_t nvec = n / W;
+  parallel_vectors(nvec, W, n >= grain,
+                   [&](int64_t i0, int64_t i1) { vmap_range<V>(i0, i1, f, out, in...); });
+  const int64_t i0 = nvec * W, k = n - i0;
+  if (k == 0) return;
+  constexpr std::size_t N = sizeof...(In);
+  alignas(64) T buf[N][W];
+  const T* src[N] = {in...};
+  for (std::size_t a = 0; a < N; ++a)
+    for (int64_t j = 0; j < W; ++j) buf[a][j] = j < k ? src[a][i0 + j] : T(1);
+  alignas(64) T res[W];
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    f(V::load_aligned(buf[I])...).store_aligned(res);
+  }(std::make_index_sequence<N>{});
+  for (int64_t j = 0; j < k; ++j) out[i0 + j] = res[j];
+}
+
+// A plain loop, for the naive twins.
+template <class F>
+void each(int64_t n, F&& body) {
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+}  // namespace tg::kernels::simd
