@@ -16,7 +16,11 @@
 // What it is not: a test. Nothing here asserts speed; a loose agreement check
 // against OpenBLAS only guards against timing a wrong kernel.
 //
-// Usage: bench_gemm [--quick] [--dtype f32|f64|both] [--threads 1,2]
+// --dtype bf16 times tapegrad's bf16 mode (gemm_bf16.hpp: bf16 operands, float
+// accumulation, AVX512_BF16) against OpenBLAS's float sgemm: the speed a bf16 training
+// step gets from its matmuls.
+//
+// Usage: bench_gemm [--quick] [--dtype f32|f64|both|bf16] [--threads 1,2]
 //                   [--only SUBSTRING] [--reps N] [--csv PATH]
 #include <cblas.h>
 
@@ -34,6 +38,7 @@
 #include <vector>
 
 #include "autograd/kernels/gemm.hpp"
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 
 namespace {
@@ -153,7 +158,9 @@ Row run_case(const Case& c, const char* dtype, int threads, int reps, double blo
     maxerr = std::max(maxerr, std::abs(double(C1[i]) - double(C2[i])));
     maxref = std::max(maxref, std::abs(double(C2[i])));
   }
-  const double tol = 8.0 * double(c.K) * std::numeric_limits<T>::epsilon() * std::max(1.0, maxref);
+  double tol = 8.0 * double(c.K) * std::numeric_limits<T>::epsilon() * std::max(1.0, maxref);
+  if (tg::kernels::gemm_bf16_enabled())  // operands rounded to 8 bits: a looser check
+    tol = 0x1p-6 * std::sqrt(double(c.K)) * std::max(1.0, maxref);
   if (!(maxerr <= tol))
     std::fprintf(stderr, "WARNING: %s %s disagrees with OpenBLAS: max |diff| %g (tol %g)\n",
                  dtype, c.name.c_str(), maxerr, tol);
@@ -231,8 +238,8 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--dtype") {
       dtype = next();
-      if (dtype != "f32" && dtype != "f64" && dtype != "both") {
-        std::fprintf(stderr, "bench_gemm: --dtype must be f32, f64 or both\n");
+      if (dtype != "f32" && dtype != "f64" && dtype != "both" && dtype != "bf16") {
+        std::fprintf(stderr, "bench_gemm: --dtype must be f32, f64, both or bf16\n");
         return 2;
       }
     } else if (a == "--csv") {
@@ -252,7 +259,7 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: bench_gemm [--quick] [--dtype f32|f64|both] [--threads 1,2] [--only SUBSTR]\n"
+          "usage: bench_gemm [--quick] [--dtype f32|f64|both|bf16] [--threads 1,2] [--only SUBSTR]\n"
           "                  [--reps N] [--csv PATH]\n");
       return 0;
     } else {
@@ -278,8 +285,13 @@ int main(int argc, char** argv) {
   std::printf("%-22s %-20s %3s %10s %10s %7s\n", "case", "shape MxNxK op", "thr", "tapegrad",
               "OpenBLAS", "ratio");
   std::vector<std::string> dtypes;
-  if (dtype != "f64") dtypes.push_back("f32");
-  if (dtype != "f32") dtypes.push_back("f64");
+  if (dtype == "bf16") {
+    dtypes.push_back("bf16");
+    tg::kernels::set_gemm_bf16(true);  // throws, naming AVX512_BF16, on a CPU without it
+  } else {
+    if (dtype != "f64") dtypes.push_back("f32");
+    if (dtype != "f32") dtypes.push_back("f64");
+  }
   for (const std::string& dt : dtypes) {
     for (int th : thread_list) {
       tg::set_num_threads(th);
@@ -287,13 +299,13 @@ int main(int argc, char** argv) {
       // Start both libraries' thread pools and let the scheduler settle them
       // on the cores before timing (the first calls after a team is created
       // can be much slower).
-      if (dt == "f32")
+      if (dt != "f64")
         warm_up<float>(0.3);
       else
         warm_up<double>(0.3);
       for (const Case& c : make_cases(quick)) {
         if (!only.empty() && c.name.find(only) == std::string::npos) continue;
-        Row r = dt == "f32" ? run_case<float>(c, "f32", th, reps, block_s)
+        Row r = dt != "f64" ? run_case<float>(c, dt.c_str(), th, reps, block_s)
                             : run_case<double>(c, "f64", th, reps, block_s);
         const double ratio = r.ours / r.peer;
         std::printf("%-22s %-20s %3d %10.1f %10.1f %7.3f\n", r.name.c_str(), shape_str(c).c_str(),

@@ -34,8 +34,10 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 
 namespace tg::kernels {
@@ -721,11 +723,23 @@ int threads_here() {
 
 }  // namespace
 
+namespace detail {
+void check_gemm_args(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                     const float* A, int64_t lda, const float* B, int64_t ldb, const float* C,
+                     int64_t ldc) {
+  check_args(name, transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+}
+}  // namespace detail
+
 // ---- public entry points ----------------------------------------------------------
+// In the bf16 mode (gemm_bf16.hpp) the float entry points hand over to gemm_bf16 and its
+// twin, so ReferenceKernels still switches between a fast kernel and its naive twin.
 
 template <class T>
 void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    if (gemm_bf16_enabled() && K > 0) return gemm_bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   check_args("gemm", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
   gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads_here());
 }
@@ -733,6 +747,8 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
 template <class T>
 void gemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    if (gemm_bf16_enabled()) return gemm_bf16_naive(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   check_args("gemm_naive", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = 0; n < N; ++n) {
@@ -754,6 +770,13 @@ void gemm_batched(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T a
                   int64_t strideB, T beta, T* C, int64_t ldc, int64_t strideC, int64_t batch) {
   check_batched("gemm_batched", transA, transB, M, N, K, A, lda, strideA, B, ldb, strideB, C, ldc,
                 strideC, batch);
+  if constexpr (std::is_same_v<T, float>)
+    if (gemm_bf16_enabled() && K > 0) {  // each entry threaded inside
+      for (int64_t b = 0; b < batch; ++b)
+        gemm_bf16(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+                  C + b * strideC, ldc);
+      return;
+    }
   const int nt = threads_here();
   // Whole GEMMs per thread when the batch splits evenly enough; otherwise
   // (few or uneven entries of a big GEMM) thread inside each GEMM.

@@ -1,0 +1,278 @@
+// autograd/kernels/gemm_bf16.cpp — see gemm_bf16.hpp.
+//
+// The loop nest of gemm.cpp, simplified: for each column block of C, op(B) is packed once
+// for all of K as bf16 pairs in NR-wide panels (threads share the packing), then work
+// items (a block of MC rows against a range of panels) pack their rows of op(A) one
+// k-slab at a time and run the micro-kernel, which keeps an MR x NR tile of C in 24 zmm
+// accumulators. A "pair" is one 32-bit word holding bf16(x[k]) (low half) and
+// bf16(x[k+1]) (high half) for an even k: vdpbf16ps multiplies a broadcast pair of A by
+// 16 pairs of B and adds both products into 16 float lanes. An odd K is padded with a
+// zero k on both sides.
+//
+// The AVX512_BF16 code is compiled through target attributes, so this file builds in
+// every configuration (portable and -march=haswell too) and the instructions run only
+// after cpu_has_avx512_bf16() said yes.
+#include "autograd/kernels/gemm_bf16.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define TG_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define TG_HAVE_BF16_CODE 1
+#else
+#define TG_HAVE_BF16_CODE 0
+#endif
+
+#include "autograd/kernels/gemm.hpp"
+#include "autograd/kernels/parallel.hpp"
+
+namespace tg::kernels {
+
+namespace detail {
+// gemm.cpp's argument checks (the messages name `name`).
+void check_gemm_args(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                     const float* A, int64_t lda, const float* B, int64_t ldb, const float* C,
+                     int64_t ldc);
+}  // namespace detail
+
+namespace {
+
+std::atomic<bool> g_bf16{false};
+
+// bf16 bits of x (Note [bf16 rounding]).
+uint16_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // NaN stays NaN
+  if ((u & 0x7f800000u) == 0) return uint16_t((u >> 16) & 0x8000u);          // subnormal -> ±0
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+uint32_t pair_bits(float lo, float hi) { return uint32_t(bf16_bits(lo)) | (uint32_t(bf16_bits(hi)) << 16); }
+
+constexpr int MR = 6, NV = 4, NR = NV * 16;  // 6 x 64 tile of C: 24 zmm accumulators
+constexpr int64_t KC = 512;                  // k per slab (256 pairs)
+constexpr int64_t MC = MR * 40;              // rows of A per work item
+constexpr int64_t kBudgetPairs = int64_t(2) << 20;  // packed B block: 8 MiB of pairs
+constexpr double kParallelMinFlops = 2.0 * 96 * 96 * 96;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#if TG_HAVE_BF16_CODE
+
+// dst[k2*ld + r] = pair(x(r, k0+2k2), x(r, k0+2k2+1)) for r < rows and 2k2 < kc, where
+// x(r, k) = src[r*rs + k*ks] (one of rs, ks is 1); rows [rows, rpad) and the missing
+// odd k are zero.
+TG_BF16_TARGET void pack_pairs(const float* src, int64_t rs, int64_t ks, int64_t rows, int64_t rpad,
+                               int64_t k0, int64_t kc, uint32_t* dst, int64_t ld) {
+  const int64_t kc2 = ceil_div(kc, 2);
+  if (ks == 1) {  // k contiguous: a row converts 32 k at a time
+    alignas(64) uint32_t t[16];
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* s = src + r * rs + k0;
+      int64_t k = 0;
+      for (; k + 32 <= kc; k += 32) {
+        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + k + 16), _mm512_loadu_ps(s + k));
+        _mm512_store_si512(t, (__m512i)v);
+        for (int j = 0; j < 16; ++j) dst[(k / 2 + j) * ld + r] = t[j];
+      }
+      for (; k < kc; k += 2) dst[(k / 2) * ld + r] = pair_bits(s[k], k + 1 < kc ? s[k + 1] : 0.f);
+    }
+  } else {  // rows contiguous: interleave two k rows, 16 rows at a time
+    const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    for (int64_t k2 = 0; k2 < kc2; ++k2) {
+      const float* s0 = src + (k0 + 2 * k2) * ks;
+      const float* s1 = 2 * k2 + 1 < kc ? s0 + ks : nullptr;
+      uint32_t* d = dst + k2 * ld;
+      int64_t r = 0;
+      for (; r + 16 <= rows; r += 16) {
+        const __m512 a = _mm512_loadu_ps(s0 + r), b = s1 ? _mm512_loadu_ps(s1 + r) : _mm512_setzero_ps();
+        const __m512 lo = _mm512_permutex2var_ps(a, lo_idx, b), hi = _mm512_permutex2var_ps(a, hi_idx, b);
+        _mm512_storeu_si512(d + r, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
+      for (; r < rows; ++r) d[r] = pair_bits(s0[r], s1 ? s1[r] : 0.f);
+    }
+  }
+  for (int64_t k2 = 0; k2 < kc2; ++k2)
+    for (int64_t r = rows; r < rpad; ++r) dst[k2 * ld + r] = 0;
+}
+
+// c(rows, cols) = alpha * a(MR, kc2 pairs) @ b(kc2 pairs, NR) + beta * c (beta == 0
+// overwrites); a is [kc2][MR], b is [kc2][NR], both packed pairs.
+template <int NVU>
+TG_BF16_TARGET void micro_kernel(int64_t kc2, const uint32_t* __restrict a, const uint32_t* __restrict b,
+                                 float* c, int64_t ldc, float alpha, float beta, int64_t rows, int64_t cols) {
+  __m512 acc[MR][NVU];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NVU; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t k2 = 0; k2 < kc2; ++k2) {
+    __m512bh bv[NVU];
+    for (int v = 0; v < NVU; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + k2 * NR + 16 * v);
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[k2 * MR + i]));
+      for (int v = 0; v < NVU; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int i = 0; i < MR && i < rows; ++i)
+    for (int v = 0; v < NVU; ++v) {
+      const int64_t n = std::clamp<int64_t>(cols - 16 * v, 0, 16);
+      if (n == 0) break;
+      const __mmask16 m = __mmask16((1u << n) - 1u);
+      float* p = c + i * ldc + 16 * v;
+      const __m512 r = beta == 0.f ? _mm512_mul_ps(va, acc[i][v])
+                                   : _mm512_fmadd_ps(va, acc[i][v], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, p)));
+      _mm512_mask_storeu_ps(p, m, r);
+    }
+}
+
+TG_BF16_TARGET void run_micro(int64_t kc2, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
+                              float alpha, float beta, int64_t rows, int64_t cols) {
+  switch (ceil_div(cols, 16)) {  // a narrow last panel computes only its vectors
+    case 1: micro_kernel<1>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    case 2: micro_kernel<2>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    case 3: micro_kernel<3>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    default: micro_kernel<4>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+  }
+}
+
+template <class T>
+T* aligned_buffer(std::vector<T>& v, std::size_t n) {  // 64-byte aligned view into v
+  if (v.size() < n + 16) v.resize(n + 16);
+  auto p = reinterpret_cast<std::uintptr_t>(v.data());
+  return reinterpret_cast<T*>((p + 63) / 64 * 64);
+}
+
+TG_BF16_TARGET void gemm_bf16_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                                     float* C, int64_t ldc) {
+  // op(A)(i, k) = A[i*ars + k*aks]; op(B)(k, j) = B[j*brs + k*bks] (j plays the row).
+  const int64_t ars = transA ? 1 : lda, aks = transA ? lda : 1;
+  const int64_t brs = transB ? ldb : 1, bks = transB ? 1 : ldb;
+  const int64_t n_slabs = ceil_div(K, KC), kc2_max = ceil_div(std::min(K, KC), 2);
+  const int64_t K2 = n_slabs * kc2_max;  // pair rows of the packed B block (slab-major)
+  const int64_t NC = std::min(ceil_div(N, NR) * NR, std::max<int64_t>(NR, kBudgetPairs / K2 / NR * NR));
+  int nt = omp_in_parallel() ? 1 : std::max(1, tg::num_threads());
+  if (2.0 * double(M) * double(N) * double(K) < kParallelMinFlops) nt = 1;
+  static thread_local std::vector<uint32_t> b_store;
+  uint32_t* Bp = aligned_buffer(b_store, std::size_t(K2 * NC));
+  const int64_t m_blocks = ceil_div(M, MC);
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min(NC, N - jc), n_panels = ceil_div(nc, NR);
+    const int64_t nb = m_blocks < 2 * nt ? std::min<int64_t>(n_panels, ceil_div(2 * nt, m_blocks)) : 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      // 1. pack op(B)(:, jc : jc+nc): panel q of slab s at Bp + (s*n_panels + q) * kc2_max*NR.
+#pragma omp for schedule(static) collapse(2)
+      for (int64_t s = 0; s < n_slabs; ++s)
+        for (int64_t q = 0; q < n_panels; ++q) {
+          const int64_t pc = s * KC, kc = std::min(KC, K - pc), j0 = jc + q * NR;
+          pack_pairs(B + j0 * brs, brs, bks, std::min<int64_t>(NR, N - j0), NR, pc, kc,
+                     Bp + (s * n_panels + q) * kc2_max * NR, NR);
+        }
+      // 2. items: a block of MC rows against a range of panels, all slabs in order.
+      static thread_local std::vector<uint32_t> a_store;
+      uint32_t* Ap = aligned_buffer(a_store, std::size_t(MC * kc2_max));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < m_blocks * nb; ++it) {
+        const int64_t ic = (it / nb) * MC, mc = std::min(MC, M - ic);
+        const int64_t q0 = n_panels * (it % nb) / nb, q1 = n_panels * (it % nb + 1) / nb;
+        for (int64_t s = 0; s < n_slabs; ++s) {
+          const int64_t pc = s * KC, kc = std::min(KC, K - pc), kc2 = ceil_div(kc, 2);
+          for (int64_t ir = 0; ir < mc; ir += MR)
+            pack_pairs(A + (ic + ir) * ars, ars, aks, std::min<int64_t>(MR, mc - ir), MR, pc, kc,
+                       Ap + ir * kc2, MR);
+          const float bt = s == 0 ? beta : 1.f;
+          for (int64_t q = q0; q < q1; ++q) {
+            const int64_t j0 = q * NR, cols = std::min<int64_t>(NR, nc - j0);
+            const uint32_t* bp = Bp + (s * n_panels + q) * kc2_max * NR;
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              run_micro(kc2, Ap + ir * kc2, bp, C + (ic + ir) * ldc + jc + j0, ldc, alpha, bt,
+                        std::min<int64_t>(MR, mc - ir), cols);
+          }
+        }
+      }
+    }
+  }
+}
+
+#endif  // TG_HAVE_BF16_CODE
+
+void require_bf16(const char* who) {
+  if (!cpu_has_avx512_bf16())
+    throw std::runtime_error(std::string(who) +
+                             ": bf16 matmuls need the AVX512_BF16 instruction set (vdpbf16ps, with "
+                             "AVX-512 F/BW/VL), which this CPU does not have (no avx512_bf16 in "
+                             "/proc/cpuinfo); use float32 instead");
+}
+
+}  // namespace
+
+bool cpu_has_avx512_bf16() {
+  const char* off = std::getenv("TAPEGRAD_DISABLE_BF16");
+  if (off && std::strcmp(off, "0") != 0 && *off) return false;
+#if TG_HAVE_BF16_CODE
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+void set_gemm_bf16(bool on) {
+  if (on) require_bf16("set_gemm_bf16");
+  g_bf16.store(on, std::memory_order_relaxed);
+}
+
+bool gemm_bf16_enabled() { return g_bf16.load(std::memory_order_relaxed); }
+
+float round_bf16(float x) {
+  const uint32_t u = uint32_t(bf16_bits(x)) << 16;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+               int64_t ldc) {
+  detail::check_gemm_args("gemm_bf16", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == 0.f) {  // C = beta * C, as gemm does
+    gemm<float>(transA, transB, M, N, 0, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  require_bf16("gemm_bf16");
+#if TG_HAVE_BF16_CODE
+  gemm_bf16_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
+}
+
+void gemm_bf16_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                     float* C, int64_t ldc) {
+  detail::check_gemm_args("gemm_bf16_naive", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      float sum = 0.f;
+      for (int64_t k = 0; k < K; ++k)
+        sum += round_bf16(transA ? A[k * lda + m] : A[m * lda + k]) *
+               round_bf16(transB ? B[n * ldb + k] : B[k * ldb + n]);
+      float& c = C[m * ldc + n];
+      c = beta == 0.f ? alpha * sum : alpha * sum + beta * c;
+    }
+}
+
+}  // namespace tg::kernels
