@@ -127,7 +127,8 @@ TrainArgs train_args_from_json(const json& j, const std::string& label) {
   if (a.bos_id < -1) throw std::runtime_error(label + ": field 'bos_id' must be -1 (none) or a token id");
   if (a.diag_every < 0 || a.diag_batches < 1)
     throw std::runtime_error(label + ": diag_every must be >= 0 and diag_batches >= 1");
-  if (a.dtype != "f32" && a.dtype != "f64") throw std::runtime_error(label + ": field 'dtype' must be \"f32\" or \"f64\"");
+  if (a.dtype != "f32" && a.dtype != "f64" && a.dtype != "bf16")
+    throw std::runtime_error(label + ": field 'dtype' must be \"f32\", \"f64\" or \"bf16\"");
   if (a.steps < 1 || a.batch < 1 || a.seq_len < 1 || a.eval_batches < 1)
     throw std::runtime_error(label + ": steps, batch, seq_len and eval_batches must be >= 1");
   return a;

@@ -38,6 +38,7 @@
 #include <optional>
 #include <sstream>
 
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
 #include "nn/data.hpp"
@@ -300,7 +301,9 @@ int train(Invocation& inv) {
 
   const std::size_t nparams = model.num_parameters();
   std::cout << "tapegrad train: " << (a.config.empty() ? a.size : a.config) << " model, preset " << inv.preset
-            << ", " << with_commas(nparams) << " parameters, " << dtype_name<T>() << ", " << tg::num_threads()
+            << ", " << with_commas(nparams) << " parameters, "
+            << (tg::kernels::gemm_bf16_enabled() ? std::string("bf16 matmuls, f32 weights") : std::string(dtype_name<T>()))
+            << ", " << tg::num_threads()
             << " thread" << (tg::num_threads() == 1 ? "" : "s") << "\n";
   if (inv.default_data)
     std::cout << "data: no --data given, using the default corpus " << a.data << "\n";
@@ -517,7 +520,10 @@ int run_train(int argc, char** argv) {
       ->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
   app.add_option("--diag-batches", a.diag_batches, "validation batches of each sink diagnostic")
       ->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 20));
-  app.add_option("--dtype", a.dtype, "f32 or f64")->capture_default_str()->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--dtype", a.dtype,
+                 "f32, f64, or bf16 (float32 weights, optimizer state, norms and softmax; matmul operands "
+                 "rounded to bfloat16 with float32 accumulation; needs AVX512_BF16)")
+      ->capture_default_str()->check(CLI::IsMember({"f32", "f64", "bf16"}));
   app.add_option("--out", inv.out, "the run folder (default: runs/<preset>-<size>-s<seed>, numbered if it exists)");
   app.add_option("--resume", resume_dir, "continue the run in this folder (or --out) from its checkpoint")
       ->expected(0, 1);
@@ -659,7 +665,11 @@ int run_train(int argc, char** argv) {
     inv.args = a;
   }
   if (inv.log_every == 0) inv.log_every = std::max<std::int64_t>(1, inv.args.steps / 20);
-  return inv.args.dtype == "f64" ? train<double>(inv) : train<float>(inv);
+  if (inv.args.dtype == "f64") return train<double>(inv);
+  // bf16: float training with the matmuls in bf16 (autograd/kernels/gemm_bf16.hpp); throws,
+  // naming AVX512_BF16, on a CPU without it.
+  tg::kernels::set_gemm_bf16(inv.args.dtype == "bf16");
+  return train<float>(inv);
 }
 
 const bool registered = tg::cli::register_command(
