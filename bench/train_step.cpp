@@ -41,6 +41,7 @@
 // Usage: bench_train_step [--preset baseline] [--size baby] [--seq-len 256] [--batch 8]
 //                         [--threads 1] [--steps 5] [--warmup-steps 2] [--seed 0]
 //                         [--lr 1e-3] [--op-profile] [--malloc-default] [--dump-config PATH]
+//                         [--bf16]   (float32 model, matmul operands in bf16: train --dtype bf16)
 #include <cblas.h>
 
 #include <sys/resource.h>
@@ -59,6 +60,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "autograd/memory.hpp"
 #include "autograd/tape.hpp"
@@ -118,6 +120,7 @@ struct Args {
   std::uint64_t seed = 0;
   double lr = 1e-3;
   bool op_profile = false;
+  bool bf16 = false;  // --bf16: matmuls in bf16 (autograd/kernels/gemm_bf16.hpp)
   bool malloc_default = false;  // --malloc-default: skip tg::keep_freed_memory()
 };
 
@@ -126,7 +129,7 @@ struct Args {
                "usage: bench_train_step [--preset NAME] [--size NAME] [--seq-len T] [--batch B]\n"
                "                        [--threads N] [--steps N] [--warmup-steps N] [--seed S]\n"
                "                        [--lr LR] [--op-profile] [--malloc-default]\n"
-               "                        [--dump-config PATH]\n");
+               "                        [--dump-config PATH] [--bf16]\n");
   std::exit(code);
 }
 
@@ -160,6 +163,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--seed") a.seed = std::uint64_t(positive(next()));
     else if (s == "--lr") a.lr = std::atof(next().c_str());
     else if (s == "--op-profile") a.op_profile = true;
+    else if (s == "--bf16") a.bf16 = true;
     else if (s == "--malloc-default") a.malloc_default = true;
     else if (s == "--dump-config") a.dump_config = next();
     else if (s == "--help" || s == "-h") usage(0);
@@ -209,6 +213,7 @@ int main(int argc, char** argv) {
   // --malloc-default measures glibc's default policy instead.
   const bool kept = !a.malloc_default && tg::keep_freed_memory();
   tg::set_num_threads(a.threads);
+  if (a.bf16) tg::kernels::set_gemm_bf16(true);  // throws, naming AVX512_BF16, without it
   openblas_set_num_threads(1);  // linked for the other benchmarks; unused here
 
   tg::nn::ModelConfig cfg;
@@ -243,10 +248,10 @@ int main(int argc, char** argv) {
                              12.0 * double(cfg.num_hidden_layers) * double(cfg.num_attention_heads) *
                                  double(cfg.head_dim) * double(a.seq_len) * tokens;
 
-  std::printf("config preset=%s size=%s dtype=f32 batch=%lld seq_len=%lld threads=%d params=%zu matmul_params=%zu "
+  std::printf("config preset=%s size=%s dtype=%s batch=%lld seq_len=%lld threads=%d params=%zu matmul_params=%zu "
               "model_flops=%.6e steps=%lld warmup=%lld malloc=%s\n",
-              a.preset.c_str(), a.size.c_str(), (long long)a.batch, (long long)a.seq_len, a.threads,
-              model.num_parameters(), matmul_params, model_flops, (long long)a.steps, (long long)a.warmup,
+              a.preset.c_str(), a.size.c_str(), a.bf16 ? "bf16" : "f32", (long long)a.batch, (long long)a.seq_len,
+              a.threads, model.num_parameters(), matmul_params, model_flops, (long long)a.steps, (long long)a.warmup,
               kept ? "kept" : "default");
   std::fflush(stdout);
 

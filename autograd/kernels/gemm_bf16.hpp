@@ -2,9 +2,9 @@
 //
 // What it is for: `--dtype bf16` training. While the bf16 mode is on (set_gemm_bf16),
 // every float gemm / gemm_batched (gemm.hpp) rounds its two operands to bfloat16
-// (round to nearest even; 8 significant bits) and accumulates their products in float
-// with AVX512_BF16's vdpbf16ps, which does 32 multiply-adds per instruction where the
-// float FMA does 16. C, alpha and beta stay float; so do the master weights, the
+// (round to nearest even; 8 significant bits) and accumulates their products in float:
+// with AMX tiles (tdpbf16ps) where the CPU and the OS allow them, else with AVX512_BF16's
+// vdpbf16ps (gemm_bf16.cpp, Note [bf16 on AMX]; TAPEGRAD_BF16_NO_AMX=1 forces the latter). C, alpha and beta stay float; so do the master weights, the
 // optimizer state, norms, softmax and attention (they never pass through here).
 // double GEMMs are never affected.
 //
