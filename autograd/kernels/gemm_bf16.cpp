@@ -249,11 +249,21 @@ TG_BF16_TARGET void pack_rows(const float* src, int64_t rs, int64_t ks, int64_t 
       for (; k < kc; k += 2) d[k / 2] = pair_bits(x[k], k + 1 < kc ? x[k + 1] : 0.f);
       for (int64_t k2 = kc2; k2 < kc2p; ++k2) d[k2] = 0;
     }
-  } else {
+  } else {  // rows contiguous: 16 rows' pairs per vector, scattered into their rows
+    const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i rows_at = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(int(ld)));
     for (int64_t k2 = 0; k2 < kc2; ++k2) {
       const float* x0 = src + (k0 + 2 * k2) * ks;
       const float* x1 = 2 * k2 + 1 < kc ? x0 + ks : nullptr;
-      for (int64_t r = 0; r < rows; ++r) dst[r * ld + k2] = pair_bits(x0[r], x1 ? x1[r] : 0.f);
+      int64_t r = 0;
+      for (; r + 16 <= rows; r += 16) {
+        const __m512 a = _mm512_loadu_ps(x0 + r), b = x1 ? _mm512_loadu_ps(x1 + r) : _mm512_setzero_ps();
+        const __m512 lo = _mm512_permutex2var_ps(a, lo_idx, b), hi = _mm512_permutex2var_ps(a, hi_idx, b);
+        _mm512_i32scatter_epi32(dst + r * ld + k2, rows_at, (__m512i)_mm512_cvtne2ps_pbh(hi, lo), 4);
+      }
+      for (; r < rows; ++r) dst[r * ld + k2] = pair_bits(x0[r], x1 ? x1[r] : 0.f);
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t k2 = kc2; k2 < kc2p; ++k2) dst[r * ld + k2] = 0;
