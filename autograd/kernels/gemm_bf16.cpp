@@ -419,6 +419,14 @@ void set_gemm_bf16(bool on) {
   g_bf16.store(on, std::memory_order_relaxed);
 }
 
+const char* gemm_bf16_path() {
+  if (!cpu_has_avx512_bf16()) return "unavailable";
+#if TG_HAVE_BF16_CODE
+  if (use_amx()) return "AMX";
+#endif
+  return "vdpbf16ps";
+}
+
 bool gemm_bf16_enabled() { return g_bf16.load(std::memory_order_relaxed); }
 
 float round_bf16(float x) {

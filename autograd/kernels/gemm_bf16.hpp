@@ -34,6 +34,10 @@ bool cpu_has_avx512_bf16();
 void set_gemm_bf16(bool on);
 bool gemm_bf16_enabled();
 
+// Which bf16 path gemm_bf16 takes on this machine: "AMX", "vdpbf16ps", or "unavailable"
+// (for `tapegrad --version` and the benchmarks).
+const char* gemm_bf16_path();
+
 // RAII scope for the bf16 mode (restores the previous mode).
 class GemmBf16Scope {
  public:

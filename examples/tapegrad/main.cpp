@@ -3,11 +3,15 @@
 //   tapegrad                 runs the default job (see kDefault below)
 //   tapegrad <command> ...   runs a subcommand; `tapegrad <command> --help` lists its flags
 //   tapegrad --help          lists the subcommands
+//   tapegrad --version       the version, the kernels' instruction set, the bf16 path
 #include <cstring>
 #include <exception>
 #include <iostream>
 #include <string>
 
+#include <xsimd/xsimd.hpp>
+
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/memory.hpp"
 #include "commands.hpp"
 
@@ -46,6 +50,13 @@ int main(int argc, char** argv) {
   try {
     if (argc >= 2 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help"))) {
       usage(std::cout);
+      return 0;
+    }
+    if (argc >= 2 && !std::strcmp(argv[1], "--version")) {
+      // The instruction set the kernels were compiled for (no run-time dispatch yet: a
+      // TAPEGRAD_NATIVE=OFF build runs what its compiler flags allow) and the bf16 path.
+      std::cout << "tapegrad " << TAPEGRAD_VERSION << "\nkernels: compiled for " << xsimd::default_arch::name()
+                << " (xsimd default arch)\nbf16 matmuls (--dtype bf16): " << tg::kernels::gemm_bf16_path() << "\n";
       return 0;
     }
     const tg::cli::Command* cmd = nullptr;
