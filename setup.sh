@@ -16,6 +16,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev     # config.json / safetensors headers, command lines
   libpcre2-dev libutf8proc-dev pkg-config  # tokenizer.json: the pre-tokenizer's regex, NFC
   libopenblas-dev                     # the peer in the GEMM benchmark (benchmarks only)
+  libopenmpi-dev openmpi-bin          # data-parallel training (mpirun -np N tapegrad train)
   python3 python3-numpy python3-torch # reference scripts (golden files, cross-checks)
   gnuplot-nox                         # loss-curve and study plots (PNG)
   bible-kjv                           # the default training corpus

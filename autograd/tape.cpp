@@ -123,6 +123,7 @@ void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, boo
     if (anomaly_mode())
       for (auto& in : node->inputs)
         if (in->has_grad) check_finite(in->grad, node->op.c_str(), "gradient of an input");
+    if (node_done_) node_done_(node->id);
     if (!retain_graph) {
       // Free the saved tensors right away (see Note [Tape and ownership]); inputs made
       // by nodes that have yet to run stay alive in `pending` until they run.

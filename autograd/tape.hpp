@@ -68,11 +68,17 @@ class Tape {
   // Seeds root's gradient and runs the reverse walk (used by Tensor::backward).
   void run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph);
 
+  // Called in the walk after each node's backward ran (before it is released), with the
+  // node's id; empty: nothing. Data-parallel training starts sending the gradients that
+  // are final from it (nn/distributed.hpp).
+  void set_node_done_hook(std::function<void(std::uint64_t id)> hook) { node_done_ = std::move(hook); }
+
  private:
   void compact();
   std::vector<std::weak_ptr<Node<T>>> nodes_;
   std::uint64_t next_id_ = 0;
   std::size_t compact_at_ = 1024;
+  std::function<void(std::uint64_t)> node_done_;
 };
 
 // ---- gradient mode ----

@@ -8,6 +8,7 @@
 // What it is not: the loop around it (data, evaluation, checkpoints: examples/tapegrad/train.cpp).
 #pragma once
 
+#include "nn/distributed.hpp"
 #include "nn/model.hpp"
 #include "optim/param_groups.hpp"
 
@@ -19,8 +20,22 @@ struct StepResult {
   bool finite = true;    // loss and grad_norm finite; false: the optimizer did not step
 };
 
-// batch: (B, T+1) token ids (Note [Batches of T+1 tokens]); clip <= 0: no clipping.
+// Data parallelism (nn/distributed.hpp): this rank's part of a step over a group of ranks.
 template <class T>
-StepResult train_step(nn::CausalLM<T>& model, optim::Optimizer<T>& opt, const Index& batch, double lr, double clip);
+struct DataParallel {
+  dist::GradReducer<T>* reducer = nullptr;  // sums the gradients across the group's ranks
+  dist::Group group = dist::Group::world();
+  double weight = 1;  // this rank's rows / the global batch (Note [Batch shares])
+};
+
+// batch: (B, T+1) token ids (Note [Batches of T+1 tokens]); clip <= 0: no clipping.
+// With `parallel`, batch is this rank's share, the gradients are summed across the ranks
+// before clipping (so every rank steps alike) and the loss is that of the global batch.
+template <class T>
+StepResult train_step(nn::CausalLM<T>& model, optim::Optimizer<T>& opt, const Index& batch, double lr, double clip,
+                      const DataParallel<T>* parallel = nullptr);
+
+// Rows [share_begin(B, N, r), share_begin(B, N, r + 1)) of a global batch (B, T+1): rank r's share.
+Index batch_share(const Index& batch, const dist::Group& group);
 
 }  // namespace tg::train

@@ -14,6 +14,7 @@
 #include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/memory.hpp"
 #include "commands.hpp"
+#include "nn/distributed.hpp"
 
 namespace tg::cli {
 
@@ -48,6 +49,13 @@ int main(int argc, char** argv) {
   // memory in the process instead of faulting it in again (autograd/memory.hpp).
   tg::keep_freed_memory();
   try {
+    // Under mpirun: MPI starts here (nn/distributed.hpp); only rank 0 prints (errors are
+    // printed by the rank that has them, then end the whole job).
+    tg::dist::init(&argc, &argv);
+    if (!tg::dist::Group::world().root()) {
+      std::cout.rdbuf(nullptr);
+      std::cerr.rdbuf(nullptr);
+    }
     if (argc >= 2 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help"))) {
       usage(std::cout);
       return 0;
@@ -88,6 +96,8 @@ int main(int argc, char** argv) {
     for (int i = shift; i < argc; ++i) args.push_back(argv[i]);
     return cmd->run(static_cast<int>(args.size()), args.data());
   } catch (const std::exception& e) {
+    // Note [When a rank dies]: with more ranks, the others must not wait for this one.
+    if (tg::dist::Group::world().size() > 1) tg::dist::abort(e.what());
     std::cerr << "tapegrad: error: " << e.what() << "\n";
     return 1;
   }

@@ -58,6 +58,7 @@ nlohmann::ordered_json to_json(const TrainArgs& a) {
   j["beta2"] = a.beta2;
   j["seed"] = a.seed;
   j["threads"] = a.threads;
+  j["ranks"] = a.ranks;
   j["eval_every"] = a.eval_every;
   j["eval_batches"] = a.eval_batches;
   j["save_every"] = a.save_every;
@@ -124,6 +125,8 @@ TrainArgs train_args_from_json(const json& j, const std::string& label) {
   if (j.contains("doc_sep")) str("doc_sep", a.doc_sep);
   if (j.contains("diag_every")) integer("diag_every", a.diag_every);
   if (j.contains("diag_batches")) integer("diag_batches", a.diag_batches);
+  if (j.contains("ranks")) integer("ranks", a.ranks);
+  if (a.ranks < 1) throw std::runtime_error(label + ": field 'ranks' must be >= 1");
   if (a.bos_id < -1) throw std::runtime_error(label + ": field 'bos_id' must be -1 (none) or a token id");
   if (a.diag_every < 0 || a.diag_batches < 1)
     throw std::runtime_error(label + ": diag_every must be >= 0 and diag_batches >= 1");

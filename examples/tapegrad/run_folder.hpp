@@ -89,6 +89,7 @@ struct TrainArgs {
   double beta1 = 0.9, beta2 = 0.95;
   std::uint64_t seed = 0;
   int threads = 0;  // the thread count the run used (bitwise reproducibility needs the same)
+  int ranks = 1;    // MPI ranks it used (nn/distributed.hpp; the same, too); absent in older train.json: 1
   std::int64_t eval_every = 0, eval_batches = 0, save_every = 0;
   std::string dtype = "f32";
   // Note [BOS and document windows] (nn/data.hpp); absent in older train.json: off.

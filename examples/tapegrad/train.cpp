@@ -13,8 +13,12 @@
 // With no flags (and so `tapegrad` with no command) it trains the baby model on the King
 // James Bible (data/kjv.txt, written by setup.sh) for a few minutes on 2 cores.
 //
+// Under `mpirun -np N` it trains data-parallel (nn/distributed.hpp): every rank computes
+// its share of each global batch, the gradients are summed in a fixed order, and rank 0
+// alone prints and writes the run folder (Note [Training on N ranks]).
+//
 // What it is not: the model (nn/), the optimizer (optim/), the checkpoint format
-// (nn/checkpoint.hpp), or a multi-process trainer.
+// (nn/checkpoint.hpp), or the communication (nn/distributed.hpp).
 //
 // Note [Exact resume]
 // A step draws its batch from the data generator, whose state is saved in
@@ -23,6 +27,19 @@
 // validation batches come from a generator seeded afresh at every evaluation. So a run
 // stopped at step k and resumed computes bit for bit what the uninterrupted run computes
 // (given the same thread count: OpenMP reductions are deterministic per thread count).
+//
+// Note [Training on N ranks]
+// Every rank builds the same model from the seed, reads the same corpus, and draws every
+// global batch from the same data generator; it keeps its rows (Note [Batch shares] in
+// nn/distributed.hpp), and train_step sums the gradients across ranks before clipping and
+// AdamW, so all ranks hold the same weights (checked by a hash at start and at every
+// checkpoint). A stop request (Ctrl-C, SIGTERM from mpirun) is agreed on by all ranks after
+// each step, so they stop at the same step and rank 0 writes the checkpoint. Evaluation
+// batch i runs on rank i mod N and the losses are summed in batch order: the same bits as
+// one process. Diagnostics and the sample run on rank 0 only. `--resume` reads the run
+// folder on every rank (a file system every machine sees); the checkpoint holds no rank
+// count, so a run continues at any N with the same --batch (losses then change in the last
+// bits, as with another thread count).
 #include <signal.h>
 #include <unistd.h>
 
@@ -45,6 +62,7 @@
 #include "nn/generate.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/diagnostics.hpp"
+#include "nn/distributed.hpp"
 #include "nn/model.hpp"
 #include "nn/signals.hpp"
 #include "nn/train_step.hpp"
@@ -192,11 +210,18 @@ class Progress {
 
 template <class T>
 double evaluate(const nn::CausalLM<T>& model, const data::BatchSampler& val, std::int64_t batches,
-                std::uint64_t val_seed) {
+                std::uint64_t val_seed, const dist::Group& group) {
   NoGrad no_grad;
   Generator gen(val_seed);  // the same validation batches at every evaluation
+  // Batch i on rank i mod N; every other rank's slot is 0, so the sum over ranks is exact.
+  std::vector<double> losses(static_cast<std::size_t>(batches), 0.0);
+  for (std::int64_t i = 0; i < batches; ++i) {
+    const Index b = val.next(gen);
+    if (i % group.size() == group.rank()) losses[std::size_t(i)] = static_cast<double>(model.loss(b).ce.item());
+  }
+  losses = group.sum(losses);
   double sum = 0;
-  for (std::int64_t i = 0; i < batches; ++i) sum += static_cast<double>(model.loss(val.next(gen)).ce.item());
+  for (double l : losses) sum += l;
   return sum / static_cast<double>(batches);
 }
 
@@ -242,6 +267,10 @@ int train(Invocation& inv) {
                              "; train.json says " + std::to_string(a.data_bytes) + " bytes, " + a.data_fingerprint +
                              ")");
   const std::size_t B = static_cast<std::size_t>(a.batch), Tn = static_cast<std::size_t>(a.seq_len);
+  // Note [Training on N ranks]
+  const dist::Group world = dist::Group::world();
+  const bool root = world.root();
+  dist::check_batch(B, world.size());
   const data::Split parts = data::split(corpus, a.val_fraction, Tn + 1);
   const data::WindowOptions windows{a.bos_id, a.doc_sep};  // Note [BOS and document windows]
   const data::BatchSampler train_batches(parts.train, B, Tn, "the training split", windows);
@@ -251,6 +280,14 @@ int train(Invocation& inv) {
   optim::AdamWOptions ao;
   ao.lr = a.lr, ao.beta1 = a.beta1, ao.beta2 = a.beta2, ao.weight_decay = a.weight_decay;
   optim::AdamW<T> opt(optim::make_param_groups(model.named_parameters(), a.weight_decay), ao);
+  dist::GradReducer<T> reducer(opt.parameters(), world);
+  tg::train::DataParallel<T> parallel{&reducer, world,
+                                      double(dist::share_begin(B, world.size(), world.rank() + 1) -
+                                             dist::share_begin(B, world.size(), world.rank())) /
+                                          double(B)};
+  auto same_weights = [&](const std::string& when) {
+    if (world.size() > 1) dist::check_same(world, dist::hash_values(opt.parameters()), "weights " + when);
+  };
   const optim::LrSchedule schedule = optim::LrSchedule::warmup_cosine(a.lr, a.warmup, a.steps, a.min_lr);
 
   Generator data_gen(derive_seed(a.seed, 1));
@@ -276,8 +313,10 @@ int train(Invocation& inv) {
     for (const auto& r : inv.diag_rows)
       if (r.first <= state.step) kept_diag.push_back(r);
     inv.diag_rows = std::move(kept_diag);
+    if (world.size() > 1) world.barrier();  // every rank has read it before rank 0 writes
     if (state.step >= a.steps) {
-      for (const auto& p : tg::train::clean_interrupted_saves(dir))
+      if (root)
+        for (const auto& p : tg::train::clean_interrupted_saves(dir))
         std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
       std::cout << "tapegrad train: the run in " << dir << " already finished its " << a.steps
                 << " steps; pass --steps N (more than " << state.step << ") to train it further\n";
@@ -286,25 +325,34 @@ int train(Invocation& inv) {
   }
 
   // ---- from here on the run folder is written ----
-  signals::install_stop_handlers(kStopMessage);  // Ctrl-C from now on ends with a checkpoint
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw std::runtime_error("cannot create the run folder " + dir + ": " + ec.message());
-  for (const auto& p : tg::train::clean_interrupted_saves(dir))
-    std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
+  same_weights(inv.resume ? "after loading the checkpoint" : "at initialisation");
+  signals::install_stop_handlers(root ? kStopMessage : "");  // Ctrl-C from now on ends with a checkpoint
   TrainArgs recorded = a;
   recorded.threads = tg::num_threads();
+  recorded.ranks = world.size();
   recorded.data_bytes = corpus.size();
   recorded.data_fingerprint = fingerprint;
-  if (!inv.resume) run::save_model_spec(run::join(dir, run::kConfigFile), {inv.config, inv.preset});
-  run::write_file_atomic(run::join(dir, run::kTrainFile), run::to_json(recorded).dump(2) + "\n");
+  if (root) {  // rank 0 alone writes the run folder
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw std::runtime_error("cannot create the run folder " + dir + ": " + ec.message());
+    for (const auto& p : tg::train::clean_interrupted_saves(dir))
+      std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
+    if (!inv.resume) run::save_model_spec(run::join(dir, run::kConfigFile), {inv.config, inv.preset});
+    run::write_file_atomic(run::join(dir, run::kTrainFile), run::to_json(recorded).dump(2) + "\n");
+  }
 
   const std::size_t nparams = model.num_parameters();
   std::cout << "tapegrad train: " << (a.config.empty() ? a.size : a.config) << " model, preset " << inv.preset
             << ", " << with_commas(nparams) << " parameters, "
             << (tg::kernels::gemm_bf16_enabled() ? std::string("bf16 matmuls, f32 weights") : std::string(dtype_name<T>()))
             << ", " << tg::num_threads()
-            << " thread" << (tg::num_threads() == 1 ? "" : "s") << "\n";
+            << " thread" << (tg::num_threads() == 1 ? "" : "s");
+  if (world.size() > 1)
+    std::cout << " per rank, " << world.size() << " ranks (MPI; " << dist::share_begin(B, world.size(), 1)
+              << (B % std::size_t(world.size()) ? "-" + std::to_string(dist::share_begin(B, world.size(), 1) + 1) : "")
+              << " of the " << B << " rows of each batch per rank)";
+  std::cout << "\n";
   if (inv.default_data)
     std::cout << "data: no --data given, using the default corpus " << a.data << "\n";
   std::cout << "data: " << a.data << " (" << with_commas(corpus.size()) << " bytes: " << with_commas(parts.train.size)
@@ -324,11 +372,12 @@ int train(Invocation& inv) {
   if (!gnuplot) std::cerr << "tapegrad train: warning: gnuplot not found, " << run::kPlotFile << " will not be drawn\n";
 
   auto write_metrics = [&] {
+    if (!root) return;
     run::write_file_atomic(run::join(dir, run::kMetricsFile), run::metrics_csv(inv.metrics));
     if (a.diag_every > 0) write_diag_csv(dir, inv.config.num_hidden_layers, inv.diag_rows);
   };
   auto plot = [&] {
-    if (!gnuplot) return;
+    if (!gnuplot || !root) return;
     std::string why;
     const std::string title = "tapegrad " + inv.preset + " " + (a.config.empty() ? a.size : a.config) + ", seed " +
                               std::to_string(a.seed);
@@ -346,6 +395,11 @@ int train(Invocation& inv) {
     // not be made up.
     write_metrics();
     state.data_rng = data::generator_state(data_gen);
+    same_weights("at step " + std::to_string(state.step));
+    if (!root) {
+      last_saved_step = state.step;
+      return;
+    }
     const signals::HoldStopSignals hold;  // a second Ctrl-C waits for the save to end
     try {
       tg::train::save_run_checkpoint(dir, model, opt, state, inv.keep);
@@ -370,9 +424,11 @@ int train(Invocation& inv) {
 
   while (state.step < a.steps) {
     const auto ts = clock::now();
-    const Index batch = train_batches.next(data_gen);  // (B, T+1)
+    const Index batch = train_batches.next(data_gen);  // (B, T+1), the same on every rank
     const double lr = schedule.at(state.step);
-    const tg::train::StepResult r = tg::train::train_step(model, opt, batch, lr, a.clip);
+    const tg::train::StepResult r =
+        world.size() > 1 ? tg::train::train_step(model, opt, tg::train::batch_share(batch, world), lr, a.clip, &parallel)
+                         : tg::train::train_step(model, opt, batch, lr, a.clip);
     const double loss = r.loss, gnorm = r.grad_norm;
     if (!r.finite) {
       progress.finish();
@@ -393,7 +449,7 @@ int train(Invocation& inv) {
     const bool last = state.step == a.steps;
     if (state.step % a.eval_every == 0 || last) {
       model.eval();
-      last_val = evaluate(model, val_batches, a.eval_batches, val_seed);
+      last_val = evaluate(model, val_batches, a.eval_batches, val_seed, world);
       model.train();
       last_val_step = state.step;
       row.val_loss = last_val;
@@ -405,7 +461,7 @@ int train(Invocation& inv) {
         << ", elapsed " << run::format_duration(elapsed());
       progress.message(m.str());
     }
-    if (a.diag_every > 0 && (state.step % a.diag_every == 0 || last || state.step == 1)) {
+    if (root && a.diag_every > 0 && (state.step % a.diag_every == 0 || last || state.step == 1)) {
       model.eval();
       inv.diag_rows.emplace_back(state.step, nn::sink_csv_row(state.step, state.tokens_seen,
                                                               sink_diagnostics(model, val_batches, a.diag_batches, val_seed)));
@@ -417,7 +473,7 @@ int train(Invocation& inv) {
     inv.metrics.push_back(row);
     if (row.val_loss == row.val_loss) write_metrics();
 
-    const bool stop_requested = signals::stop_signal() != 0;
+    const bool stop_requested = world.any(signals::stop_signal() != 0);  // all ranks stop at the same step
     const bool stop_at = inv.stop_at > 0 && state.step == inv.stop_at && !last;
     if (last || stop_requested || stop_at || (a.save_every > 0 && state.step % a.save_every == 0)) {
       checkpoint();
@@ -446,7 +502,7 @@ int train(Invocation& inv) {
             << std::setw(6) << std::setfill('0') << a.steps << std::setfill(' ') << "/"
             << (gnuplot ? ", loss.png" : "") << ")\n";
 
-  if (inv.sample_len > 0) {
+  if (inv.sample_len > 0 && root) {
     nn::SampleOptions so;
     so.length = static_cast<std::size_t>(inv.sample_len);
     so.temperature = inv.sample_temperature;
@@ -594,6 +650,10 @@ int run_train(int argc, char** argv) {
     if (tg::num_threads() != stored.threads)
       std::cerr << "tapegrad train: warning: this run used " << stored.threads << " thread(s), now "
                 << tg::num_threads() << ": the losses may differ from an uninterrupted run in the last bits\n";
+    if (dist::Group::world().size() != stored.ranks)
+      std::cerr << "tapegrad train: warning: this run used " << stored.ranks << " rank(s), now "
+                << dist::Group::world().size()
+                << " (the same global --batch): the losses may differ from an uninterrupted run in the last bits\n";
     if (r.warmup > r.steps) throw std::runtime_error("--steps " + std::to_string(r.steps) + " is less than the run's warm-up");
     inv.args = r;
     const auto spec = cli::run::load_model_spec(cli::run::join(inv.out, cli::run::kConfigFile));
