@@ -375,13 +375,8 @@ RopeTable<T> rope_table(std::size_t P, std::size_t D, double theta, const std::o
   double scale = 1.0;
   std::vector<double> inv = rope_inv_freq(D, theta, yarn, &scale);
   RopeTable<T> t{xt::xarray<T>::from_shape({P, D}), xt::xarray<T>::from_shape({P, D})};
-  const std::size_t half = D / 2;
-  for (std::size_t p = 0; p < P; ++p)
-    for (std::size_t i = 0; i < D; ++i) {
-      double a = double(p) * inv[i % half];  // angles in double, even for float tables
-      t.cos(p, i) = static_cast<T>(std::cos(a) * scale);
-      t.sin(p, i) = static_cast<T>(std::sin(a) * scale);
-    }
+  // angles and cos/sin in double, even for float tables, rounded once
+  TG_KERNEL(rope_tables)(int64_t(P), int64_t(D), theta, inv.data(), scale, t.cos.data(), t.sin.data());
   return t;
 }
 

@@ -371,10 +371,10 @@ TEST_CASE("rope: tables match the direct formula") {
 
   // Custom inverse frequencies and an attention scale (YaRN); float tables.
   const int64_t D = 6;
-  const std::vector<float> inv = {1.0f, 0.25f, 0.0625f};
+  const std::vector<double> inv = {1.0, 0.25, 0.0625};
   std::vector<float> c(sz(P * D)), s(sz(P * D)), c0(c.size()), s0(s.size());
-  k::rope_tables<float>(P, D, 0.0, inv.data(), 1.25f, c.data(), s.data());
-  k::rope_tables_naive<float>(P, D, 0.0, inv.data(), 1.25f, c0.data(), s0.data());
+  k::rope_tables<float>(P, D, 0.0, inv.data(), 1.25, c.data(), s.data());
+  k::rope_tables_naive<float>(P, D, 0.0, inv.data(), 1.25, c0.data(), s0.data());
   CHECK(c == c0);
   CHECK(s == s0);
   for (int64_t p = 0; p < P; ++p)

@@ -172,7 +172,7 @@ void rope_backward_naive(int64_t n_rows, int64_t D, const T* dy, int64_t dy_row_
 
 namespace {
 template <class T>
-void check_tables(const char* K, int64_t P, int64_t D, double theta, const T* inv_freq, T* cos,
+void check_tables(const char* K, int64_t P, int64_t D, double theta, const double* inv_freq, T* cos,
                   T* sin) {
   const std::string sz = "P=" + std::to_string(P) + ", D=" + std::to_string(D);
   if (P < 0) throw std::invalid_argument(fail(K, "P must be >= 0 (" + sz + ")"));
@@ -185,8 +185,7 @@ void check_tables(const char* K, int64_t P, int64_t D, double theta, const T* in
 }
 
 // The D/2 inverse frequencies, in double.
-template <class T>
-std::vector<double> inverse_frequencies(int64_t D, double theta, const T* inv_freq) {
+std::vector<double> inverse_frequencies(int64_t D, double theta, const double* inv_freq) {
   const int64_t h = D / 2;
   std::vector<double> f(static_cast<size_t>(h));
   for (int64_t i = 0; i < h; ++i)
@@ -197,7 +196,7 @@ std::vector<double> inverse_frequencies(int64_t D, double theta, const T* inv_fr
 }  // namespace
 
 template <class T>
-void rope_tables(int64_t P, int64_t D, double theta, const T* inv_freq, T attention_scale,
+void rope_tables(int64_t P, int64_t D, double theta, const double* inv_freq, double attention_scale,
                  T* cos, T* sin) {
   check_tables("rope_tables", P, D, theta, inv_freq, cos, sin);
   const int64_t h = D / 2;
@@ -218,7 +217,7 @@ void rope_tables(int64_t P, int64_t D, double theta, const T* inv_freq, T attent
 }
 
 template <class T>
-void rope_tables_naive(int64_t P, int64_t D, double theta, const T* inv_freq, T attention_scale,
+void rope_tables_naive(int64_t P, int64_t D, double theta, const double* inv_freq, double attention_scale,
                        T* cos, T* sin) {
   check_tables("rope_tables_naive", P, D, theta, inv_freq, cos, sin);
   const int64_t h = D / 2;
@@ -242,8 +241,8 @@ void rope_tables_naive(int64_t P, int64_t D, double theta, const T* inv_freq, T 
                                  const T*, const T*, T*, int64_t);                             \
   template void rope_backward_naive<T>(int64_t, int64_t, const T*, int64_t, const int64_t*,    \
                                        const T*, const T*, T*, int64_t);                       \
-  template void rope_tables<T>(int64_t, int64_t, double, const T*, T, T*, T*);                 \
-  template void rope_tables_naive<T>(int64_t, int64_t, double, const T*, T, T*, T*);
+  template void rope_tables<T>(int64_t, int64_t, double, const double*, double, T*, T*);       \
+  template void rope_tables_naive<T>(int64_t, int64_t, double, const double*, double, T*, T*);
 
 TG_INSTANTIATE_ROPE(float)
 TG_INSTANTIATE_ROPE(double)

@@ -51,13 +51,14 @@ void rope_backward_naive(int64_t n_rows, int64_t D, const T* dy, int64_t dy_row_
 //   cos[p, j]  = cos(p * inv_freq_{j mod D/2}) * attention_scale
 //   sin[p, j]  = sin(p * inv_freq_{j mod D/2}) * attention_scale
 // attention_scale is 1 normally (YaRN's mscale otherwise). Angles and their cos/sin are
-// computed in double even for float tables, then rounded once. theta must be > 0 when
+// computed in double even for float tables (inv_freq and attention_scale are double),
+// then rounded once. The rope_table op (autograd/ops_nn.cpp) builds its tables with it. theta must be > 0 when
 // inv_freq is nullptr.
 template <class T>
-void rope_tables(int64_t P, int64_t D, double theta, const T* inv_freq, T attention_scale,
+void rope_tables(int64_t P, int64_t D, double theta, const double* inv_freq, double attention_scale,
                  T* cos, T* sin);
 template <class T>
-void rope_tables_naive(int64_t P, int64_t D, double theta, const T* inv_freq, T attention_scale,
+void rope_tables_naive(int64_t P, int64_t D, double theta, const double* inv_freq, double attention_scale,
                        T* cos, T* sin);
 
 }  // namespace tg::kernels
