@@ -392,3 +392,15 @@ TEST_CASE("distributed: Ctrl-C on mpirun stops every rank at one step with one c
   CHECK(rest.status == 0);
 }
 #endif
+
+#ifdef TAPEGRAD_MPIEXEC
+TEST_CASE("distributed: study under mpirun is refused with a clear error, nothing written") {
+  if (!standalone()) return;
+  const fs::path d = tg::testing::scratch_dir("distributed_study");
+  auto r = run(2, {"study", "--out", (d / "study").string()}, d);
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK(r.output.find("study does not run under mpirun yet (2 ranks)") != std::string::npos);
+  CHECK_FALSE(fs::exists(d / "study"));
+}
+#endif

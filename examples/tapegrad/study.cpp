@@ -57,6 +57,7 @@
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
 #include "nn/data.hpp"
+#include "nn/distributed.hpp"
 #include "nn/model.hpp"
 #include "nn/plot.hpp"
 #include "nn/signals.hpp"
@@ -1367,6 +1368,11 @@ int run_study(int argc, char** argv) {
   app.add_option("--stop-at", o.stop_at, "stop the first unfinished run after this step, as if interrupted (tests)")
       ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
   CLI11_PARSE(app, argc, argv);
+  // Its runs are child processes; under mpirun each rank would run the whole study into the
+  // same folder (and the children would inherit the launcher's environment).
+  if (dist::Group::world().size() > 1)
+    throw std::runtime_error("study does not run under mpirun yet (" + std::to_string(dist::Group::world().size()) +
+                             " ranks): run `tapegrad study` as one process");
 
   o.command = "tapegrad study";
   for (int i = 1; i < argc; ++i) o.command += " " + shell_quote(argv[i]);
