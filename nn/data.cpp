@@ -1,10 +1,5 @@
-// nn/data.cpp — see data.hpp: byte tokenizer, memory-mapped corpus, split, random batches.
+// nn/data.cpp — see data.hpp: byte tokenizer, corpus (read into memory), split, random batches.
 #include "nn/data.hpp"
-
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -14,7 +9,16 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "nn/files.hpp"
+
 namespace tg::data {
+
+namespace {
+// "PATH: why" -> "why" (io::read_file's messages start with the path).
+std::string strip_prefix(const std::string& s, const std::string& prefix) {
+  return s.rfind(prefix, 0) == 0 ? s.substr(prefix.size()) : s;
+}
+}  // namespace
 
 // ---- tokenizer ---------------------------------------------------------------------------
 
@@ -78,40 +82,18 @@ std::string printable(std::string_view b) {
 // ---- corpus ------------------------------------------------------------------------------
 
 Corpus Corpus::open(const std::string& path) {
-  auto fail = [&](const std::string& why) -> std::runtime_error {
-    return std::runtime_error("data file '" + path + "': " + why);
-  };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
-    if (e == ENOENT) throw fail("no such file");
-    throw fail(std::string("cannot open: ") + std::strerror(e));
+  // Note [The corpus is read, not mapped]: a mapping of a file that another process
+  // truncates ends this one with SIGBUS at the next touch of a lost page. The bytes are
+  // read once into memory instead (4.3 MB for KJV), so a change to the file under a
+  // running job cannot reach it; a resume checks the fingerprint against train.json.
+  std::string bytes;
+  try {
+    bytes = io::read_file(path);  // refuses FIFOs, folders and devices at once
+  } catch (const std::exception& e) {
+    throw std::runtime_error("data file '" + path + "': " + strip_prefix(e.what(), path + ": "));
   }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    throw fail(std::string("cannot stat: ") + std::strerror(e));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw fail(S_ISDIR(st.st_mode) ? "is a directory, not a text file" : "is not a regular file");
-  }
-  if (st.st_size == 0) {
-    ::close(fd);
-    throw fail("is empty (a corpus needs text to learn from)");
-  }
-  const std::size_t n = static_cast<std::size_t>(st.st_size);
-  void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int e = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (p == MAP_FAILED) throw fail(std::string("cannot map: ") + std::strerror(e));
-  ::madvise(p, n, MADV_WILLNEED);
-  Corpus c;
-  c.path_ = path;
-  c.map_ = p;
-  c.data_ = static_cast<const unsigned char*>(p);
-  c.size_ = n;
+  if (bytes.empty()) throw std::runtime_error("data file '" + path + "': is empty (a corpus needs text to learn from)");
+  Corpus c = from_string(std::move(bytes), path);
   return c;
 }
 
@@ -131,12 +113,11 @@ Corpus& Corpus::operator=(Corpus&& o) noexcept {
   if (this != &o) {
     release();
     path_ = std::move(o.path_);
-    map_ = o.map_;
     size_ = o.size_;
     owned_ = std::move(o.owned_);
     // A moved std::string may move its buffer or (short strings) copy it: point at ours.
-    data_ = map_ ? o.data_ : reinterpret_cast<const unsigned char*>(owned_.data());
-    o.map_ = nullptr, o.data_ = nullptr, o.size_ = 0;
+    data_ = reinterpret_cast<const unsigned char*>(owned_.data());
+    o.data_ = nullptr, o.size_ = 0;
   }
   return *this;
 }
@@ -144,8 +125,6 @@ Corpus& Corpus::operator=(Corpus&& o) noexcept {
 Corpus::~Corpus() { release(); }
 
 void Corpus::release() {
-  if (map_) ::munmap(map_, size_);
-  map_ = nullptr;
   data_ = nullptr;
   size_ = 0;
 }

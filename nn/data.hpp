@@ -3,8 +3,8 @@
 // What it is for:
 //   - ByteTokenizer: the byte-level tokenizer (vocab 256, id = byte value), so any file is
 //     a valid corpus and decoding is exact;
-//   - Corpus: a text file read once (memory-mapped, read-only), split into a training part
-//     and a validation part (the last `val_fraction` of the bytes);
+//   - Corpus: a text file read once into memory (a change to the file under a running job
+//     cannot reach it), split into a training part and a validation part (the last `val_fraction` of the bytes);
 //   - BatchSampler: random windows (B, T+1) from one part, drawn from a seeded Generator,
 //     so a run is reproducible and, with the generator's state saved beside a checkpoint,
 //     resumable exactly (generator_state / set_generator_state);
@@ -82,8 +82,9 @@ struct Span {
 
 class Corpus {
  public:
-  // Maps the file read-only. Throws std::runtime_error naming the path when it is missing,
-  // unreadable, not a regular file, or empty.
+  // Reads the whole file into memory (Note [The corpus is read, not mapped] in data.cpp).
+  // Throws std::runtime_error naming the path when it is missing, unreadable, not a
+  // regular file (a FIFO is refused at once, not waited on), or empty.
   static Corpus open(const std::string& path);
   // A corpus held in memory (tests, small programs); `label` names it in messages.
   static Corpus from_string(std::string text, std::string label = "<memory>");
@@ -107,8 +108,7 @@ class Corpus {
   std::string path_;
   const unsigned char* data_ = nullptr;
   std::size_t size_ = 0;
-  void* map_ = nullptr;     // the mapping (munmap on destruction), or null
-  std::string owned_;       // the bytes of from_string
+  std::string owned_;       // the bytes
 };
 
 // The training part (the first bytes) and the validation part (the last

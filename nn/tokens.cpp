@@ -1,10 +1,10 @@
-// nn/tokens.cpp — see tokens.hpp: the binary token file (write atomically, map, check).
+// nn/tokens.cpp — see tokens.hpp: the binary token file (write atomically, read, check).
 #include "nn/tokens.hpp"
 
+#include "nn/files.hpp"
 #include "nn/tokenizer.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,55 +61,36 @@ std::uint64_t fnv1a64(const void* data, std::size_t n) {
 }
 
 TokenFile TokenFile::open(const std::string& path) {
-  auto fail = [&](const std::string& why) { return std::runtime_error("token file '" + path + "': " + why); };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw fail(std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw fail("is not a regular file");
+  // Read, not mapped: see Note [The corpus is read, not mapped] in nn/data.cpp.
+  std::string bytes;
+  try {
+    bytes = io::read_file(path);
+  } catch (const std::exception& e) {
+    const std::string m = e.what(), prefix = path + ": ";
+    throw std::runtime_error("token file '" + path + "': " + (m.rfind(prefix, 0) == 0 ? m.substr(prefix.size()) : m));
   }
-  const std::size_t n = static_cast<std::size_t>(st.st_size);
-  if (n < kHeaderBytes) {
-    ::close(fd);
-    throw fail("is " + std::to_string(n) + " bytes, shorter than the 64-byte header");
-  }
-  void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int e = errno;
-  ::close(fd);
-  if (p == MAP_FAILED) throw fail(std::string("cannot map: ") + std::strerror(e));
-  TokenFile f;
-  f.path_ = path;
-  f.map_ = p;
-  f.map_size_ = n;
-  const unsigned char* bytes = static_cast<const unsigned char*>(p);
-  const std::string why = parse_header(bytes, n, f.header_);
-  if (!why.empty()) throw fail(why);  // f's destructor unmaps
-  f.ids_ = reinterpret_cast<const std::int32_t*>(bytes + kHeaderBytes);
-  const std::int64_t V = f.header_.vocab_size;
-  for (std::uint64_t i = 0; i < f.header_.count; ++i)
-    if (f.ids_[i] < 0 || f.ids_[i] >= V)
-      throw fail("id " + std::to_string(f.ids_[i]) + " at position " + std::to_string(i) +
-                 " is outside the vocabulary [0, " + std::to_string(V) + ")");
-  if (f.header_.count == 0) throw fail("holds no tokens");
-  return f;
+  return from_bytes(bytes, path);
 }
 
-TokenFile::TokenFile(TokenFile&& o) noexcept { *this = std::move(o); }
-TokenFile& TokenFile::operator=(TokenFile&& o) noexcept {
-  if (this != &o) {
-    release();
-    path_ = std::move(o.path_);
-    header_ = o.header_;
-    ids_ = o.ids_, map_ = o.map_, map_size_ = o.map_size_;
-    o.ids_ = nullptr, o.map_ = nullptr, o.map_size_ = 0;
+TokenFile TokenFile::from_bytes(const std::string& bytes, const std::string& label) {
+  auto fail = [&](const std::string& why) { return std::runtime_error("token file '" + label + "': " + why); };
+  const std::size_t n = bytes.size();
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  TokenFile f;
+  f.path_ = label;
+  const std::string why = parse_header(p, n, f.header_);
+  if (!why.empty()) throw fail(why);
+  const std::int64_t V = f.header_.vocab_size;
+  f.ids_.resize(f.header_.count);
+  for (std::uint64_t i = 0; i < f.header_.count; ++i) {
+    const auto id = static_cast<std::int32_t>(get<std::uint32_t>(p + kHeaderBytes + 4 * i));
+    if (id < 0 || id >= V)
+      throw fail("id " + std::to_string(id) + " at position " + std::to_string(i) + " is outside the vocabulary [0, " +
+                 std::to_string(V) + ")");
+    f.ids_[i] = id;
   }
-  return *this;
-}
-TokenFile::~TokenFile() { release(); }
-void TokenFile::release() {
-  if (map_) ::munmap(map_, map_size_);
-  map_ = nullptr, ids_ = nullptr, map_size_ = 0;
+  if (f.header_.count == 0) throw fail("holds no tokens");
+  return f;
 }
 
 bool read_token_header(const std::string& path, TokenFileHeader& out) {

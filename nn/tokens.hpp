@@ -1,14 +1,14 @@
 // nn/tokens.hpp — binary token files: a corpus pre-tokenised once, reused across runs.
 //
 // What it is for: `train --tokenizer FILE` encodes its text file with a BPE tokenizer once
-// and keeps the ids in a token file beside it; later runs map that file instead of encoding
+// and keeps the ids in a token file beside it; later runs read that file instead of encoding
 // again. The header names what the ids came from (the tokenizer's hash and vocabulary size,
 // the source text's fingerprint and length), so a file made by another tokenizer or from
 // another text is detected as stale and rebuilt. A TokenFile gives a data::Span of int32
 // ids, which data::split and data::BatchSampler use as they use bytes.
 //
 // What it is not: a tokenizer (nn/tokenizer.hpp) or a streaming format; the whole file is
-// mapped (4 bytes per token).
+// read into memory (4 bytes per token).
 //
 // Note [Token file format]
 // Little-endian, a 64-byte header then the ids:
@@ -50,27 +50,21 @@ std::uint64_t fnv1a64(const void* data, std::size_t n);
 
 class TokenFile {
  public:
-  // Maps the file read-only and checks it: magic, header size, file length = 64 + 4n, and
-  // every id below vocab_size. Throws std::runtime_error naming the file and the field.
+  // Reads the file into memory and checks it: magic, header size, file length = 64 + 4n,
+  // and every id below vocab_size. Throws std::runtime_error naming the file and the field.
   static TokenFile open(const std::string& path);
-  TokenFile(TokenFile&& o) noexcept;
-  TokenFile& operator=(TokenFile&& o) noexcept;
-  TokenFile(const TokenFile&) = delete;
-  TokenFile& operator=(const TokenFile&) = delete;
-  ~TokenFile();
+  // The same checks on bytes already in memory; `label` names them in messages (tests, fuzz/).
+  static TokenFile from_bytes(const std::string& bytes, const std::string& label = "<memory>");
 
   const TokenFileHeader& header() const { return header_; }
   const std::string& path() const { return path_; }
-  Span all() const { return Span{nullptr, static_cast<std::size_t>(header_.count), ids_}; }
+  Span all() const { return Span{nullptr, ids_.size(), ids_.data()}; }
 
  private:
   TokenFile() = default;
-  void release();
   std::string path_;
   TokenFileHeader header_;
-  const std::int32_t* ids_ = nullptr;
-  void* map_ = nullptr;
-  std::size_t map_size_ = 0;
+  std::vector<std::int32_t> ids_;
 };
 
 // Writes header + ids atomically (Note [Token file format]); header.count is set from ids.

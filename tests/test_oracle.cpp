@@ -6,6 +6,7 @@
 //
 // The program is found beside this test's build folder: <build>/tests/test_oracle ->
 // <build>/bin/tapegrad (build the `tapegrad_cli` target first).
+#include <sys/stat.h>
 #include <doctest/doctest.h>
 
 #include <sys/wait.h>
@@ -18,6 +19,8 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "nn/safetensors.hpp"
 #include "test_util.hpp"
@@ -241,7 +244,7 @@ TEST_CASE("bad inputs: non-zero exit, a message naming the problem, --out untouc
   cases.push_back({"extra tensor", with_weights(w_extra), {"unexpected entry 'model.bogus.weight'"}});
   cases.push_back({"wrong shape", with_weights(w_shape), {"'model.norm.weight' has shape (25)", "(24)"}});
   cases.push_back({"truncated weights", with_weights(w_trunc), {"safetensors", w_trunc.string(), "out of range"}});
-  cases.push_back({"no weights file", with_weights(dir / "nope.safetensors"), {"cannot open", "nope.safetensors"}});
+  cases.push_back({"no weights file", with_weights(dir / "nope.safetensors"), {"no such file", "nope.safetensors"}});
   {
     auto args = case_args(base, out);
     args[1] = (dir / "no_config.json").string();
@@ -267,6 +270,36 @@ TEST_CASE("bad inputs: non-zero exit, a message naming the problem, --out untouc
     cases.push_back({"no --out", args, {"--out"}});
   }
 
+  {
+    // Issue 14: a FIFO is refused at once (it used to block forever), sequences longer than
+    // max_position_embeddings are refused as train refuses them, and a config whose sizes
+    // would not fit any machine is refused before the weights are read.
+    const fs::path fifo = dir / "fifo";
+    fs::remove(fifo);
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    for (int i : {1, 3, 5}) {
+      auto args = case_args(base, out);
+      args[i] = fifo.string();
+      cases.push_back({"FIFO as " + args[i - 1], args, {args[i - 1], "FIFO", "not a regular file"}});
+    }
+    const nlohmann::json cfg = nlohmann::json::parse(read_all(base / "config.json"));
+    const std::size_t P = cfg["max_position_embeddings"].get<std::size_t>();
+    std::string line;
+    for (std::size_t i = 0; i < P + 1; ++i) line += "1 ";
+    const fs::path long_tokens = dir / "tokens_long.txt";
+    write_all(long_tokens, line + "\n");
+    auto args = case_args(base, out);
+    args[5] = long_tokens.string();
+    cases.push_back({"too long", args, {std::to_string(P + 1) + " tokens are longer", "max_position_embeddings"}});
+    nlohmann::json huge = cfg;
+    huge["num_hidden_layers"] = 1000000000;
+    const fs::path huge_cfg = dir / "huge_config.json";
+    write_all(huge_cfg, huge.dump());
+    args = case_args(base, out);
+    args[1] = huge_cfg.string();
+    cases.push_back({"huge config", args, {"huge_config.json", "needs an estimated", "num_hidden_layers", "memory"}});
+  }
+
   for (const auto& c : cases) {
     INFO(c.what);
     write_all(out, sentinel);
@@ -276,6 +309,22 @@ TEST_CASE("bad inputs: non-zero exit, a message naming the problem, --out untouc
     CHECK(r.code < 128);  // an error exit, not a crash
     for (const auto& e : c.expect) CHECK_MESSAGE(has(r.err, e), "expected in stderr: ", e);
     CHECK(read_all(out) == sentinel);
+  }
+  // --out naming an input is refused and the input is kept (it used to be overwritten).
+  for (int i : {1, 3, 5}) {
+    const fs::path copy = dir / ("input_" + std::to_string(i));
+    auto args = case_args(base, out);
+    fs::copy_file(args[i], copy, fs::copy_options::overwrite_existing);
+    const std::string before = read_all(copy);
+    args[i] = copy.string();
+    args[7] = copy.string();
+    const Run r = oracle(args);
+    INFO("stderr: ", r.err);
+    CHECK(r.code != 0);
+    CHECK(has(r.err, "--out"));
+    CHECK(has(r.err, "would overwrite its input"));
+    CHECK(read_all(copy) == before);
+    fs::remove(copy);
   }
   // No temporary files left behind.
   for (auto& e : fs::directory_iterator(dir)) CHECK_MESSAGE(!has(e.path().filename().string(), ".tmp."), e.path().string());

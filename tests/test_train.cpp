@@ -710,7 +710,7 @@ TEST_CASE("train: --bos and --doc-windows round-trip through the run folder, --d
   write(d / "text.txt", text);
   const std::string dir = d / "run";
   const Result a = run(plus(tiny_args(d / "text.txt", dir, 12),
-                            {"--bos", "--doc-windows", "blankline", "--diag-every", "4", "--stop-at", "6"}));
+                            {"--bos", "--doc-windows", "line:.", "--diag-every", "4", "--stop-at", "6"}));
   INFO(a.output);
   REQUIRE(a.status == 0);
   const auto tj = nlohmann::json::parse(read(dir + "/train.json"));
@@ -739,4 +739,122 @@ TEST_CASE("train: --bos and --doc-windows round-trip through the run folder, --d
   CHECK(bad.status != 0);
   CHECK(contains(bad.output, "document separator 'paragraphs'"));
   CHECK_FALSE(fs::exists(d / "bad"));
+}
+
+TEST_CASE("every float flag refuses NaN and Inf; defaults fit every size; sizes beyond the machine are refused first") {
+  if (!have_program()) return;
+  TempDir d;
+  const std::string text = d / "text.txt";
+  write(text, corpus_text(4000));
+  // Note [Finite number flags]: each float flag of each program, with nan, inf and 1e999.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> flags = {
+      {tiny_args(text, d / "r", 2), "--lr"},         {tiny_args(text, d / "r", 2), "--min-lr"},
+      {tiny_args(text, d / "r", 2), "--clip"},       {tiny_args(text, d / "r", 2), "--weight-decay"},
+      {tiny_args(text, d / "r", 2), "--val-fraction"}, {{"sample", "--run", d / "r"}, "--temperature"},
+      {{"sample", "--run", d / "r"}, "--top-p"},     {{"study", "--out", d / "s"}, "--lr"},
+      {{"demo"}, "--lr"}};
+  for (const auto& [args, flag] : flags)
+    for (const char* bad : {"nan", "-nan", "inf", "1e999"}) {
+      const Result r = run(plus(args, {flag, bad}));
+      INFO(args[0] << " " << flag << " " << bad << ": " << r.output);
+      CHECK(r.status != 0);
+      CHECK(r.status < 128);
+      CHECK(contains(r.output, flag));
+      // NaN passes CLI::Range (Note [Finite number flags]); an infinity is out of any range.
+      CHECK((contains(r.output, "finite") || contains(r.output, "not in range")));
+    }
+  CHECK(!fs::exists(d / "r"));
+  CHECK(!fs::exists(d / "s"));
+  // A comma list of numbers too.
+  Result r = run({"study", "--out", d / "s", "--lrs", "0.1,nan"});
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "--lrs: 'nan'"));
+  CHECK(!fs::exists(d / "s"));
+
+  // `train --size tiny` with every other flag at its default: --seq-len shrinks to fit
+  // tiny's 64 positions (it was 128 and failed).
+  r = run({"train", "--size", "tiny", "--data", text, "--out", d / "tiny", "--steps", "2", "--sample-len", "0",
+           "--threads", "1", "--batch", "2"});
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const auto targs = nlohmann::json::parse(read(d / "tiny/train.json"));
+  CHECK(targs["seq_len"] == 63);
+
+  // Sizes: refused before anything is written, naming the field and the bytes.
+  const nn::ModelConfig tiny = run_config(d / "tiny");
+  auto refuses = [&](const std::string& field, std::uint64_t value, const std::vector<std::string>& parts) {
+    nlohmann::json j = nlohmann::json::parse(read(d / "tiny/config.json"));
+    j[field] = value;
+    const std::string cfg = d / ("cfg_" + field + ".json");
+    write(cfg, j.dump());
+    const Result rr = run({"train", "--config", cfg, "--data", text, "--out", d / ("big_" + field), "--steps", "2",
+                           "--seq-len", "16", "--threads", "1"});
+    INFO(field << ": " << rr.output);
+    CHECK(rr.status == 1);
+    for (const auto& p : parts) CHECK_MESSAGE(contains(rr.output, p), "expected '" << p << "'");
+    CHECK(!fs::exists(d / ("big_" + field)));
+  };
+  refuses("num_hidden_layers", 1000000000ull, {"needs an estimated", "num_hidden_layers 1000000000 layers", "TB", "machine's memory"});
+  refuses("hidden_size", 1000000000000ull, {"needs an estimated", "hidden_size 1000000000000"});
+  refuses("hidden_size", 4000000000000000000ull, {"overflows 64 bits", "hidden_size 4000000000000000000"});
+  refuses("max_position_embeddings", 1000000000000000ull, {"RoPE tables", "max_position_embeddings 1000000000000000"});
+  // --max-memory below what the tiny model needs.
+  r = run(plus(tiny_args(text, d / "small", 2), {"--max-memory", "100K"}));
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "more than --max-memory 100.0 KB"));
+  r = run(plus(tiny_args(text, d / "small", 2), {"--max-memory", "lots"}));
+  CHECK(r.status == 1);
+  CHECK(contains(r.output, "--max-memory: 'lots' is not a size"));
+  CHECK(!fs::exists(d / "small"));
+  (void)tiny;
+}
+
+TEST_CASE("train.json records every flag and reads back: a resumed run keeps each one") {
+  if (!have_program()) return;
+  TempDir d;
+  const std::string text = d / "text.txt";
+  write(text, corpus_text(6000));
+  // Every flag that train.json records, at a non-default value.
+  const std::vector<std::string> args = {
+      "train", "--size", "tiny", "--preset", "g1_elementwise", "--data", text, "--out", d / "run", "--val-fraction",
+      "0.1", "--steps", "3", "--batch", "3", "--seq-len", "12", "--lr", "0.003", "--warmup", "1", "--min-lr",
+      "0.0002", "--weight-decay", "0.05", "--clip", "0.5", "--seed", "7", "--threads", "1", "--eval-every", "2",
+      "--eval-batches", "3", "--save-every", "2", "--bos", "--doc-windows", "line:.", "--diag-every", "2",
+      "--diag-batches", "1", "--dtype", "f64", "--sample-len", "0", "--stop-at", "2"};
+  Result r = run(args);
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const auto j = nlohmann::json::parse(read(d / "run/train.json"));
+  CHECK(j["preset"] == "g1_elementwise");
+  CHECK(j["val_fraction"] == 0.1);
+  CHECK(j["steps"] == 3);
+  CHECK(j["batch"] == 3);
+  CHECK(j["seq_len"] == 12);
+  CHECK(j["lr"] == 0.003);
+  CHECK(j["warmup"] == 1);
+  CHECK(j["min_lr"] == 0.0002);
+  CHECK(j["weight_decay"] == 0.05);
+  CHECK(j["clip"] == 0.5);
+  CHECK(j["seed"] == 7);
+  CHECK(j["eval_every"] == 2);
+  CHECK(j["eval_batches"] == 3);
+  CHECK(j["save_every"] == 2);
+  CHECK(j["bos_id"] == 256);
+  CHECK(j["doc_sep"] == "line:.");
+  CHECK(j["diag_every"] == 2);
+  CHECK(j["diag_batches"] == 1);
+  CHECK(j["dtype"] == "f64");
+  // Every value read back: the resume accepts each fixed flag at its recorded value ...
+  std::vector<std::string> again = args;
+  again.erase(std::find(again.begin(), again.end(), "--stop-at"), again.end());
+  for (std::size_t i = 0; i < again.size(); ++i)
+    if (again[i] == "--out") again[i] = "--resume";
+  again.insert(again.end(), {"--sample-len", "0"});
+  r = run(again);
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(contains(r.output, "resume: from"));
+  // ... and no float became null (the --clip nan bug): every number is a number.
+  const auto j2 = nlohmann::json::parse(read(d / "run/train.json"));
+  for (auto it = j2.begin(); it != j2.end(); ++it) CHECK_MESSAGE(!it->is_null(), it.key() << " is null");
 }

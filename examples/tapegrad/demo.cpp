@@ -3,6 +3,7 @@
 
 #include "../teaching.hpp"
 #include "commands.hpp"
+#include "flags.hpp"
 
 namespace {
 
@@ -16,6 +17,7 @@ int run_demo(int argc, char** argv) {
   app.add_option("--steps", steps, "SGD steps of the MLP")->capture_default_str()->check(CLI::Range(10, 1000000));
   app.add_option("--lr", lr, "learning rate")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "seed")->capture_default_str();
+  tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
   std::cout << "=== 1. A scalar expression and its tape ===\n\n";
   tg::teaching::scalar_tape_demo();

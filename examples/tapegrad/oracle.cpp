@@ -22,6 +22,7 @@
 // none), nor a converter of checkpoints.
 #include <charconv>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -33,11 +34,15 @@
 
 #include "autograd/autograd.hpp"
 #include "commands.hpp"
+#include "flags.hpp"
 #include "nn/config.hpp"
+#include "nn/estimate.hpp"
+#include "nn/files.hpp"
 #include "nn/model.hpp"
 #include "nn/safetensors.hpp"
 
 namespace tg::cli {
+namespace fs = std::filesystem;
 namespace {
 
 // Reads a token file: whitespace-separated integer ids, one sequence per line, every line
@@ -47,8 +52,7 @@ namespace {
 // read, no sequence at all, a token that is not an integer, an id out of range, a line
 // with fewer than 2 ids, lines of different lengths.
 Index read_token_file(const std::string& path, std::size_t vocab) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("tokens file " + path + ": cannot open");
+  std::istringstream in(io::read_file(path));  // refuses a FIFO or folder at once
   std::vector<std::int64_t> ids;
   std::size_t T = 0, B = 0, first_line = 0;
   std::string line;
@@ -144,14 +148,30 @@ int run_oracle(int argc, char** argv) {
                  "computation and output dtype: f64 (the default, as an oracle should be) or f32")
       ->check(CLI::IsMember({"f64", "f32"}))
       ->capture_default_str();
+  tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
+    // Inputs must be regular files (a FIFO would block forever), and --out must not name
+    // one of them: the output would replace the input it was computed from.
+    io::check_regular_file(a.config, "--config");
+    io::check_regular_file(a.weights, "--weights");
+    io::check_regular_file(a.tokens, "--tokens");
+    for (const auto& [flag, in] : {std::pair{"--config", a.config}, {"--weights", a.weights}, {"--tokens", a.tokens}})
+      if (io::same_file(a.out, in) || fs::absolute(a.out).lexically_normal() == fs::absolute(in).lexically_normal())
+        throw std::runtime_error("--out " + a.out + " is the " + flag + " file: the oracle would overwrite its input");
     const nn::ModelConfig config = nn::ModelConfig::load(a.config);
     const Index tokens = read_token_file(a.tokens, config.vocab_size);
+    if (tokens.shape()[1] > config.max_position_embeddings)
+      throw std::runtime_error("tokens file " + a.tokens + ": sequences of " + std::to_string(tokens.shape()[1]) +
+                               " tokens are longer than the model's max_position_embeddings " +
+                               std::to_string(config.max_position_embeddings) + " (" + a.config + ")");
+    nn::check_memory(nn::estimate_memory(config, tokens.shape()[0], tokens.shape()[1], a.dtype == "f64" ? 8 : 4,
+                                         /*training=*/true),
+                     0, a.config);  // before the weights are read (nn/estimate.hpp)
     const st::SafeTensorsFile weights = st::SafeTensorsFile::load(a.weights);
     if (a.dtype == "f64") run_oracle_as<double>(a, config, tokens, weights);
     else run_oracle_as<float>(a, config, tokens, weights);

@@ -56,6 +56,7 @@
 
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
+#include "flags.hpp"
 #include "nn/data.hpp"
 #include "nn/distributed.hpp"
 #include "nn/model.hpp"
@@ -1367,6 +1368,7 @@ int run_study(int argc, char** argv) {
       ->check(CLI::Range(0, 1000));
   app.add_option("--stop-at", o.stop_at, "stop the first unfinished run after this step, as if interrupted (tests)")
       ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
   // Its runs are child processes; under mpirun each rank would run the whole study into the
   // same folder (and the children would inherit the launcher's environment).
@@ -1386,9 +1388,22 @@ int run_study(int argc, char** argv) {
       if (std::find(known.begin(), known.end(), p) == known.end())
         throw std::runtime_error("unknown preset '" + p + "' (see nn/MODEL.md \"Presets\")");
   o.lrs.clear();
-  for (auto& x : split_list(lrs)) o.lrs.push_back(std::stod(x));
+  auto number = [](const std::string& flag, const std::string& x, bool integer) {
+    // std::stod alone takes "nan", "inf" and "3abc" (Note [Finite number flags], flags.hpp).
+    std::size_t used = 0;
+    double v = 0;
+    try {
+      v = integer ? double(std::stoll(x, &used)) : std::stod(x, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != x.size() || !std::isfinite(v) || !(v > 0))
+      throw std::runtime_error(flag + ": '" + x + "' is not a " + (integer ? "positive integer" : "positive finite number"));
+    return v;
+  };
+  for (auto& x : split_list(lrs)) o.lrs.push_back(number("--lrs", x, false));
   o.length_factors.clear();
-  for (auto& x : split_list(lengths)) o.length_factors.push_back(std::stoll(x));
+  for (auto& x : split_list(lengths)) o.length_factors.push_back(static_cast<std::int64_t>(number("--length-factors", x, true)));
   if (o.lrs.empty() || o.length_factors.empty()) throw std::runtime_error("--lrs and --length-factors need values");
   for (auto f : o.length_factors)
     if (f < 1) throw std::runtime_error("--length-factors must be >= 1");

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "flags.hpp"
 #include "nn/data.hpp"
 #include "nn/tokenizer.hpp"
 #include "run_folder.hpp"  // write_file_atomic
@@ -60,6 +61,7 @@ int run_tokenizer(int argc, char** argv) {
   tr->add_option("--out", out, "the tokenizer.json to write")->required();
   tr->add_option("--min-frequency", min_freq, "never merge a pair seen fewer times")->capture_default_str();
   tr->add_option("--special", specials, "special tokens (added after the merges)")->capture_default_str();
+  tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
 
   if (*enc) {

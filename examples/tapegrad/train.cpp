@@ -58,11 +58,14 @@
 #include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
+#include "flags.hpp"
 #include "nn/data.hpp"
 #include "nn/generate.hpp"
 #include "nn/checkpoint.hpp"
 #include "nn/diagnostics.hpp"
 #include "nn/distributed.hpp"
+#include "nn/estimate.hpp"
+#include "nn/files.hpp"
 #include "nn/model.hpp"
 #include "nn/signals.hpp"
 #include "nn/train_step.hpp"
@@ -594,9 +597,13 @@ int run_train(int argc, char** argv) {
   app.add_option("--keep", inv.keep, "complete checkpoints kept in <out>/checkpoints/")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  std::string max_memory;
+  app.add_option("--max-memory", max_memory,
+                 "refuse a model whose estimated training memory exceeds this (e.g. 8G; default: the machine's memory)");
   app.add_flag("--detect-anomaly", inv.detect_anomaly,
                "stop at the first op whose output or gradient holds NaN or Inf, naming it, its shapes and the layer "
                "(also TAPEGRAD_DETECT_ANOMALY=1)");
+  tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
   if (const char* e = std::getenv("TAPEGRAD_DETECT_ANOMALY"); e && std::string(e) == "1") inv.detect_anomaly = true;
 
@@ -678,6 +685,7 @@ int run_train(int argc, char** argv) {
       throw std::runtime_error("--min-lr " + std::to_string(a.min_lr) + " exceeds --lr " + std::to_string(a.lr));
     if (config_opt->count() > 0) {
       if (given("--size")) throw std::runtime_error("give --size or --config, not both");
+      tg::io::check_regular_file(a.config, "--config");  // a FIFO would block forever
       const auto spec = cli::run::load_model_spec(a.config);
       inv.config = spec.config;
       inv.preset = spec.preset;
@@ -704,6 +712,13 @@ int run_train(int argc, char** argv) {
         inv.config.vocab_size = data::ByteTokenizer::vocab_size + 1;
     }
     if (!a.doc_sep.empty()) (void)data::document_starts({nullptr, 0}, a.doc_sep);  // checks the separator
+    // The defaults must fit the chosen size (tiny has 64 positions): an unset --seq-len
+    // shrinks to the model's longest window.
+    if (!given("--seq-len") && static_cast<std::size_t>(a.seq_len) + 1 > inv.config.max_position_embeddings)
+      a.seq_len = static_cast<std::int64_t>(inv.config.max_position_embeddings) - 1;
+    if (a.seq_len < 1)
+      throw std::runtime_error("the model's max_position_embeddings " + std::to_string(inv.config.max_position_embeddings) +
+                               " leaves no room for a training window (it needs T + 1 >= 2 positions)");
     if (static_cast<std::size_t>(a.seq_len) + 1 > inv.config.max_position_embeddings)
       throw std::runtime_error("--seq-len " + std::to_string(a.seq_len) + " needs " + std::to_string(a.seq_len + 1) +
                                " positions, more than the model's max_position_embeddings " +
@@ -725,6 +740,12 @@ int run_train(int argc, char** argv) {
     inv.args = a;
   }
   if (inv.log_every == 0) inv.log_every = std::max<std::int64_t>(1, inv.args.steps / 20);
+  // Before anything is allocated or written: does the model fit (nn/estimate.hpp)?
+  const nn::MemoryEstimate need =
+      nn::estimate_memory(inv.config, std::uint64_t(inv.args.batch), std::uint64_t(inv.args.seq_len),
+                          inv.args.dtype == "f64" ? 8 : 4, /*training=*/true);
+  nn::check_memory(need, max_memory.empty() ? 0 : nn::parse_bytes(max_memory, "--max-memory"),
+                   inv.resume ? inv.out : (inv.args.config.empty() ? "--size " + inv.args.size : inv.args.config));
   if (inv.args.dtype == "f64") return train<double>(inv);
   // bf16: float training with the matmuls in bf16 (autograd/kernels/gemm_bf16.hpp); throws,
   // naming AVX512_BF16, on a CPU without it.

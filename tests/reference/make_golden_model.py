@@ -183,7 +183,7 @@ def cases(base_fn=tiny_config, moe_sizes=(4, 2, 16)):
     out.append(("g1_elementwise_attn_bias", apply_preset(c, "g1_elementwise"),
                 "preset g1_elementwise with attention_bias (q,k,v,o biases incl. gate rows)"))
     T = 9
-    c = dict(base, max_position_embeddings=8,
+    c = dict(base, max_position_embeddings=16,
              rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4,
                            "beta_fast": 32, "beta_slow": 1})
     out.append(("baseline_yarn", apply_preset(c, "baseline"),
