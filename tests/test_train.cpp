@@ -710,7 +710,7 @@ TEST_CASE("train: --bos and --doc-windows round-trip through the run folder, --d
   write(d / "text.txt", text);
   const std::string dir = d / "run";
   const Result a = run(plus(tiny_args(d / "text.txt", dir, 12),
-                            {"--bos", "--doc-windows", "line:.", "--diag-every", "4", "--stop-at", "6"}));
+                            {"--bos", "--doc-windows", "blankline", "--diag-every", "4", "--stop-at", "6"}));
   INFO(a.output);
   REQUIRE(a.status == 0);
   const auto tj = nlohmann::json::parse(read(dir + "/train.json"));
