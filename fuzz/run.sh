@@ -54,7 +54,7 @@ for h in safetensors config tokens tokenizer; do
   mkdir -p "$OUT/findings/$h"
   limit=(-max_total_time="$SECONDS_EACH")
   [[ -n "${RUNS:-}" ]] && limit=(-runs="$RUNS")
-  echo "fuzz: $h (${RUNS:+$RUNS executions}${RUNS:-$SECONDS_EACH s})"
+  if [[ -n "${RUNS:-}" ]]; then echo "fuzz: $h ($RUNS executions)"; else echo "fuzz: $h ($SECONDS_EACH s)"; fi
   if ! "$exe" "${limit[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$OUT/findings/$h/" \
       "$OUT/corpus/$h" 2> "$OUT/fuzz_$h.log"; then
     echo "fuzz: $h FOUND A PROBLEM; see $OUT/fuzz_$h.log and $OUT/findings/$h/" >&2
