@@ -133,11 +133,20 @@ template <class T> Tensor<T> dropout(const Tensor<T>& x, Scalar<T> p, Generator&
 
 // ---- RoPE -------------------------------------------------------------------------------
 // YaRN parameters as Hugging Face defines them (rope_type "yarn").
+// inv_freq blends the original frequencies (extrapolation) with those divided by factor
+// (interpolation) by a linear ramp between the correction dimensions of beta_fast and
+// beta_slow (floor/ceil'd when truncate); cos and sin are multiplied by attention_factor,
+// which defaults to mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are
+// non-zero, else to mscale(factor, 1), with mscale(s, m) = 0.1 m ln s + 1 (1 for s <= 1).
 struct YarnScaling {
   double factor = 1.0;
   double original_max_position_embeddings = 2048;
   double beta_fast = 32;
   double beta_slow = 1;
+  std::optional<double> attention_factor;  // absent: from mscale as above
+  double mscale = 0, mscale_all_dim = 0;   // 0: not given
+  bool truncate = true;
+  bool operator==(const YarnScaling&) const = default;
 };
 // cos and sin tables, (P, D), for positions 0..P-1: the rotate_half convention,
 // cos[p, i] = cos(p * inv_freq[i mod D/2]) * attention_scale.

@@ -357,8 +357,9 @@ std::vector<double> rope_inv_freq(std::size_t D, double theta, const std::option
   if (!(L > 0)) fail("rope: YaRN original_max_position_embeddings must be > 0");
   const double pi = 3.14159265358979323846;
   auto corr_dim = [&](double rot) { return double(D) * std::log(L / (rot * 2 * pi)) / (2 * std::log(theta)); };
-  double low = std::max(std::floor(corr_dim(yarn->beta_fast)), 0.0);
-  double high = std::min(std::ceil(corr_dim(yarn->beta_slow)), double(D - 1));
+  double low = corr_dim(yarn->beta_fast), high = corr_dim(yarn->beta_slow);
+  if (yarn->truncate) low = std::floor(low), high = std::ceil(high);
+  low = std::max(low, 0.0), high = std::min(high, double(D - 1));
   if (high == low) high += 0.001;
   for (std::size_t i = 0; i < half; ++i) {
     double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
@@ -366,7 +367,11 @@ std::vector<double> rope_inv_freq(std::size_t D, double theta, const std::option
     double inv_extra = inv[i], inv_inter = inv[i] / s;
     inv[i] = inv_inter * (1 - extra) + inv_extra * extra;
   }
-  if (attention_scale) *attention_scale = s > 1.0 ? 0.1 * std::log(s) + 1.0 : 1.0;
+  auto mscale = [s](double m) { return s > 1.0 ? 0.1 * m * std::log(s) + 1.0 : 1.0; };
+  double af = mscale(1.0);
+  if (yarn->attention_factor) af = *yarn->attention_factor;
+  else if (yarn->mscale != 0 && yarn->mscale_all_dim != 0) af = mscale(yarn->mscale) / mscale(yarn->mscale_all_dim);
+  if (attention_scale) *attention_scale = af;
   return inv;
 }
 

@@ -2,9 +2,12 @@
 // named sizes and the presets.
 #include "nn/config.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -90,18 +93,45 @@ std::string get_string(const nlohmann::json& v, const std::string& key) {
   fail("config: field '" + key + "' must be a string, got " + type_name(v) + " " + v.dump());
 }
 
-// Hugging Face fields that do not change this model (whatever their value).
-const std::set<std::string> kIgnored = {
-    "model_type",   "architectures",        "torch_dtype",    "dtype",           "transformers_version",
-    "bos_token_id", "eos_token_id",         "pad_token_id",   "max_window_layers", "use_cache",
-    "output_router_logits", "_name_or_path", "sliding_window",
+const Names<MoeAuxLoss> kAuxLosses{"moe_aux_loss", {{MoeAuxLoss::PerLayer, "per_layer"}, {MoeAuxLoss::Pooled, "pooled"}}};
+
+// Hugging Face keys that do not change this model, whatever their value.
+const std::set<std::string> kAccepted = {
+    "model_type",   "architectures", "torch_dtype", "dtype",           "transformers_version", "auto_map",
+    "bos_token_id", "eos_token_id",  "pad_token_id", "max_window_layers", "use_cache",           "_name_or_path",
+    "tokenizer_class", "output_attentions", "output_hidden_states", "return_dict",
     "preset",  // written by `tapegrad train` into a run folder's config.json (informational)
 };
+// Hugging Face keys accepted only with the value this model implements (checked in from_json).
+const std::vector<std::string> kRefusedUnless = {
+    "hidden_act (only \"silu\")",
+    "use_sliding_window (only false)",
+    "sliding_window (any value while use_sliding_window is false)",
+    "attention_dropout (only 0)",
+    "decoder_sparse_step (only 1)",
+    "mlp_only_layers (only [])",
+    "layer_types (only \"full_attention\")",
+    "partial_rotary_factor (only 1)",
+    "qkv_bias (the paper's code: biases on q/k/v/o_proj, read as attention_bias)",
+};
+// This project's own keys: a file carrying none of them comes from Hugging Face, and
+// its absent keys take the hf_default column of Note [One field table].
+bool is_project_key(const std::string& k) {
+  return k.rfind("gate_", 0) == 0 || k == "sandwich_norm" || k == "router_z_loss_coef" || k == "moe_aux_loss";
+}
+
+std::string yarn_keys() {
+  return "rope_type, factor, original_max_position_embeddings, attention_factor, beta_fast, beta_slow, mscale, "
+         "mscale_all_dim, truncate";
+}
 
 std::optional<YarnScaling> parse_rope_scaling(const nlohmann::json& v, bool* has_original) {
   *has_original = false;
   if (v.is_null()) return std::nullopt;
   if (!v.is_object()) fail("config: field 'rope_scaling' must be null or an object, got " + type_name(v));
+  for (auto& [k, x] : v.items())
+    if (x.is_null())
+      fail("config: rope_scaling." + k + " is null; leave the key out to take its default");
   std::string type;
   if (v.contains("rope_type")) type = get_string(v["rope_type"], "rope_scaling.rope_type");
   if (v.contains("type")) {
@@ -122,20 +152,75 @@ std::optional<YarnScaling> parse_rope_scaling(const nlohmann::json& v, bool* has
   YarnScaling y;
   bool has_factor = false;
   for (auto& [k, x] : v.items()) {
+    const std::string key = "rope_scaling." + k;
     if (k == "rope_type" || k == "type") continue;
-    if (k == "factor") y.factor = get_double(x, "rope_scaling.factor"), has_factor = true;
+    if (k == "factor") y.factor = get_double(x, key), has_factor = true;
     else if (k == "original_max_position_embeddings")
-      y.original_max_position_embeddings = double(get_size(x, "rope_scaling.original_max_position_embeddings")),
-      *has_original = true;
-    else if (k == "beta_fast") y.beta_fast = get_double(x, "rope_scaling.beta_fast");
-    else if (k == "beta_slow") y.beta_slow = get_double(x, "rope_scaling.beta_slow");
-    else
-      fail("config: unknown field 'rope_scaling." + k +
-           "' (supported: rope_type, factor, original_max_position_embeddings, beta_fast, beta_slow)");
+      y.original_max_position_embeddings = double(get_size(x, key)), *has_original = true;
+    else if (k == "attention_factor") y.attention_factor = get_double(x, key);
+    else if (k == "beta_fast") y.beta_fast = get_double(x, key);
+    else if (k == "beta_slow") y.beta_slow = get_double(x, key);
+    else if (k == "mscale") y.mscale = get_double(x, key);
+    else if (k == "mscale_all_dim") y.mscale_all_dim = get_double(x, key);
+    else if (k == "truncate") y.truncate = get_bool(x, key);
+    else fail("config: unknown field 'rope_scaling." + k + "' (supported: " + yarn_keys() + ")");
   }
   if (!has_factor) fail("config: rope_scaling (yarn) needs a 'factor'");
   return y;
 }
+
+nlohmann::ordered_json rope_scaling_json(const std::optional<YarnScaling>& y) {
+  if (!y) return nullptr;
+  nlohmann::ordered_json r;
+  r["rope_type"] = "yarn";
+  r["factor"] = y->factor;
+  r["original_max_position_embeddings"] = static_cast<std::size_t>(y->original_max_position_embeddings);
+  if (y->attention_factor) r["attention_factor"] = *y->attention_factor;
+  r["beta_fast"] = y->beta_fast;
+  r["beta_slow"] = y->beta_slow;
+  if (y->mscale != 0) r["mscale"] = y->mscale;
+  if (y->mscale_all_dim != 0) r["mscale_all_dim"] = y->mscale_all_dim;
+  r["truncate"] = y->truncate;
+  return r;
+}
+
+// ---- one reader, writer and type name per C++ type of the field table ----
+void read_field(const nlohmann::json& v, const std::string& k, std::size_t& dst) { dst = get_size(v, k); }
+void read_field(const nlohmann::json& v, const std::string& k, double& dst) { dst = get_double(v, k); }
+void read_field(const nlohmann::json& v, const std::string& k, bool& dst) { dst = get_bool(v, k); }
+void read_field(const nlohmann::json& v, const std::string& k, std::optional<YarnScaling>& dst) {
+  bool has_original = false;  // (from_json reads rope_scaling itself, to default this)
+  dst = parse_rope_scaling(v, &has_original);
+}
+template <class E>
+void read_enum(const nlohmann::json& v, const std::string& k, E& dst, const Names<E>& names) {
+  const std::string s = get_string(v, k);
+  try {
+    dst = names.parse(s);
+  } catch (const std::invalid_argument& e) {
+    fail(std::string("config: field ") + e.what());
+  }
+}
+void read_field(const nlohmann::json& v, const std::string& k, GatePosition& d) { read_enum(v, k, d, kPositions); }
+void read_field(const nlohmann::json& v, const std::string& k, GateGranularity& d) { read_enum(v, k, d, kGranularities); }
+void read_field(const nlohmann::json& v, const std::string& k, GateCombine& d) { read_enum(v, k, d, kCombines); }
+void read_field(const nlohmann::json& v, const std::string& k, GateActivation& d) { read_enum(v, k, d, kActivations); }
+void read_field(const nlohmann::json& v, const std::string& k, GateProbe& d) { read_enum(v, k, d, kProbes); }
+void read_field(const nlohmann::json& v, const std::string& k, MoeAuxLoss& d) { read_enum(v, k, d, kAuxLosses); }
+
+nlohmann::ordered_json write_field(std::size_t v) { return v; }
+nlohmann::ordered_json write_field(double v) { return v; }
+nlohmann::ordered_json write_field(bool v) { return v; }
+nlohmann::ordered_json write_field(const std::optional<YarnScaling>& v) { return rope_scaling_json(v); }
+template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+nlohmann::ordered_json write_field(E v) { return to_string(v); }
+
+const char* field_type(std::size_t*) { return "integer >= 0"; }
+const char* field_type(double*) { return "number"; }
+const char* field_type(bool*) { return "true/false"; }
+const char* field_type(std::optional<YarnScaling>*) { return "null or object"; }
+template <class E, class = std::enable_if_t<std::is_enum_v<E>>>
+const char* field_type(E*) { return "string"; }
 
 }  // namespace
 
@@ -178,6 +263,27 @@ void ModelConfig::validate() const {
   positive(head_dim, "head_dim");
   positive(max_position_embeddings, "max_position_embeddings");
   if (!is_moe()) positive(intermediate_size, "intermediate_size");
+  // Sizes beyond what any model has are typos or garbage: refuse them before anything is
+  // allocated (the kernels index with 32-bit strides in places).
+  auto at_most = [](std::size_t v, std::size_t limit, const char* name) {
+    if (v > limit)
+      fail(std::string("config: '") + name + "' " + std::to_string(v) + " is larger than " + std::to_string(limit) +
+           " (the most this implementation accepts)");
+  };
+  constexpr std::size_t kDim = std::size_t(1) << 24;  // 16.7 M
+  at_most(vocab_size, kDim, "vocab_size");
+  at_most(hidden_size, kDim, "hidden_size");
+  at_most(intermediate_size, kDim, "intermediate_size");
+  at_most(moe_intermediate_size, kDim, "moe_intermediate_size");
+  at_most(num_hidden_layers, 65536, "num_hidden_layers");
+  at_most(num_attention_heads, 65536, "num_attention_heads");
+  at_most(num_key_value_heads, 65536, "num_key_value_heads");
+  at_most(head_dim, 65536, "head_dim");
+  at_most(num_experts, 65536, "num_experts");
+  at_most(max_position_embeddings, std::size_t(1) << 31, "max_position_embeddings");
+  if (num_attention_heads * head_dim > kDim)
+    fail("config: num_attention_heads * head_dim = " + std::to_string(num_attention_heads * head_dim) +
+         " is larger than " + std::to_string(kDim));
   if (num_attention_heads % num_key_value_heads != 0)
     fail("config: num_attention_heads " + std::to_string(num_attention_heads) +
          " is not a multiple of num_key_value_heads " + std::to_string(num_key_value_heads));
@@ -186,8 +292,16 @@ void ModelConfig::validate() const {
   if (!(rms_norm_eps > 0)) fail("config: 'rms_norm_eps' must be > 0");
   if (!(rope_theta > 1)) fail("config: 'rope_theta' must be > 1");
   if (!(initializer_range >= 0)) fail("config: 'initializer_range' must be >= 0");
+  if (!std::isfinite(rope_theta)) fail("config: 'rope_theta' must be finite");
+  if (!std::isfinite(rms_norm_eps)) fail("config: 'rms_norm_eps' must be finite");
   if (rope_scaling) {
-    if (!(rope_scaling->factor >= 1)) fail("config: rope_scaling.factor must be >= 1");
+    if (!(rope_scaling->factor >= 1 && std::isfinite(rope_scaling->factor)))
+      fail("config: rope_scaling.factor must be >= 1");
+    if (rope_scaling->attention_factor && !(*rope_scaling->attention_factor > 0 &&
+                                            std::isfinite(*rope_scaling->attention_factor)))
+      fail("config: rope_scaling.attention_factor must be > 0");
+    if (!std::isfinite(rope_scaling->mscale) || !std::isfinite(rope_scaling->mscale_all_dim))
+      fail("config: rope_scaling.mscale and mscale_all_dim must be finite");
     if (!(rope_scaling->original_max_position_embeddings > 0))
       fail("config: rope_scaling.original_max_position_embeddings must be > 0");
     if (!(rope_scaling->beta_fast > 0 && rope_scaling->beta_slow > 0))
@@ -242,100 +356,103 @@ void ModelConfig::validate() const {
   }
 }
 
-ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
+ModelConfig ModelConfig::from_json(const nlohmann::json& j, std::vector<std::string>* accepted) {
   if (!j.is_object()) fail("config: expected a JSON object, got " + type_name(j));
+  bool from_hf = true;  // carries none of this project's keys (is_project_key)
+  for (auto& [key, value] : j.items())
+    if (is_project_key(key)) from_hf = false;
   ModelConfig c;
-  std::set<std::string> seen;
-  std::optional<bool> ew_flag, hw_flag;
-  bool has_original = false;
-  bool sliding = false;
-  // Each known field, with its reader. A field missing from config.json keeps the default.
-  using Setter = std::function<void(const nlohmann::json&, const std::string&)>;
-  auto size_of = [](std::size_t& dst) -> Setter {
-    return [&dst](const nlohmann::json& v, const std::string& k) { dst = get_size(v, k); };
-  };
-  auto dbl = [](double& dst) -> Setter {
-    return [&dst](const nlohmann::json& v, const std::string& k) { dst = get_double(v, k); };
-  };
-  auto boolean = [](bool& dst) -> Setter {
-    return [&dst](const nlohmann::json& v, const std::string& k) { dst = get_bool(v, k); };
-  };
-  auto enum_of = [](auto& dst, auto parse) -> Setter {
-    return [&dst, parse](const nlohmann::json& v, const std::string& k) {
-      try {
-        dst = parse(get_string(v, k));
-      } catch (const std::invalid_argument& e) {
-        std::string m = e.what();
-        fail(m.rfind("config:", 0) == 0 ? m : "config: field " + m);
-      }
-    };
-  };
-  const std::map<std::string, Setter> fields = {
-      {"vocab_size", size_of(c.vocab_size)},
-      {"hidden_size", size_of(c.hidden_size)},
-      {"intermediate_size", size_of(c.intermediate_size)},
-      {"num_hidden_layers", size_of(c.num_hidden_layers)},
-      {"num_attention_heads", size_of(c.num_attention_heads)},
-      {"num_key_value_heads", size_of(c.num_key_value_heads)},
-      {"head_dim", size_of(c.head_dim)},
-      {"max_position_embeddings", size_of(c.max_position_embeddings)},
-      {"rms_norm_eps", dbl(c.rms_norm_eps)},
-      {"rope_theta", dbl(c.rope_theta)},
-      {"rope_scaling", [&](const nlohmann::json& v, const std::string&) { c.rope_scaling = parse_rope_scaling(v, &has_original); }},
-      {"tie_word_embeddings", boolean(c.tie_word_embeddings)},
-      {"attention_bias", boolean(c.attention_bias)},
-      {"use_qk_norm", boolean(c.use_qk_norm)},
-      {"initializer_range", dbl(c.initializer_range)},
-      {"elementwise_attn_output_gate", [&](const nlohmann::json& v, const std::string& k) { ew_flag = get_bool(v, k); }},
-      {"headwise_attn_output_gate", [&](const nlohmann::json& v, const std::string& k) { hw_flag = get_bool(v, k); }},
-      {"gate_position", enum_of(c.gate.position, parse_gate_position)},
-      {"gate_granularity", enum_of(c.gate.granularity, parse_gate_granularity)},
-      {"gate_head_shared", boolean(c.gate.head_shared)},
-      {"gate_combine", enum_of(c.gate.combine, parse_gate_combine)},
-      {"gate_activation", enum_of(c.gate.activation, parse_gate_activation)},
-      {"gate_input_dependent", boolean(c.gate.input_dependent)},
-      {"gate_probe", enum_of(c.gate.probe, parse_gate_probe)},
-      {"sandwich_norm", boolean(c.sandwich_norm)},
-      {"num_experts", size_of(c.num_experts)},
-      {"num_experts_per_tok", size_of(c.num_experts_per_tok)},
-      {"moe_intermediate_size", size_of(c.moe_intermediate_size)},
-      {"norm_topk_prob", boolean(c.norm_topk_prob)},
-      {"router_aux_loss_coef", dbl(c.router_aux_loss_coef)},
-      {"router_z_loss_coef", dbl(c.router_z_loss_coef)},
-      // Hugging Face fields accepted only with the value this model implements.
-      {"hidden_act", [](const nlohmann::json& v, const std::string& k) {
-         if (get_string(v, k) != "silu")
-           fail("config: hidden_act '" + v.get<std::string>() + "' is not supported (only 'silu')");
-       }},
-      {"use_sliding_window", [&](const nlohmann::json& v, const std::string& k) { sliding = get_bool(v, k); }},
-      {"attention_dropout", [](const nlohmann::json& v, const std::string& k) {
-         if (get_double(v, k) != 0.0) fail("config: attention_dropout " + v.dump() + " is not supported (only 0)");
-       }},
-      {"decoder_sparse_step", [](const nlohmann::json& v, const std::string& k) {
-         if (get_size(v, k) != 1)
-           fail("config: decoder_sparse_step " + v.dump() + " is not supported (every layer is MoE or none is: 1)");
-       }},
-      {"mlp_only_layers", [](const nlohmann::json& v, const std::string& k) {
-         if (!v.is_array() || !v.empty()) fail("config: mlp_only_layers " + v.dump() + " is not supported (only [])");
-       }},
-      {"layer_types", [](const nlohmann::json& v, const std::string& k) {
-         if (!v.is_array()) fail("config: field 'layer_types' must be an array");
-         for (auto& t : v)
-           if (!t.is_string() || t.get<std::string>() != "full_attention")
-             fail("config: layer_types entry " + t.dump() + " is not supported (only \"full_attention\")");
-       }},
-  };
-  for (auto& [key, value] : j.items()) {
-    if (kIgnored.count(key)) continue;
-    auto it = fields.find(key);
-    if (it == fields.end()) fail("config: unknown field '" + key + "'");
-    it->second(value, key);
-    seen.insert(key);
+  if (from_hf) {
+#define TG_HF_DEFAULT(type, name, def, hf_def, doc) c.name = hf_def;
+    TG_MODEL_CONFIG_FIELDS(TG_HF_DEFAULT)
+#undef TG_HF_DEFAULT
   }
-  for (const char* required :
-       {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"})
+  // null where a value belongs: one error naming every such key (rope_scaling may be null;
+  // keys accepted without effect may be anything).
+  {
+    std::vector<std::string> nulls;
+    for (auto& [key, value] : j.items())
+      if (value.is_null() && key != "rope_scaling" && !kAccepted.count(key) && key != "sliding_window")
+        nulls.push_back("'" + key + "'");
+    if (!nulls.empty())
+      fail("config: " + join(nulls) + (nulls.size() == 1 ? " is" : " are") +
+           " null where a value belongs; leave the key out to take its default");
+  }
+  std::set<std::string> seen;
+  std::vector<std::string> without_effect;
+  std::optional<bool> ew_flag, hw_flag, qkv_bias;
+  bool has_original = false, sliding = false;
+  for (auto& [key, value] : j.items()) {
+    bool known = false;
+#define TG_READ_FIELD(type, name, def, hf_def, doc) \
+  if (!known && key == #name) {                      \
+    known = true;                                    \
+    read_field(value, key, c.name);                  \
+  }
+#define TG_READ_GATE_FIELD(type, name, def, hf_def, doc) \
+  if (!known && key == "gate_" #name) {                  \
+    known = true;                                        \
+    read_field(value, key, c.gate.name);                 \
+  }
+    if (key == "rope_scaling") {
+      c.rope_scaling = parse_rope_scaling(value, &has_original);
+      known = true;
+    }
+    TG_MODEL_CONFIG_FIELDS(TG_READ_FIELD)
+    TG_GATE_CONFIG_FIELDS(TG_READ_GATE_FIELD)
+#undef TG_READ_FIELD
+#undef TG_READ_GATE_FIELD
+    if (known) {
+      seen.insert(key);
+      continue;
+    }
+    without_effect.push_back(key);
+    if (kAccepted.count(key)) continue;
+    // Hugging Face fields accepted only with the value this model implements.
+    if (key == "elementwise_attn_output_gate") ew_flag = get_bool(value, key);
+    else if (key == "headwise_attn_output_gate") hw_flag = get_bool(value, key);
+    else if (key == "qkv_bias") qkv_bias = get_bool(value, key), without_effect.pop_back();
+    else if (key == "hidden_act") {
+      if (get_string(value, key) != "silu")
+        fail("config: hidden_act '" + value.get<std::string>() + "' is not supported (only 'silu')");
+    } else if (key == "use_sliding_window") sliding = get_bool(value, key);
+    else if (key == "sliding_window") {
+      if (!value.is_null()) (void)get_size(value, key);
+    } else if (key == "attention_dropout") {
+      if (get_double(value, key) != 0.0) fail("config: attention_dropout " + value.dump() + " is not supported (only 0)");
+    } else if (key == "partial_rotary_factor") {
+      if (get_double(value, key) != 1.0)
+        fail("config: partial_rotary_factor " + value.dump() + " is not supported (RoPE on the whole head: only 1)");
+    } else if (key == "decoder_sparse_step") {
+      if (get_size(value, key) != 1)
+        fail("config: decoder_sparse_step " + value.dump() +
+             " is not supported (every layer is MoE or none is: only 1)");
+    } else if (key == "mlp_only_layers") {
+      if (!value.is_array() || !value.empty())
+        fail("config: mlp_only_layers " + value.dump() + " is not supported (only [])");
+    } else if (key == "layer_types") {
+      if (!value.is_array()) fail("config: field 'layer_types' must be an array");
+      for (auto& t : value)
+        if (!t.is_string() || t.get<std::string>() != "full_attention")
+          fail("config: layer_types entry " + t.dump() + " is not supported (only \"full_attention\")");
+    } else {
+      fail("config: unknown field '" + key + "' (`tapegrad config --fields` lists the known ones)");
+    }
+  }
+  for (const char* required : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"})
     if (!seen.count(required)) fail(std::string("config: missing required field '") + required + "'");
-  if (sliding) fail("config: use_sliding_window true is not supported (full causal attention only)");
+  if (sliding)
+    fail("config: use_sliding_window true is not supported (full causal attention only; sliding_window " +
+         (j.contains("sliding_window") ? j["sliding_window"].dump() : std::string("absent")) + ")");
+  if (qkv_bias) {
+    // The paper's modeling_qwen3.py builds q/k/v/o_proj with bias=config.qkv_bias and never
+    // reads attention_bias; follow it.
+    c.attention_bias = *qkv_bias;
+    if (seen.count("attention_bias")) {
+      seen.erase("attention_bias");
+      without_effect.push_back("attention_bias (qkv_bias decides, as in the paper's code)");
+    }
+  }
   if (!seen.count("num_key_value_heads")) c.num_key_value_heads = c.num_attention_heads;
   if (!seen.count("head_dim")) {
     if (c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0)
@@ -366,6 +483,14 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   };
   check_flag(ew_flag, c.gate.hf_elementwise_flag(), "elementwise_attn_output_gate");
   check_flag(hw_flag, c.gate.hf_headwise_flag(), "headwise_attn_output_gate");
+  if (accepted) {
+    // The gate flags are read (they define the gate): not "without effect".
+    std::erase_if(without_effect, [](const std::string& k) {
+      return k == "elementwise_attn_output_gate" || k == "headwise_attn_output_gate";
+    });
+    std::sort(without_effect.begin(), without_effect.end());
+    *accepted = std::move(without_effect);
+  }
   return c;
 }
 
@@ -373,66 +498,19 @@ nlohmann::ordered_json ModelConfig::to_json() const {
   nlohmann::ordered_json j;
   j["model_type"] = is_moe() ? "qwen3_moe" : "qwen3";
   j["architectures"] = {is_moe() ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM"};
-  j["vocab_size"] = vocab_size;
-  j["hidden_size"] = hidden_size;
-  j["intermediate_size"] = intermediate_size;
-  j["num_hidden_layers"] = num_hidden_layers;
-  j["num_attention_heads"] = num_attention_heads;
-  j["num_key_value_heads"] = num_key_value_heads;
-  j["head_dim"] = head_dim;
   j["hidden_act"] = "silu";
-  j["max_position_embeddings"] = max_position_embeddings;
-  j["rms_norm_eps"] = rms_norm_eps;
-  j["rope_theta"] = rope_theta;
-  if (rope_scaling) {
-    nlohmann::ordered_json r;
-    r["rope_type"] = "yarn";
-    r["factor"] = rope_scaling->factor;
-    r["original_max_position_embeddings"] = static_cast<std::size_t>(rope_scaling->original_max_position_embeddings);
-    r["beta_fast"] = rope_scaling->beta_fast;
-    r["beta_slow"] = rope_scaling->beta_slow;
-    j["rope_scaling"] = r;
-  } else {
-    j["rope_scaling"] = nullptr;
-  }
-  j["tie_word_embeddings"] = tie_word_embeddings;
-  j["attention_bias"] = attention_bias;
-  j["use_qk_norm"] = use_qk_norm;
-  j["initializer_range"] = initializer_range;
+#define TG_WRITE_FIELD(type, name, def, hf_def, doc) j[#name] = write_field(name);
+#define TG_WRITE_GATE_FIELD(type, name, def, hf_def, doc) j["gate_" #name] = write_field(gate.name);
+  TG_MODEL_CONFIG_FIELDS(TG_WRITE_FIELD)
   j["elementwise_attn_output_gate"] = gate.hf_elementwise_flag();
   j["headwise_attn_output_gate"] = gate.hf_headwise_flag();
-  j["gate_position"] = to_string(gate.position);
-  j["gate_granularity"] = to_string(gate.granularity);
-  j["gate_head_shared"] = gate.head_shared;
-  j["gate_combine"] = to_string(gate.combine);
-  j["gate_activation"] = to_string(gate.activation);
-  j["gate_input_dependent"] = gate.input_dependent;
-  j["gate_probe"] = to_string(gate.probe);
-  j["sandwich_norm"] = sandwich_norm;
-  j["num_experts"] = num_experts;
-  j["num_experts_per_tok"] = num_experts_per_tok;
-  j["moe_intermediate_size"] = moe_intermediate_size;
-  j["norm_topk_prob"] = norm_topk_prob;
-  j["router_aux_loss_coef"] = router_aux_loss_coef;
-  j["router_z_loss_coef"] = router_z_loss_coef;
+  TG_GATE_CONFIG_FIELDS(TG_WRITE_GATE_FIELD)
+#undef TG_WRITE_FIELD
+#undef TG_WRITE_GATE_FIELD
   return j;
 }
 
-ModelConfig ModelConfig::load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open config file");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::invalid_argument(path + ": invalid JSON: " + e.what());
-  }
-  try {
-    return from_json(j);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(path + ": " + e.what());
-  }
-}
+ModelConfig ModelConfig::load(const std::string& path) { return read_config(path).config; }
 
 void ModelConfig::save(const std::string& path) const {
   validate();
@@ -443,24 +521,109 @@ void ModelConfig::save(const std::string& path) const {
 }
 
 bool ModelConfig::operator==(const ModelConfig& o) const {
-  auto same_rope = [](const std::optional<YarnScaling>& a, const std::optional<YarnScaling>& b) {
-    if (a.has_value() != b.has_value()) return false;
-    if (!a) return true;
-    return a->factor == b->factor && a->original_max_position_embeddings == b->original_max_position_embeddings &&
-           a->beta_fast == b->beta_fast && a->beta_slow == b->beta_slow;
-  };
-  return vocab_size == o.vocab_size && hidden_size == o.hidden_size && intermediate_size == o.intermediate_size &&
-         num_hidden_layers == o.num_hidden_layers && num_attention_heads == o.num_attention_heads &&
-         num_key_value_heads == o.num_key_value_heads && head_dim == o.head_dim &&
-         max_position_embeddings == o.max_position_embeddings && rms_norm_eps == o.rms_norm_eps &&
-         rope_theta == o.rope_theta && same_rope(rope_scaling, o.rope_scaling) &&
-         tie_word_embeddings == o.tie_word_embeddings && attention_bias == o.attention_bias &&
-         use_qk_norm == o.use_qk_norm && initializer_range == o.initializer_range && gate == o.gate &&
-         sandwich_norm == o.sandwich_norm && num_experts == o.num_experts &&
-         num_experts_per_tok == o.num_experts_per_tok && moe_intermediate_size == o.moe_intermediate_size &&
-         norm_topk_prob == o.norm_topk_prob && router_aux_loss_coef == o.router_aux_loss_coef &&
-         router_z_loss_coef == o.router_z_loss_coef;
+  bool same = gate == o.gate;
+#define TG_SAME_FIELD(type, name, def, hf_def, doc) same = same && name == o.name;
+  TG_MODEL_CONFIG_FIELDS(TG_SAME_FIELD)
+#undef TG_SAME_FIELD
+  return same;
 }
+
+nlohmann::json parse_json_strict(const std::string& text, const std::string& label) {
+  using json = nlohmann::json;
+  std::vector<std::set<std::string>> keys;  // one set per open object or array
+  std::vector<std::string> path;            // the key of each open object, for messages
+  std::string last_key;
+  auto cb = [&](int depth, json::parse_event_t ev, json& parsed) -> bool {
+    switch (ev) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (depth > 64) throw std::invalid_argument(label + ": JSON nests deeper than 64 levels");
+        keys.emplace_back();
+        path.push_back(last_key);
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!keys.empty()) keys.pop_back(), path.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        const std::string& k = parsed.get_ref<const std::string&>();
+        last_key = k;
+        if (!keys.empty() && !keys.back().insert(k).second) {
+          std::string where;
+          for (std::size_t i = 1; i < path.size(); ++i) where += path[i] + ".";
+          throw std::invalid_argument(label + ": duplicate key '" + where + k +
+                                      "' (JSON keeps only one; say it once)");
+        }
+        break;
+      }
+      case json::parse_event_t::value:
+        break;
+    }
+    return true;
+  };
+  try {
+    return json::parse(text, cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(label + ": invalid JSON: " + e.what());
+  }
+}
+
+ConfigReport parse_config(const std::string& text, const std::string& label) {
+  const nlohmann::json j = parse_json_strict(text, label);
+  ConfigReport r;
+  try {
+    r.config = ModelConfig::from_json(j, &r.accepted);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(label + ": " + e.what());
+  }
+  return r;
+}
+
+ConfigReport read_config(const std::string& path) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(st)) throw std::runtime_error(path + ": cannot open config file (no such file)");
+  if (!std::filesystem::is_regular_file(st)) throw std::runtime_error(path + ": not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open config file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path);
+}
+
+std::string ConfigReport::notice(const std::string& label) const {
+  if (accepted.empty()) return "";
+  return label + ": accepted without effect on the computation: " + join(accepted);
+}
+
+std::vector<FieldInfo> config_fields() {
+  std::vector<FieldInfo> r;
+  const ModelConfig d;
+#define TG_FIELD_INFO(type, name, def, hf_def, doc)                                                \
+  {                                                                                                 \
+    std::string dflt = write_field(d.name).dump();                                                  \
+    const type hf = hf_def;                                                                         \
+    if (!(hf == d.name)) dflt += " (Hugging Face file: " + write_field(hf).dump() + ")";            \
+    r.push_back({#name, field_type(static_cast<type*>(nullptr)), dflt, doc});                       \
+  }
+#define TG_GATE_FIELD_INFO(type, name, def, hf_def, doc) \
+  r.push_back({"gate_" #name, field_type(static_cast<type*>(nullptr)), write_field(d.gate.name).dump(), doc});
+  TG_MODEL_CONFIG_FIELDS(TG_FIELD_INFO)
+  r.push_back({"elementwise_attn_output_gate", "true/false", "derived",
+               "the paper's flag: an elementwise sdpa gate in the widened q_proj"});
+  r.push_back({"headwise_attn_output_gate", "true/false", "derived",
+               "the paper's flag: a headwise sdpa gate in the widened q_proj"});
+  TG_GATE_CONFIG_FIELDS(TG_GATE_FIELD_INFO)
+#undef TG_FIELD_INFO
+#undef TG_GATE_FIELD_INFO
+  return r;
+}
+
+std::vector<std::string> accepted_keys() { return {kAccepted.begin(), kAccepted.end()}; }
+std::vector<std::string> refused_keys() { return kRefusedUnless; }
+
+std::string to_string(MoeAuxLoss v) { return kAuxLosses.name(v); }
+MoeAuxLoss parse_moe_aux_loss(const std::string& s) { return kAuxLosses.parse(s); }
 
 // ---- named sizes -------------------------------------------------------------------------
 
@@ -594,11 +757,14 @@ ModelConfig with_preset(ModelConfig config, const std::string& name) {
 
 std::size_t count_parameters(const ModelConfig& c) {
   c.validate();
-  const std::size_t V = c.vocab_size, C = c.hidden_size, H = c.num_attention_heads, K = c.num_key_value_heads,
+  // In 128 bits: with every size within validate()'s limits nothing here can overflow,
+  // and the total is checked against 64 bits at the end.
+  using W = unsigned __int128;
+  const W V = c.vocab_size, C = c.hidden_size, H = c.num_attention_heads, K = c.num_key_value_heads,
                     D = c.head_dim;
-  std::size_t layer = 2 * C;                               // input_layernorm, post_attention_layernorm
+  W layer = 2 * C;                               // input_layernorm, post_attention_layernorm
   if (c.sandwich_norm) layer += 2 * C;                     // post_attn / post_mlp sandwich norms
-  const std::size_t q = c.q_proj_rows();
+  const W q = c.q_proj_rows();
   layer += q * C + 2 * K * D * C + C * H * D;              // q, k, v, o projections
   if (c.attention_bias) layer += q + 2 * K * D + C;        // their biases
   if (c.use_qk_norm) layer += 2 * D;                       // q_norm, k_norm
@@ -616,12 +782,15 @@ std::size_t count_parameters(const ModelConfig& c) {
   if (g.position == GatePosition::Sdpa && !g.is_probe() && !g.input_dependent) layer += H * D;  // gate_theta
   if (g.probe == GateProbe::RmsNorm) layer += D;                                                // sdpa_norm
   if (c.is_moe())
-    layer += c.num_experts * C + c.num_experts * 3 * C * c.moe_intermediate_size;
+    layer += W(c.num_experts) * C + W(c.num_experts) * 3 * C * c.moe_intermediate_size;
   else
     layer += 3 * C * c.intermediate_size;
-  std::size_t n = V * C + c.num_hidden_layers * layer + C;  // embed_tokens, layers, final norm
+  W n = V * C + W(c.num_hidden_layers) * layer + C;  // embed_tokens, layers, final norm
   if (!c.tie_word_embeddings) n += V * C;                   // lm_head
-  return n;
+  if (n > W(std::numeric_limits<std::int64_t>::max()))
+    fail("config: the model would have more than 2^63 parameters (num_hidden_layers " +
+         std::to_string(c.num_hidden_layers) + ", hidden_size " + std::to_string(c.hidden_size) + ")");
+  return static_cast<std::size_t>(n);
 }
 
 std::int64_t preset_extra_parameters(const ModelConfig& base, const std::string& preset) {

@@ -114,6 +114,8 @@ MoEOutput<T> MoE<T>::forward(const Tensor<T>& x) const {
   xt::xarray<T> frac = xt::xarray<T>::from_shape({E});
   for (std::size_t e = 0; e < E; ++e) frac(e) = static_cast<T>(double(out.tokens_per_expert[e]) / double(N));
   out.aux = sum(mean(p, {0}) * Tensor<T>(std::move(frac))) * static_cast<T>(E);
+  out.prob_sum = sum(p, {0});  // (E), for the pooled variant
+  out.tokens = N;
   // Router z-loss: mean over tokens of lse^2, lse = m + log(sum(exp(logits - m))), m the
   // row maximum held constant (its gradient cancels exactly).
   Tensor<T> m(xt::xarray<T>(xt::amax(logits.value(), {1}, xt::keep_dims)));  // (N,1)

@@ -101,6 +101,10 @@ struct MoEOutput {
   Tensor<T> aux;  // [] load balancing: E * sum_e (c_e / N) * P_e
   Tensor<T> z;    // [] router z-loss: mean over tokens of logsumexp(router logits)^2
   std::vector<std::size_t> tokens_per_expert;  // c_e: tokens whose top-k contains e
+  // For Hugging Face's pooled aux loss (MODEL.md "MoE losses"): sum over the N tokens of
+  // the routing probabilities p, (E), with gradient; and N.
+  Tensor<T> prob_sum;
+  std::size_t tokens = 0;
 };
 
 // Mixture of experts (Qwen3-MoE): router `gate` (E,C) without bias; per token

@@ -112,6 +112,7 @@ LayerOutput<T> DecoderLayer<T>::forward(const Tensor<T>& h_in, const RopeTable<T
   if (moe_) {
     MoEOutput<T> m = moe_->forward(y);
     f = m.y, out.aux = m.aux, out.z = m.z;
+    out.prob_sum = m.prob_sum, out.tokens_per_expert = std::move(m.tokens_per_expert), out.tokens = m.tokens;
   } else {
     f = mlp_->forward(y);
   }
@@ -204,12 +205,19 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
 
   Tensor<T> h = model_->embed_tokens().forward(tokens);  // (B,T,C)
   ForwardOutput<T> out;
-  std::vector<Tensor<T>> auxes, zs;
+  std::vector<Tensor<T>> auxes, zs, prob_sums;
+  std::vector<std::size_t> counts;  // (E) summed over the MoE layers
+  std::size_t pooled_tokens = 0;
   for (std::size_t i = 0; i < L; ++i) {
     LayerOutput<T> lo = model_->layers()[i]->forward(h, rope, cache ? &cache->layers[i] : nullptr,
                                                      diag ? &diag->layers[i] : nullptr);
     h = lo.h;
-    if (lo.aux.defined()) auxes.push_back(lo.aux), zs.push_back(lo.z);
+    if (lo.aux.defined()) {
+      auxes.push_back(lo.aux), zs.push_back(lo.z), prob_sums.push_back(lo.prob_sum);
+      counts.resize(lo.tokens_per_expert.size(), 0);
+      for (std::size_t e = 0; e < counts.size(); ++e) counts[e] += lo.tokens_per_expert[e];
+      pooled_tokens += lo.tokens;
+    }
   }
   h = model_->norm().forward(h);
   out.logits = linear(h, lm_head_weight());  // (B,T,V)
@@ -219,6 +227,15 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
     for (std::size_t i = 1; i < auxes.size(); ++i) a = a + auxes[i], z = z + zs[i];
     out.aux = a * (T(1) / T(auxes.size()));
     out.z = z * (T(1) / T(zs.size()));
+    if (config_.moe_aux_loss == MoeAuxLoss::Pooled) {
+      // Hugging Face: E * sum_e (c_e / N) * P_e over the tokens of all layers, N = L_moe * B*T.
+      Tensor<T> ps = prob_sums[0];
+      for (std::size_t i = 1; i < prob_sums.size(); ++i) ps = ps + prob_sums[i];
+      const std::size_t E = counts.size();
+      xt::xarray<T> frac = xt::xarray<T>::from_shape({E});
+      for (std::size_t e = 0; e < E; ++e) frac(e) = static_cast<T>(double(counts[e]) / double(pooled_tokens));
+      out.aux = sum(ps * Tensor<T>(std::move(frac))) * static_cast<T>(double(E) / double(pooled_tokens));
+    }
   }
   return out;
 }
@@ -245,8 +262,10 @@ LossOutput<T> CausalLM<T>::loss(const Index& tokens, Diagnostics* diag) const {
   out.loss = out.ce;
   if (f.aux.defined()) {
     out.aux = f.aux, out.z = f.z;
-    out.loss = out.ce + f.aux * static_cast<T>(config_.router_aux_loss_coef) +
-               f.z * static_cast<T>(config_.router_z_loss_coef);
+    // Hugging Face adds the aux loss only with output_router_logits (aux_loss_weight() is 0
+    // then); it has no z-loss (a file from it reads router_z_loss_coef 0).
+    out.loss = out.ce + f.aux * static_cast<T>(config_.aux_loss_weight()) +
+               f.z * static_cast<T>(config_.z_loss_weight());
   }
   return out;
 }

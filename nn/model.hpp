@@ -77,6 +77,10 @@ template <class T>
 struct LayerOutput {
   Tensor<T> h;       // (B,T,C)
   Tensor<T> aux, z;  // [] each; undefined without MoE
+  // MoE: the router statistics the pooled aux loss needs (MoEOutput).
+  Tensor<T> prob_sum;                          // (E)
+  std::vector<std::size_t> tokens_per_expert;  // (E)
+  std::size_t tokens = 0;
 };
 
 template <class T>
@@ -124,12 +128,15 @@ class DecoderModel : public Module<T> {
 template <class T>
 struct ForwardOutput {
   Tensor<T> logits;  // (B,T,V)
-  Tensor<T> aux, z;  // [] means over the MoE layers; undefined without MoE
+  // [] undefined without MoE. aux: per_layer, the mean over layers of each layer's
+  // load-balancing loss; pooled, Hugging Face's loss of all layers' routers pooled
+  // (MODEL.md "MoE losses"). z: the mean over layers.
+  Tensor<T> aux, z;
 };
 
 template <class T>
 struct LossOutput {
-  Tensor<T> loss;    // [] ce + router_aux_loss_coef * aux + router_z_loss_coef * z
+  Tensor<T> loss;    // [] ce + aux_loss_weight() * aux + z_loss_weight() * z (ModelConfig)
   Tensor<T> ce;      // [] mean cross-entropy of logits[:, :-1] against tokens[:, 1:]
   Tensor<T> aux, z;  // [] undefined without MoE
   Tensor<T> logits;  // (B,T,V)

@@ -141,7 +141,15 @@ void Module<T>::load_state_dict(const StateSource<T>& src) {
     for (std::size_t i = 0; i < problems.size(); ++i) msg += (i ? "; " : "") + problems[i];
     throw std::invalid_argument(msg);
   }
+  if (src.check)
+    for (auto& [n, p] : mine) src.check(n);
   for (auto& [n, p] : mine) {
+    if (src.read_into) {
+      Tensor<T> handle = p;
+      xt::xarray<T>& v = handle.mutable_value();
+      src.read_into(n, v.data(), v.size());
+      continue;
+    }
     xt::xarray<T> v = src.get(n);
     const Shape s(v.shape().begin(), v.shape().end());
     if (s != p.shape())

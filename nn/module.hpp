@@ -43,7 +43,20 @@ struct StateSource {
   std::function<Shape(const std::string&)> shape;
   std::function<xt::xarray<T>(const std::string&)> get;
   std::string what = "state dict";
+  // Optional: called for every name before anything is loaded (throws for a value that
+  // cannot be read, so nothing is changed then); and a reader straight into the
+  // parameter's buffer (dst, numel), used instead of get when given.
+  std::function<void(const std::string&)> check;
+  std::function<void(const std::string&, T*, std::size_t)> read_into;
 };
+
+namespace detail {
+template <class File, class T>
+concept ReadsInto = requires(const File& f, const std::string& n, T* p, std::size_t k) {
+  f.check_float(n);
+  f.template read_into<T>(n, p, k);
+};
+}  // namespace detail
 
 template <class T>
 class Module {
@@ -141,6 +154,10 @@ void Module<T>::load_from(const File& f, const std::string& what) {
     return Shape(sh.begin(), sh.end());
   };
   s.get = [&f](const std::string& n) { return xt::xarray<T>(f.template get<T>(n)); };
+  if constexpr (detail::ReadsInto<File, T>) {
+    s.check = [&f](const std::string& n) { f.check_float(n); };
+    s.read_into = [&f](const std::string& n, T* dst, std::size_t k) { f.template read_into<T>(n, dst, k); };
+  }
   s.what = what;
   load_state_dict(s);
 }

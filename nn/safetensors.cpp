@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <stdexcept>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -141,8 +143,35 @@ float bf16_to_f32(std::uint16_t h) { return std::bit_cast<float>(std::uint32_t(h
 // ---------------------------------------------------------------------------------
 // Reading
 
+std::string describe_foreign_file(const char* d, std::size_t size) {
+  std::size_t i = 0;
+  if (size >= 3 && static_cast<unsigned char>(d[0]) == 0xef && static_cast<unsigned char>(d[1]) == 0xbb &&
+      static_cast<unsigned char>(d[2]) == 0xbf)
+    i = 3;  // UTF-8 byte order mark
+  while (i < size && (d[i] == ' ' || d[i] == '\n' || d[i] == '\r' || d[i] == '\t')) ++i;
+  if (i < size && (d[i] == '{' || d[i] == '[')) {
+    const std::string_view head(d, std::min<std::size_t>(size, 4096));
+    if (head.find("\"weight_map\"") != std::string_view::npos)
+      return "is JSON, a sharded checkpoint's index (model.safetensors.index.json); did you mean --model DIR "
+             "(the folder holding it, its shards and config.json)?";
+    return "is JSON, not safetensors; did you mean --model DIR?";
+  }
+  if (size >= 4 && d[0] == 'P' && d[1] == 'K' && d[2] == 3 && d[3] == 4)
+    return "is a zip archive (a PyTorch .bin / .pt file saved by torch.save?): convert it to safetensors";
+  if (size >= 2 && static_cast<unsigned char>(d[0]) == 0x80 && static_cast<unsigned char>(d[1]) <= 5)
+    return "is a Python pickle (an old torch.save file?): convert it to safetensors";
+  if (size >= 4 && std::memcmp(d, "GGUF", 4) == 0) return "is a GGUF file (llama.cpp), not safetensors";
+  if (size >= 8 && std::memcmp(d, "version ", 8) == 0)
+    return "is a Git LFS pointer, not the file itself (git lfs pull fetches it)";
+  std::size_t printable = 0, n = std::min<std::size_t>(size, 64);
+  for (std::size_t k = 0; k < n; ++k)
+    if (std::isprint(static_cast<unsigned char>(d[k])) || d[k] == '\n' || d[k] == '\t') ++printable;
+  if (n > 0 && printable == n) return "is text, not safetensors";
+  return "";
+}
+
 SafeTensorsFile SafeTensorsFile::load(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
   struct FdCloser {
     int fd;
@@ -151,29 +180,41 @@ SafeTensorsFile SafeTensorsFile::load(const std::string& path) {
   struct stat sb;
   if (::fstat(fd, &sb) != 0) fail(path, std::string("cannot stat: ") + std::strerror(errno));
   if (!S_ISREG(sb.st_mode)) fail(path, "not a regular file");
-  std::string bytes(static_cast<std::size_t>(sb.st_size), '\0');
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t r = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) fail(path, std::string("read error: ") + std::strerror(errno));
-    if (r == 0) fail(path, "file shrank while being read");
-    done += static_cast<std::size_t>(r);
-  }
-  return from_bytes(std::move(bytes), path);
+  const std::size_t size = static_cast<std::size_t>(sb.st_size);
+  if (size == 0) return parse(path, "", 0);
+  // Read-only and private: a change to the file under a running process cannot change
+  // values already converted, and nothing is ever written through the mapping.
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (m == MAP_FAILED) fail(path, std::string("cannot memory-map: ") + std::strerror(errno));
+  std::shared_ptr<void> map(m, [size](void* p) { ::munmap(p, size); });
+  SafeTensorsFile f = parse(path, static_cast<const char*>(m), size);
+  f.map_ = std::move(map);
+  return f;
 }
 
 SafeTensorsFile SafeTensorsFile::from_bytes(std::string bytes, const std::string& label) {
+  auto owned = std::make_shared<const std::string>(std::move(bytes));
+  SafeTensorsFile f = parse(label, owned->data(), owned->size());
+  f.owned_ = std::move(owned);
+  return f;
+}
+
+SafeTensorsFile SafeTensorsFile::parse(const std::string& label, const char* data, std::size_t size) {
   SafeTensorsFile f;
   f.path_ = label;
-  f.bytes_ = std::move(bytes);
-  const std::string& b = f.bytes_;
-  if (b.size() < 8) fail(label, "file is " + std::to_string(b.size()) + " bytes, shorter than the 8-byte header length");
+  f.data_ = data;
+  f.size_ = size;
+  const std::string_view b(data, size);
+  auto foreign = [&](const std::string& what) {
+    const std::string d = describe_foreign_file(data, size);
+    fail(label, d.empty() ? what : d + " (" + what + ")");
+  };
+  if (b.size() < 8) foreign("file is " + std::to_string(b.size()) + " bytes, shorter than the 8-byte header length");
   const std::uint64_t n = load_le<std::uint64_t>(b.data());
-  if (n > kMaxHeader) fail(label, "header length " + std::to_string(n) + " is absurd (over 100 MB)");
+  if (n > kMaxHeader) foreign("header length " + std::to_string(n) + " is absurd (over 100 MB)");
   if (n > b.size() - 8)
-    fail(label, "header length " + std::to_string(n) + " is larger than the file after its first 8 bytes (" +
-                    std::to_string(b.size() - 8) + ")");
+    foreign("header length " + std::to_string(n) + " is larger than the file after its first 8 bytes (" +
+            std::to_string(b.size() - 8) + ")");
   if (n < 2) fail(label, "header length " + std::to_string(n) + " is too small for a JSON object");
   f.data_start_ = 8 + static_cast<std::size_t>(n);
   const std::size_t buffer = b.size() - f.data_start_;
@@ -298,6 +339,14 @@ const SafeTensorsFile::Entry& SafeTensorsFile::entry(const std::string& name) co
   fail(path_, "no tensor named " + qname(name) + (entries_.empty() ? " (the file holds no tensors)" : "; it holds " + avail));
 }
 
+void SafeTensorsFile::release(const char* p, std::size_t n) const {
+  if (!map_ || n == 0) return;
+  static const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page;
+  const auto hi = (reinterpret_cast<std::uintptr_t>(p) + n) / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);  // best effort
+}
+
 std::string SafeTensorsFile::dtype(const std::string& name) const { return entry(name).dtype; }
 Shape SafeTensorsFile::shape(const std::string& name) const { return entry(name).shape; }
 
@@ -361,21 +410,42 @@ bool convert_int(const std::string& dtype, const char* p, std::size_t n, Out* ou
 
 }  // namespace
 
+void SafeTensorsFile::check_float(const std::string& name) const {
+  const Entry& e = entry(name);
+  if (e.dtype == "F64" || e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16") return;
+  const bool integer = e.dtype[0] == 'I' || e.dtype[0] == 'U' || e.dtype == "BOOL";
+  fail(path_, "tensor " + qname(name) + ": stored as " + e.dtype +
+                  (integer ? ", an integer type, for a float tensor (F64, F32, F16 or BF16)"
+                           : ", which cannot be converted to a float (F64, F32, F16 or BF16 can)"));
+}
+
+template <class T>
+void SafeTensorsFile::read_into(const std::string& name, T* dst, std::size_t numel) const {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "read_into<T>: T is float or double");
+  const Entry& e = entry(name);
+  check_float(name);
+  if (numel != e.numel)
+    fail(path_, "tensor " + qname(name) + " has " + std::to_string(e.numel) + " elements, the destination " +
+                    std::to_string(numel));
+  const char* p = data_ + data_start_ + e.begin;
+  convert_float<T>(e.dtype, p, e.numel, dst);
+  release(p, e.end - e.begin);
+}
+
 template <class T>
 xt::xarray<T> SafeTensorsFile::get(const std::string& name) const {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "get<T>: T is float or double");
   const Entry& e = entry(name);
+  check_float(name);
   xt::xarray<T> a = xt::xarray<T>::from_shape(e.shape);
-  const char* p = bytes_.data() + data_start_ + e.begin;
-  if (!convert_float<T>(e.dtype, p, e.numel, a.data()) && !convert_int<T>(e.dtype, p, e.numel, a.data(), path_, name))
-    fail(path_, "tensor " + qname(name) + ": dtype " + e.dtype + " cannot be converted to " + dtype_name<T>());
+  convert_float<T>(e.dtype, data_ + data_start_ + e.begin, e.numel, a.data());
   return a;
 }
 
 xt::xarray<std::int64_t> SafeTensorsFile::get_int(const std::string& name) const {
   const Entry& e = entry(name);
   xt::xarray<std::int64_t> a = xt::xarray<std::int64_t>::from_shape(e.shape);
-  const char* p = bytes_.data() + data_start_ + e.begin;
+  const char* p = data_ + data_start_ + e.begin;
   if (!convert_int<std::int64_t>(e.dtype, p, e.numel, a.data(), path_, name))
     fail(path_, "tensor " + qname(name) + ": dtype " + e.dtype + " is not an integer type (get_int)");
   return a;
@@ -383,6 +453,8 @@ xt::xarray<std::int64_t> SafeTensorsFile::get_int(const std::string& name) const
 
 template xt::xarray<float> SafeTensorsFile::get<float>(const std::string&) const;
 template xt::xarray<double> SafeTensorsFile::get<double>(const std::string&) const;
+template void SafeTensorsFile::read_into<float>(const std::string&, float*, std::size_t) const;
+template void SafeTensorsFile::read_into<double>(const std::string&, double*, std::size_t) const;
 
 // ---------------------------------------------------------------------------------
 // Writing

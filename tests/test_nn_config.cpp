@@ -7,6 +7,8 @@
 // What it is not: a test of the model those configs build (test_nn_model.cpp).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -164,8 +166,10 @@ TEST_CASE("config: YaRN rope_scaling") {
   CHECK_FALSE(ModelConfig::from_json(j).rope_scaling);
   expect_error(with(tiny_json(), "rope_scaling", json::parse(R"({"rope_type": "linear", "factor": 2})")),
                {"linear", "not supported"});
-  expect_error(with(tiny_json(), "rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 2, "mscale": 1})")),
+  expect_error(with(tiny_json(), "rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 2, "mscale": "1"})")),
                {"rope_scaling.mscale"});
+  expect_error(with(tiny_json(), "rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 2, "low_freq": 1})")),
+               {"rope_scaling.low_freq", "truncate"});
   expect_error(with(tiny_json(), "rope_scaling", json::parse(R"({"rope_type": "yarn"})")), {"factor"});
   expect_error(with(tiny_json(), "rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 0.5})")),
                {"factor"});
@@ -356,4 +360,253 @@ TEST_CASE("presets: parameters added over the baseline") {
   const std::int64_t V = 48, F = 40;
   const std::int64_t layer = 2 * C + C * H * D + 2 * C * K * D + H * D * C + 2 * D + 3 * C * F;
   CHECK(static_cast<std::int64_t>(count_parameters(t)) == 2 * V * C + C + L * layer);
+}
+
+// ---- real files (issue 11) -----------------------------------------------------------
+
+namespace {
+
+// Qwen3-8B's config.json as published (only the sizes shrunk).
+const char* kQwen3 = R"({
+  "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 8, "hidden_act": "silu",
+  "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 48,
+  "max_position_embeddings": 40960, "max_window_layers": 36, "model_type": "qwen3",
+  "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+  "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null, "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true,
+  "use_sliding_window": false, "vocab_size": 64 })";
+
+// Qwen3-30B-A3B's, shrunk.
+const char* kQwen3Moe = R"({
+  "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 8,
+  "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 48,
+  "max_position_embeddings": 40960, "max_window_layers": 48, "mlp_only_layers": [],
+  "model_type": "qwen3_moe", "moe_intermediate_size": 16, "norm_topk_prob": true,
+  "num_attention_heads": 4, "num_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2,
+  "num_key_value_heads": 2, "output_router_logits": false, "rms_norm_eps": 1e-06, "rope_scaling": null,
+  "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": null,
+  "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.51.0",
+  "use_cache": true, "use_sliding_window": false, "vocab_size": 64 })";
+
+// The paper's released files: its own auto_map, qkv_bias, use_qk_norm and the gate flag.
+const char* kPaper = R"({
+  "architectures": ["Qwen3ForCausalLM"],
+  "auto_map": {"AutoConfig": "configuration_qwen3.Qwen3Config",
+               "AutoModelForCausalLM": "modeling_qwen3.Qwen3ForCausalLM"},
+  "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643,
+  "head_dim": 8, "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02,
+  "intermediate_size": 48, "max_position_embeddings": 4096, "max_window_layers": 28, "model_type": "qwen3",
+  "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "qkv_bias": true,
+  "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": 4096,
+  "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.46.0",
+  "use_cache": true, "use_qk_norm": true, "use_sliding_window": false, "vocab_size": 64,
+  "elementwise_attn_output_gate": true, "headwise_attn_output_gate": false })";
+
+std::string parse_error(const std::string& text) {
+  try {
+    (void)parse_config(text, "cfg.json");
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("config: Qwen3, Qwen3-MoE and the paper's files load; the harmless keys are listed once") {
+  ConfigReport q = parse_config(kQwen3, "qwen3/config.json");
+  CHECK(q.config.hidden_size == 32);
+  CHECK(q.config.rope_theta == 1e6);
+  CHECK(q.config.max_position_embeddings == 40960);
+  const std::vector<std::string> harmless = {"architectures", "attention_dropout", "bos_token_id", "eos_token_id",
+                                             "hidden_act", "max_window_layers", "model_type", "sliding_window",
+                                             "torch_dtype", "transformers_version", "use_cache",
+                                             "use_sliding_window"};
+  CHECK(q.accepted == harmless);
+  const std::string n = q.notice("qwen3/config.json");
+  CHECK(n.find("qwen3/config.json: accepted without effect on the computation: architectures, ") == 0);
+  CHECK(n.find("use_sliding_window") != std::string::npos);
+
+  ConfigReport m = parse_config(kQwen3Moe);
+  CHECK(m.config.num_experts == 8);
+  // A file from Hugging Face: its MoE loss semantics (MODEL.md "MoE losses").
+  CHECK(m.config.moe_aux_loss == MoeAuxLoss::Pooled);
+  CHECK(m.config.router_z_loss_coef == 0.0);
+  CHECK_FALSE(m.config.output_router_logits);
+  CHECK(m.config.aux_loss_weight() == 0.0);
+  CHECK(m.config.z_loss_weight() == 0.0);
+  auto mj = json::parse(kQwen3Moe);
+  mj["output_router_logits"] = true;
+  CHECK(ModelConfig::from_json(mj).aux_loss_weight() == 0.001);
+  CHECK(std::find(m.accepted.begin(), m.accepted.end(), "decoder_sparse_step") != m.accepted.end());
+  CHECK(std::find(m.accepted.begin(), m.accepted.end(), "mlp_only_layers") != m.accepted.end());
+  // This project's files keep this project's variant; its named sizes too.
+  CHECK(named_size("tiny_moe").moe_aux_loss == MoeAuxLoss::PerLayer);
+  CHECK(named_size("tiny_moe").z_loss_weight() == 0.001);
+  const ModelConfig back = ModelConfig::from_json(json::parse(named_size("tiny_moe").to_json().dump()));
+  CHECK(back == named_size("tiny_moe"));
+  ModelConfig pooled = named_size("tiny_moe");
+  pooled.moe_aux_loss = MoeAuxLoss::Pooled, pooled.output_router_logits = false;
+  CHECK(ModelConfig::from_json(json::parse(pooled.to_json().dump())) == pooled);
+  expect_error(with(json::parse(named_size("tiny_moe").to_json().dump()), "moe_aux_loss", "global"),
+               {"moe_aux_loss", "global", "pooled"});
+
+  ConfigReport p = parse_config(kPaper);
+  CHECK(p.config.attention_bias);  // qkv_bias, as the paper's modeling_qwen3.py reads it
+  CHECK(p.config.gate.in_q_proj());
+  CHECK(p.config.gate.granularity == GateGranularity::Elementwise);
+  CHECK(std::find(p.accepted.begin(), p.accepted.end(), "auto_map") != p.accepted.end());
+  CHECK(std::find(p.accepted.begin(), p.accepted.end(), "attention_bias (qkv_bias decides, as in the paper's code)") !=
+        p.accepted.end());
+  auto pj = json::parse(kPaper);
+  pj["qkv_bias"] = false, pj["attention_bias"] = true;
+  CHECK_FALSE(ModelConfig::from_json(pj).attention_bias);
+  pj.erase("qkv_bias");
+  CHECK(ModelConfig::from_json(pj).attention_bias);
+  expect_error(with(pj, "qkv_bias", 1), {"qkv_bias", "true or false"});
+}
+
+TEST_CASE("config: keys that would change the computation are refused by name") {
+  const json q = json::parse(kQwen3Moe);
+  expect_error(with(q, "decoder_sparse_step", 2), {"decoder_sparse_step", "2"});
+  expect_error(with(q, "mlp_only_layers", json::array({1})), {"mlp_only_layers", "[1]"});
+  expect_error(with(with(q, "use_sliding_window", true), "sliding_window", 4096),
+               {"use_sliding_window", "sliding_window 4096"});
+  expect_error(with(q, "partial_rotary_factor", 0.5), {"partial_rotary_factor"});
+  expect_error(with(q, "attention_dropout", 0.1), {"attention_dropout"});
+  expect_error(with(q, "quantization_config", json::object()), {"unknown field 'quantization_config'"});
+  CHECK_FALSE(refused_keys().empty());
+  CHECK(std::find(accepted_keys().begin(), accepted_keys().end(), "auto_map") != accepted_keys().end());
+}
+
+TEST_CASE("config: null where a value belongs is said once, naming the keys") {
+  json j = json::parse(kQwen3);
+  j["head_dim"] = nullptr;
+  expect_error(j, {"'head_dim' is null where a value belongs"});
+  j["rope_theta"] = nullptr;
+  try {
+    (void)ModelConfig::from_json(j);
+    FAIL("no error");
+  } catch (const std::invalid_argument& e) {
+    const std::string m = e.what();
+    CHECK(m.find("'head_dim', 'rope_theta' are null") != std::string::npos);
+    CHECK(m.find("null null") == std::string::npos);
+  }
+  j = json::parse(kQwen3);
+  j["rope_scaling"] = json::parse(R"({"rope_type": "yarn", "factor": null})");
+  expect_error(j, {"rope_scaling.factor is null"});
+  // null is fine where Hugging Face writes it
+  j = json::parse(kQwen3);
+  j["pad_token_id"] = nullptr, j["sliding_window"] = nullptr, j["rope_scaling"] = nullptr;
+  CHECK_NOTHROW(ModelConfig::from_json(j));
+}
+
+TEST_CASE("config: duplicate keys are refused, naming the key") {
+  std::string text = kQwen3;
+  text.insert(text.find("\"vocab_size\""), "\"hidden_size\": 64, ");
+  const std::string m = parse_error(text);
+  CHECK(m.find("cfg.json") != std::string::npos);
+  CHECK(m.find("duplicate key 'hidden_size'") != std::string::npos);
+  std::string nested = kQwen3;
+  nested.replace(nested.find("\"rope_scaling\": null"), 20,
+                 R"("rope_scaling": {"rope_type": "yarn", "factor": 2, "factor": 4})");
+  CHECK(parse_error(nested).find("duplicate key 'rope_scaling.factor'") != std::string::npos);
+  CHECK(parse_error("{\"vocab_size\": 3,").find("invalid JSON") != std::string::npos);
+  CHECK(parse_error(kQwen3).empty());
+  // the file reader names the path and refuses what is not a regular file
+  const auto dir = std::filesystem::temp_directory_path() / "tapegrad_cfg_dup";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << text;
+  CHECK_THROWS_WITH_AS(read_config((dir / "config.json").string()), doctest::Contains("tapegrad_cfg_dup/config.json"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(read_config(dir.string()), doctest::Contains("not a regular file"), std::runtime_error);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("config: absurd sizes are refused before anything is allocated") {
+  const json q = json::parse(kQwen3);
+  expect_error(with(q, "num_hidden_layers", 1000000000), {"num_hidden_layers", "1000000000"});
+  expect_error(with(q, "hidden_size", 1000000000000), {"hidden_size"});
+  expect_error(with(q, "num_hidden_layers", 1e9), {"num_hidden_layers", "integer"});
+  expect_error(with(q, "vocab_size", 1ll << 40), {"vocab_size"});
+  // within the per-field limits but too many parameters in all: refused by count_parameters
+  ModelConfig c = ModelConfig::from_json(q);
+  c.num_hidden_layers = 65536, c.hidden_size = 1 << 24, c.intermediate_size = 1 << 24, c.num_attention_heads = 1,
+  c.num_key_value_heads = 1, c.head_dim = 2;
+  CHECK_THROWS_WITH_AS(count_parameters(c), doctest::Contains("2^63"), std::invalid_argument);
+}
+
+TEST_CASE("config: YaRN as Hugging Face's _compute_yarn_parameters") {
+  json j = json::parse(kQwen3);
+  j["rope_scaling"] = json::parse(R"({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
+                                      "attention_factor": 0.8, "beta_fast": 16, "beta_slow": 2, "truncate": false})");
+  const ModelConfig c = ModelConfig::from_json(j);
+  REQUIRE(c.rope_scaling);
+  CHECK(*c.rope_scaling->attention_factor == 0.8);
+  CHECK_FALSE(c.rope_scaling->truncate);
+  CHECK(ModelConfig::from_json(json::parse(c.to_json().dump())) == c);
+  // By hand for D 8, theta 1e6, L 32768: corr(r) = 8 ln(L / (2 pi r)) / (2 ln 1e6);
+  // no truncation: low = corr(16), high = corr(2), ramp(i) = clamp((i - low) / (high - low)).
+  const double pi = 3.14159265358979323846;
+  auto corr = [&](double r) { return 8 * std::log(32768 / (2 * pi * r)) / (2 * std::log(1e6)); };
+  double scale = 0;
+  std::vector<double> inv = rope_inv_freq(8, 1e6, c.rope_scaling, &scale);
+  CHECK(scale == 0.8);
+  const double low = std::max(corr(16), 0.0), high = std::min(corr(2), 7.0);
+  for (int i = 0; i < 4; ++i) {
+    const double base = 1.0 / std::pow(1e6, 2.0 * i / 8);
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    CHECK(inv[i] == doctest::Approx(base / 4 * ramp + base * (1 - ramp)).epsilon(1e-14));
+  }
+  // truncate (the default): floor / ceil of the correction dimensions
+  YarnScaling t = *c.rope_scaling;
+  t.truncate = true, t.attention_factor.reset();
+  inv = rope_inv_freq(8, 1e6, t, &scale);
+  CHECK(scale == doctest::Approx(0.1 * std::log(4.0) + 1));
+  const double lo_t = std::max(std::floor(corr(16)), 0.0), hi_t = std::min(std::ceil(corr(2)), 7.0);
+  for (int i = 0; i < 4; ++i) {
+    const double base = 1.0 / std::pow(1e6, 2.0 * i / 8);
+    const double ramp = std::clamp((i - lo_t) / (hi_t - lo_t), 0.0, 1.0);
+    CHECK(inv[i] == doctest::Approx(base / 4 * ramp + base * (1 - ramp)).epsilon(1e-14));
+  }
+  // mscale / mscale_all_dim (DeepSeek's spelling): attention_factor = mscale(s, m) / mscale(s, m_all)
+  t.mscale = 1.0, t.mscale_all_dim = 0.5;
+  (void)rope_inv_freq(8, 1e6, t, &scale);
+  CHECK(scale == doctest::Approx((0.1 * std::log(4.0) + 1) / (0.05 * std::log(4.0) + 1)));
+  expect_error(with(j, "rope_scaling", json::parse(R"({"rope_type": "yarn", "factor": 2, "attention_factor": -1})")),
+               {"attention_factor"});
+}
+
+TEST_CASE("config: the field table drives --fields, JSON and equality") {
+  const auto fields = config_fields();
+  const ModelConfig d;
+  const auto j = d.to_json();
+  for (const auto& f : fields) {
+    INFO(f.key);
+    CHECK(j.contains(f.key));  // every row is written
+    CHECK_FALSE(f.doc.empty());
+  }
+  auto find = [&](const std::string& k) {
+    for (auto& f : fields)
+      if (f.key == k) return f;
+    return FieldInfo{};
+  };
+  CHECK(find("router_z_loss_coef").default_value == "0.001 (Hugging Face file: 0.0)");
+  CHECK(find("gate_position").default_value == "\"none\"");
+  CHECK(find("vocab_size").type == "integer >= 0");
+  // equality sees every field: flip each one through JSON and compare
+  const ModelConfig base = named_size("tiny_moe");
+  const json bj = json::parse(base.to_json().dump());
+  for (const char* k : {"rms_norm_eps", "rope_theta", "initializer_range", "router_aux_loss_coef",
+                        "router_z_loss_coef"}) {
+    INFO(k);
+    CHECK_FALSE(ModelConfig::from_json(with(bj, k, bj[k].get<double>() * 2)) == base);
+  }
+  for (const char* k : {"tie_word_embeddings", "attention_bias", "use_qk_norm", "sandwich_norm", "norm_topk_prob",
+                        "output_router_logits"}) {
+    INFO(k);
+    CHECK_FALSE(ModelConfig::from_json(with(bj, k, !bj[k].get<bool>())) == base);
+  }
 }

@@ -124,7 +124,7 @@ TEST_CASE("round trip: float, double, int64, scalars, empty tensors, metadata") 
   CHECK(f.get<double>("scalar")() == 2.5);
   CHECK(f.get<float>("empty").shape() == std::vector<std::size_t>{0, 3});
   CHECK(f.get_int("ids") == ids);
-  CHECK(f.get<double>("ids")(0, 1) == -2.0);
+  CHECK(has(RT_MSG(f.get<double>("ids")), "stored as I64, an integer type"));
   // A double stored as F64 and read as float rounds like a cast.
   CHECK(f.get<float>("model.a.weight")(0, 1) == static_cast<float>(a(0, 1)));
   // get_int refuses float tensors.
@@ -241,7 +241,19 @@ TEST_CASE("reading dtypes from a hand-made file") {
   CHECK(f.get_int("i").shape() == std::vector<std::size_t>{2, 1});
   CHECK(f.get_int("i")(0, 0) == -7);
   CHECK(f.get_int("i")(1, 0) == 9);
-  CHECK(f.get<double>("i")(0, 0) == -7.0);
+  // an integer dtype for a float tensor is refused, naming the tensor (issue 14 item 8)
+  const std::string im = RT_MSG(f.get<double>("i"));
+  CHECK(has(im, "hand.safetensors"));
+  CHECK(has(im, "tensor \"i\": stored as I32, an integer type, for a float tensor"));
+  CHECK(has(RT_MSG(f.get<float>("flag")), "stored as BOOL, an integer type"));
+  double buf[2];
+  CHECK(has(RT_MSG(f.read_into<double>("u", buf, 1)), "stored as U8"));
+  CHECK(has(RT_MSG(f.check_float("s")), "stored as I8"));
+  CHECK_NOTHROW(f.check_float("bf"));
+  CHECK(has(RT_MSG(f.read_into<double>("bf", buf, 3)), "has 2 elements, the destination 3"));
+  f.read_into<double>("bf", buf, 2);
+  CHECK(buf[0] == 1.0);
+  CHECK(buf[1] == -3.140625);
   CHECK(f.get_int("flag") == xt::xarray<std::int64_t>{1, 0});
   CHECK(f.get_int("u")(0) == 255);
   CHECK(f.get_int("s")(0) == -128);
@@ -249,7 +261,7 @@ TEST_CASE("reading dtypes from a hand-made file") {
   const std::string m = RT_MSG(f.get<float>("f8"));
   CHECK(has(m, "hand.safetensors"));
   CHECK(has(m, "\"f8\""));
-  CHECK(has(m, "F8_E4M3 cannot be converted"));
+  CHECK(has(m, "stored as F8_E4M3, which cannot be converted"));
   CHECK(has(RT_MSG(f.get_int("h")), "not an integer type"));
   const std::string miss = RT_MSG(f.get<double>("nope"));
   CHECK(has(miss, "no tensor named \"nope\""));
@@ -546,4 +558,53 @@ TEST_CASE("every committed golden safetensors file loads") {
   }
   if (files == 0) MESSAGE("skipped: no tests/golden/**/*.safetensors yet");
   else MESSAGE(files, " golden safetensors files loaded");
+}
+
+TEST_CASE("a file that is not safetensors is told apart") {
+  auto msg = [](const std::string& bytes) { return RT_MSG(SafeTensorsFile::from_bytes(bytes, "w.safetensors")); };
+  const std::string index = R"({"metadata": {"total_size": 1234}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}})";
+  const std::string m = msg(index);
+  CHECK(has(m, "w.safetensors"));
+  CHECK(has(m, "is JSON, a sharded checkpoint's index"));
+  CHECK(has(m, "did you mean --model DIR"));
+  CHECK(has(m, "header length"));  // the raw reason stays, in parentheses
+  CHECK(has(msg("\n  {\"a\": 1}"), "is JSON, not safetensors; did you mean --model DIR?"));
+  CHECK(has(msg(std::string("PK\x03\x04", 4) + std::string(60, 'x')), "zip archive"));
+  CHECK(has(msg(std::string("\x80\x02", 2) + std::string(30, '\x7f')), "pickle"));
+  CHECK(has(msg("GGUF" + std::string(30, '\0')), "GGUF"));
+  CHECK(has(msg("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n"), "Git LFS pointer"));
+  CHECK(has(msg("hello"), "is text"));
+  CHECK(describe_foreign_file("\x01\x02\x03", 3).empty());
+}
+
+TEST_CASE("load() memory-maps the file: same values, nothing written through it") {
+  SafeTensorsWriter w;
+  xt::xarray<float> a = {{1.5f, -2.f, 3.25f}, {0.f, 7.f, -0.5f}};
+  xt::xarray<double> b = {1e-300, 2.0};
+  w.add("a", a);
+  w.add("b", b);
+  const auto dir = std::filesystem::temp_directory_path() / "tapegrad_st_mmap";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "m.safetensors").string();
+  w.write(path);
+  {
+    const SafeTensorsFile f = SafeTensorsFile::load(path);
+    CHECK(f.mapped());
+    CHECK_FALSE(SafeTensorsFile::from_bytes(w.to_bytes()).mapped());
+    const SafeTensorsFile copy = f;  // copies share the mapping
+    CHECK(copy.get<float>("a") == a);
+    float into[6];
+    f.read_into<float>("a", into, 6);
+    CHECK(into[4] == 7.f);
+    CHECK(f.get<float>("a") == a);  // after its pages were released, read again from the file
+    CHECK(f.get<double>("b") == b);
+  }
+  std::ifstream in(path, std::ios::binary);
+  const std::string back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(back == w.to_bytes());
+  // an empty file and a directory
+  std::ofstream(dir / "empty.safetensors").close();
+  CHECK(has(RT_MSG(SafeTensorsFile::load((dir / "empty.safetensors").string())), "0 bytes"));
+  CHECK(has(RT_MSG(SafeTensorsFile::load(dir.string())), "not a regular file"));
+  std::filesystem::remove_all(dir);
 }
