@@ -525,12 +525,10 @@ TEST_CASE("config: duplicate keys are refused, naming the key") {
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("config: absurd sizes are refused before anything is allocated") {
+TEST_CASE("config: sizes are integers and the parameter count never wraps") {
   const json q = json::parse(kQwen3);
-  expect_error(with(q, "num_hidden_layers", 1000000000), {"num_hidden_layers", "1000000000"});
-  expect_error(with(q, "hidden_size", 1000000000000), {"hidden_size"});
+  // (sizes against memory: nn/estimate.hpp; here: types, and count_parameters never wraps)
   expect_error(with(q, "num_hidden_layers", 1e9), {"num_hidden_layers", "integer"});
-  expect_error(with(q, "vocab_size", 1ll << 40), {"vocab_size"});
   // within the per-field limits but too many parameters in all: refused by count_parameters
   ModelConfig c = ModelConfig::from_json(q);
   c.num_hidden_layers = 65536, c.hidden_size = 1 << 24, c.intermediate_size = 1 << 24, c.num_attention_heads = 1,
