@@ -868,20 +868,22 @@ TEST_CASE("train: truncating or rewriting the corpus under a running job does no
   const std::string text = d / "text.txt";
   write(text, corpus_text(200000));
   const std::string log = d / "log.txt";
-  const pid_t pid = spawn(plus(tiny_args(text, d / "run", 400), {"--log-every", "1"}), log);
+  const pid_t pid = spawn(plus(tiny_args(text, d / "run", 4000), {"--log-every", "1"}), log);
   // Wait for the first steps, then truncate the file and write something shorter.
   const auto t0 = std::chrono::steady_clock::now();
   while (!contains(read(log), "step 2/") && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60))
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   REQUIRE(contains(read(log), "step 2/"));
   REQUIRE(::truncate(text.c_str(), 0) == 0);
+  const bool still_running = !contains(read(log), "done: ");
   write(text, "short");
   const int status = wait_status(pid);
   INFO(read(log));
   CHECK(status == 0);  // it trains on the bytes it read, to the end
   CHECK(contains(read(log), "done: "));
+  CHECK(still_running);  // the truncation happened while it trained
   // A resume then sees a different text and says so, naming the file.
-  const Result r = run(plus(tiny_args(text, d / "run", 500), {"--resume"}));
+  const Result r = run(plus(tiny_args(text, d / "run", 5000), {"--resume"}));
   CHECK(r.status == 1);
   CHECK(contains(r.output, "is not the text this run was trained on"));
 }
