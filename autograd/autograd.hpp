@@ -1,5 +1,6 @@
 // autograd/autograd.hpp — include this to get all of tapegrad's engine.
 #pragma once
+#include "autograd/functional.hpp"
 #include "autograd/gradcheck.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "autograd/memory.hpp"

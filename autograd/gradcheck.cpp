@@ -6,6 +6,8 @@
 
 #include <xtensor/xmath.hpp>
 
+#include "autograd/functional.hpp"
+#include "autograd/ops.hpp"
 #include "autograd/tape.hpp"
 
 namespace tg {
@@ -154,6 +156,47 @@ GradcheckResult gradcheck(const GradcheckFn& f, const std::vector<Tensor<double>
     }
   }
   return res;
+}
+
+GradcheckResult gradgradcheck(const GradcheckFn& f, const std::vector<Tensor<double>>& inputs,
+                              const GradcheckOptions& opt) {
+  std::vector<std::size_t> checked;
+  for (std::size_t i = 0; i < inputs.size(); ++i)
+    if (inputs[i].defined() && inputs[i].requires_grad()) checked.push_back(i);
+  if (checked.empty()) throw std::invalid_argument("gradgradcheck: no input requires grad");
+  Shape out_shape;
+  {
+    NoGrad ng;
+    out_shape = f(inputs).shape();
+  }
+  // The direction v over f's output, an input of the checked function too.
+  Generator gen(opt.seed + 1);
+  Tensor<double> v = Tensor<double>::randn(out_shape, gen, 0.0, 1.0, true);
+  const std::size_t n = inputs.size();
+  GradcheckFn vjp_fn = [&f, &checked, n](const std::vector<Tensor<double>>& in) {
+    // (inputs, v) -> concat of the flattened vᵀ ∂f/∂input over the checked inputs. The
+    // graph is needed to take the vjp even when gradcheck evaluates without one; the vjp
+    // is recorded (create_graph) only when the caller records.
+    const bool outer = grad_enabled();
+    EnableGrad on;
+    std::vector<Tensor<double>> xs(in.begin(), in.begin() + n), req;
+    for (auto i : checked) req.push_back(xs[i]);
+    Tensor<double> y = f(xs);
+    if (!y.requires_grad())
+      throw std::logic_error("gradgradcheck: f's output does not depend on any input that requires grad");
+    std::vector<Tensor<double>> g = grad<double>({y}, req, {in[n]}, /*create_graph=*/outer, /*allow_unused=*/true);
+    std::vector<Tensor<double>> parts;
+    for (std::size_t c = 0; c < g.size(); ++c)
+      parts.push_back(g[c].defined() ? reshape(g[c], {-1}) : Tensor<double>::zeros({req[c].numel()}));
+    Tensor<double> r = parts.size() == 1 ? parts[0] : concat(parts, 0);
+    if (!outer) return r.detach();
+    return r;
+  };
+  std::vector<Tensor<double>> all(inputs.begin(), inputs.end());
+  all.push_back(v);
+  GradcheckResult r = gradcheck(vjp_fn, all, opt);
+  r.mode = "gradgrad, " + r.mode;
+  return r;
 }
 
 }  // namespace tg

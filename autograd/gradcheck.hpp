@@ -8,6 +8,12 @@
 //     time), plus a sample of single coordinates ∂(vᵀf)/∂x_i so a mismatch has an index.
 // It reports the worst mismatch: which input, which element, analytic vs numeric.
 //
+// gradgradcheck checks second order the same way: it gradchecks the function
+// (inputs, v) -> vᵀ J(inputs), the vector-Jacobian product computed by grad() with
+// create_graph (the ops' differentiable backwards), for a fixed random v that is an input
+// too (PyTorch's gradgradcheck). So the derivatives of every vjp — the Hessian-vector
+// products of f — are compared with central differences of vjps.
+//
 // What it is not: a float32 check (round-off swamps central differences there), or a
 // check of the forward value (compare against a reference for that).
 #pragma once
@@ -46,5 +52,10 @@ using GradcheckFn = std::function<Tensor<double>(const std::vector<Tensor<double
 // deterministic (draw any randomness from a generator seeded inside f).
 GradcheckResult gradcheck(const GradcheckFn& f, const std::vector<Tensor<double>>& inputs,
                           const GradcheckOptions& options = {});
+
+// Checks the derivatives of the vector-Jacobian product of f (second order; see above).
+// The result's `worst` names inputs by position, the direction v being the last one.
+GradcheckResult gradgradcheck(const GradcheckFn& f, const std::vector<Tensor<double>>& inputs,
+                              const GradcheckOptions& options = {});
 
 }  // namespace tg

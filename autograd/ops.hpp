@@ -37,6 +37,11 @@ template <class T>
 xt::xarray<T> sum_to(const xt::xarray<T>& g, const Shape& shape);
 // The broadcast shape of a and b, or an error naming `op` and both shapes.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+// The same two as ops, each the other's backward (the differentiable backwards use them):
+// sum_to: y = x summed to `shape` (x must broadcast from it);  dx = broadcast_to(dy, x's shape)
+template <class T> Tensor<T> sum_to(const Tensor<T>& x, const Shape& shape);
+// broadcast_to: y = x copied along the axes it lacks or has as 1;  dx = sum_to(dy, x's shape)
+template <class T> Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape);
 
 // ---- elementwise binary (broadcasting) ----------------------------------------------------
 // add: z = a + b;  da = sum_to(dz), db = sum_to(dz)
@@ -175,6 +180,12 @@ template <class T> Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table,
 template <class T>
 Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                     std::optional<double> scale = std::nullopt, xt::xarray<T>* probs = nullptr);
+// The same product composed of simple ops (matmul, masked_fill, softmax, ...): what the
+// fused kernel computes, with the (B,H,Tq,Tk) probabilities stored — quadratic memory. It
+// is attention's differentiable backward (second order) and its reference in tests.
+template <class T>
+Tensor<T> attention_reference(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                              std::optional<double> scale = std::nullopt);
 // The same product against the first Tk positions of a KV cache stored (B,capacity,Hkv,D)
 // (nn's KVEntry): no copy of the cache, and no node — inference only; it throws if q
 // requires grad while recording (use `attention` on copies for that).

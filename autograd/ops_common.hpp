@@ -64,6 +64,23 @@ void require_defined(const Tensor<T>& t, const char* op, const char* arg) {
   if (!t.defined()) fail(std::string(op) + ": argument '" + arg + "' is an undefined tensor");
 }
 
+// ---- for the differentiable backwards (Note [Differentiable backward] in tape.hpp) ----
+
+// A tensor that needs no gradient (a mask, a one-hot, a table) inside a vjp.
+template <class T>
+Tensor<T> constant(xt::xarray<T> v) { return Tensor<T>(std::move(v)); }
+template <class T, class E>
+Tensor<T> constant_of(const E& expr) { return Tensor<T>(xt::xarray<T>(expr)); }
+
+// f() when x is defined and needs a gradient; an undefined tensor (no gradient) otherwise.
+template <class T, class F>
+Tensor<T> grad_if(const Tensor<T>& x, F&& f) {
+  return x.defined() && x.requires_grad() ? Tensor<T>(f()) : Tensor<T>();
+}
+
+// A Shape as the signed sizes reshape() takes.
+inline std::vector<std::int64_t> dims_of(const Shape& s) { return std::vector<std::int64_t>(s.begin(), s.end()); }
+
 // In anomaly mode, check a forward result.
 template <class T>
 void check_forward(const Tensor<T>& out, const char* op) {

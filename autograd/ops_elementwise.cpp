@@ -14,7 +14,9 @@
 
 namespace tg {
 
+using detail::constant_of;
 using detail::fail;
+using detail::grad_if;
 using detail::to_shape;
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
@@ -70,8 +72,10 @@ std::vector<int64_t> to_dims(const Shape& s) { return std::vector<int64_t>(s.beg
 // kernels::binary_forward / binary_backward; broadcasting shapes on
 // kernels::binary_broadcast_forward / binary_broadcast_backward, which read a and b in
 // place through strides that are 0 on their broadcast axes.
-template <class T>
-Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const Tensor<T>& b) {
+// `vjp` is the op's differentiable backward (Note [Differentiable backward]), given to
+// the node as it is recorded.
+template <class T, class Vjp>
+Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const Tensor<T>& b, Vjp&& vjp) {
   detail::require_defined(a, op, "a");
   detail::require_defined(b, op, "b");
   const Shape sa = a.shape(), sb = b.shape();
@@ -90,7 +94,7 @@ Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const
                                    a.requires_grad() ? da.data() : nullptr, b.requires_grad() ? db.data() : nullptr);
         if (a.requires_grad()) a.accumulate_grad(std::move(da), op);
         if (b.requires_grad()) b.accumulate_grad(std::move(db), op);
-      });
+      }).vjp = std::forward<Vjp>(vjp);
     return out;
   }
   // Broadcasting: z is sz; a and b are read through their strides over z's axes.
@@ -117,83 +121,101 @@ Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const
                                            b.requires_grad() ? db.data() : nullptr);
       if (a.requires_grad()) a.accumulate_grad(std::move(da), op);
       if (b.requires_grad()) b.accumulate_grad(std::move(db), op);
-    });
+    }).vjp = std::forward<Vjp>(vjp);
   return out;
 }
 
 }  // namespace
 
-// The four binary ops: forward and backward formula side by side; the loops are the
-// kernels named in binary() above.
+// The four binary ops: forward and backward formula side by side. The backward is
+// written twice: as ops (the lambda each passes, the differentiable backward of
+// create_graph), and as the fast loops of the kernels named in binary() above.
 
 template <class T>
 Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a + b
   // da = sum_to(dz, shape of a),  db = sum_to(dz, shape of b)
-  return binary<T>("add", kernels::Binary::Add, a, b);
+  return binary<T>("add", kernels::Binary::Add, a, b, [a, b](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> {
+    return {grad_if(a, [&] { return sum_to(dz, a.shape()); }), grad_if(b, [&] { return sum_to(dz, b.shape()); })};
+  });
 }
 
 template <class T>
 Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a - b
   // da = sum_to(dz, shape of a),  db = sum_to(-dz, shape of b)
-  return binary<T>("sub", kernels::Binary::Sub, a, b);
+  return binary<T>("sub", kernels::Binary::Sub, a, b, [a, b](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> {
+    return {grad_if(a, [&] { return sum_to(dz, a.shape()); }), grad_if(b, [&] { return sum_to(-dz, b.shape()); })};
+  });
 }
 
 template <class T>
 Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a * b
   // da = sum_to(dz * b, shape of a),  db = sum_to(dz * a, shape of b)
-  return binary<T>("mul", kernels::Binary::Mul, a, b);
+  return binary<T>("mul", kernels::Binary::Mul, a, b, [a, b](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> {
+    return {grad_if(a, [&] { return sum_to(dz * b, a.shape()); }), grad_if(b, [&] { return sum_to(dz * a, b.shape()); })};
+  });
 }
 
 template <class T>
 Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
   // z = a / b
   // da = sum_to(dz / b, shape of a),  db = sum_to(-(dz / b) * a / b, shape of b)
-  return binary<T>("div", kernels::Binary::Div, a, b);
+  return binary<T>("div", kernels::Binary::Div, a, b, [a, b](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> {
+    return {grad_if(a, [&] { return sum_to(dz / b, a.shape()); }),
+            grad_if(b, [&] { return sum_to(-(dz / b) * a / b, b.shape()); })};
+  });
 }
 
 template <class T>
 Tensor<T> neg(const Tensor<T>& a) {
+  // z = -a;  da = -dz
   detail::require_defined(a, "neg", "a");
   Tensor<T> out(xt::xarray<T>(-a.value()));
   if (needs_grad<T>({&a}))
-    attach<T>(out, "neg", {a}, [a](const xt::xarray<T>& dz) { a.accumulate_grad(xt::xarray<T>(-dz), "neg"); });
+    attach<T>(out, "neg", {a}, [a](const xt::xarray<T>& dz) { a.accumulate_grad(xt::xarray<T>(-dz), "neg"); })
+        .vjp = [](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> { return {-dz}; };
   return out;
 }
 
 template <class T>
 Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> s) {
+  // z = a + s;  da = dz
   detail::require_defined(a, "add_scalar", "a");
   Tensor<T> out(xt::xarray<T>(a.value() + s));
   if (needs_grad<T>({&a}))
     attach<T>(out, "add_scalar", {a}, [a](const xt::xarray<T>& dz) { a.accumulate_grad(dz, "add_scalar"); },
-              "s=" + std::to_string(s));
+              "s=" + std::to_string(s))
+        .vjp = [](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> { return {dz}; };
   return out;
 }
 
 template <class T>
 Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> s) {
+  // z = a * s;  da = dz * s
   detail::require_defined(a, "mul_scalar", "a");
   Tensor<T> out(xt::xarray<T>(a.value() * s));
   if (needs_grad<T>({&a}))
     attach<T>(out, "mul_scalar", {a},
               [a, s](const xt::xarray<T>& dz) { a.accumulate_grad(xt::xarray<T>(dz * s), "mul_scalar"); },
-              "s=" + std::to_string(s));
+              "s=" + std::to_string(s))
+        .vjp = [s](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> { return {dz * s}; };
   return out;
 }
 
 // ---- unary functions ----------------------------------------------------------------
-// One skeleton for all: forward y = f(x); backward dx += dy * f'(x, y). The loops are
+// One skeleton for all: forward y = f(x); backward dx += dy * f'(x, y). The fast loops are
 // kernels::unary_forward / unary_backward (xsimd + OpenMP), whose naive twins spell out
-// each f and f' as plain scalar code (autograd/kernels/unary.cpp).
+// each f and f' as plain scalar code (autograd/kernels/unary.cpp); the derivative
+// f' as ops, the differentiable backward, is the lambda each op below passes (it gets the
+// output y and dy).
 namespace {
 
 using U = kernels::Unary;
 
-template <class T>
-Tensor<T> unary(const char* op, U kind, const Tensor<T>& x) {
+template <class T, class Vjp>
+Tensor<T> unary(const char* op, U kind, const Tensor<T>& x, Vjp&& vjp) {
   detail::require_defined(x, op, "x");
   const xt::xarray<T>& xv = x.value();
   xt::xarray<T> y = xt::xarray<T>::from_shape(xv.shape());
@@ -207,26 +229,86 @@ Tensor<T> unary(const char* op, U kind, const Tensor<T>& x) {
       xt::xarray<T> dx = xt::zeros<T>(dy.shape());
       TG_KERNEL(unary_backward)(kind, dy.size(), x.value().data(), o->value.data(), dy.data(), dx.data());
       x.accumulate_grad(std::move(dx), op);
-    });
+    }).vjp = std::forward<Vjp>(vjp);
   }
+  return out;
+}
+
+// Φ(x), the standard normal CDF, as an op of its own: the derivative of gelu's erf form
+// needs it differentiable.  y = (1 + erf(x/√2)) / 2;  dx = dy * φ(x), φ(x) = e^(-x²/2)/√(2π)
+template <class T>
+Tensor<T> normal_cdf(const Tensor<T>& x) {
+  auto phi = [](const Tensor<T>& x) { return exp(x * x * -0.5) * 0.3989422804014327; };
+  Tensor<T> out(xt::xarray<T>(T(0.5) * (T(1) + xt::erf(x.value() * T(0.7071067811865476)))));
+  if (needs_grad<T>({&x}))
+    attach<T>(out, "normal_cdf", {x}, [x, phi](const xt::xarray<T>& dy) {
+      x.accumulate_grad(xt::xarray<T>(dy * (phi(x.detach()).value())), "normal_cdf");
+    }).vjp = [x, phi](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {dy * phi(x)}; };
   return out;
 }
 
 }  // namespace
 
-template <class T> Tensor<T> exp(const Tensor<T>& x) { return unary("exp", U::Exp, x); }
-template <class T> Tensor<T> log(const Tensor<T>& x) { return unary("log", U::Log, x); }
-template <class T> Tensor<T> sqrt(const Tensor<T>& x) { return unary("sqrt", U::Sqrt, x); }
-template <class T> Tensor<T> rsqrt(const Tensor<T>& x) { return unary("rsqrt", U::Rsqrt, x); }
-template <class T> Tensor<T> abs(const Tensor<T>& x) { return unary("abs", U::Abs, x); }
-template <class T> Tensor<T> relu(const Tensor<T>& x) { return unary("relu", U::Relu, x); }
-template <class T> Tensor<T> sigmoid(const Tensor<T>& x) { return unary("sigmoid", U::Sigmoid, x); }
-template <class T> Tensor<T> tanh(const Tensor<T>& x) { return unary("tanh", U::Tanh, x); }
-template <class T> Tensor<T> silu(const Tensor<T>& x) { return unary("silu", U::Silu, x); }
+// y = e^x;  dx = dy * y
+template <class T> Tensor<T> exp(const Tensor<T>& x) {
+  return unary("exp", U::Exp, x, [](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> { return {dy * y}; });
+}
+// y = ln x;  dx = dy / x
+template <class T> Tensor<T> log(const Tensor<T>& x) {
+  return unary("log", U::Log, x, [x](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {dy / x}; });
+}
+// y = √x;  dx = dy / (2y)
+template <class T> Tensor<T> sqrt(const Tensor<T>& x) {
+  return unary("sqrt", U::Sqrt, x, [](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> { return {dy / (y * 2.0)}; });
+}
+// y = 1/√x;  dx = -dy * y³ / 2
+template <class T> Tensor<T> rsqrt(const Tensor<T>& x) {
+  return unary("rsqrt", U::Rsqrt, x,
+               [](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> { return {dy * (y * y * y) * -0.5}; });
+}
+// y = |x|;  dx = dy * sign(x)  (a constant: the second derivative is 0 away from 0)
+template <class T> Tensor<T> abs(const Tensor<T>& x) {
+  return unary("abs", U::Abs, x, [x](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+    const auto& v = x.value();
+    return {dy * constant_of<T>(xt::where(v > T(0), T(1), xt::where(v < T(0), T(-1), T(0))))};
+  });
+}
+// y = max(x, 0);  dx = dy * [x > 0]
+template <class T> Tensor<T> relu(const Tensor<T>& x) {
+  return unary("relu", U::Relu, x, [x](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+    return {dy * constant_of<T>(xt::where(x.value() > T(0), T(1), T(0)))};
+  });
+}
+// y = σ(x);  dx = dy * y(1 - y)
+template <class T> Tensor<T> sigmoid(const Tensor<T>& x) {
+  return unary("sigmoid", U::Sigmoid, x,
+               [](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> { return {dy * (y * (1.0 - y))}; });
+}
+// y = tanh x;  dx = dy * (1 - y²)
+template <class T> Tensor<T> tanh(const Tensor<T>& x) {
+  return unary("tanh", U::Tanh, x, [](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> { return {dy * (1.0 - y * y)}; });
+}
+// y = x σ(x);  dx = dy * σ(x)(1 + x(1 - σ(x)))
+template <class T> Tensor<T> silu(const Tensor<T>& x) {
+  return unary("silu", U::Silu, x, [x](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+    Tensor<T> s = sigmoid(x);
+    return {dy * (s * (1.0 + x * (1.0 - s)))};
+  });
+}
 template <class T>
 Tensor<T> gelu(const Tensor<T>& x, GeluApprox approx) {
-  return approx == GeluApprox::Erf ? unary("gelu", U::GeluErf, x)
-                                   : unary("gelu_tanh", U::GeluTanh, x);
+  if (approx == GeluApprox::Erf)
+    // y = x Φ(x);  dx = dy * (Φ(x) + x φ(x))
+    return unary("gelu", U::GeluErf, x, [x](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {dy * (normal_cdf(x) + x * exp(x * x * -0.5) * 0.3989422804014327)};
+    });
+  // y = x/2 (1 + t), t = tanh(c(x + a x³)), c = √(2/π), a = 0.044715;
+  // dx = dy * (0.5(1 + t) + 0.5 x (1 - t²) c (1 + 3a x²))
+  return unary("gelu_tanh", U::GeluTanh, x, [x](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+    const double c = 0.7978845608028654, a = 0.044715;
+    Tensor<T> t = tanh((x + x * x * x * a) * c);
+    return {dy * ((1.0 + t) * 0.5 + x * (1.0 - t * t) * (1.0 + x * x * (3 * a)) * (0.5 * c))};
+  });
 }
 
 template <class T>
@@ -239,7 +321,9 @@ Tensor<T> pow(const Tensor<T>& x, Scalar<T> p) {
     // dx = dy * p * x^(p-1)
     attach<T>(out, "pow", {x}, [x, p](const xt::xarray<T>& dy) {
       x.accumulate_grad(xt::xarray<T>(dy * p * xt::pow(x.value(), p - T(1))), "pow");
-    }, "p=" + std::to_string(p));
+    }, "p=" + std::to_string(p)).vjp = [x, p](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {dy * pow(x, T(p - T(1))) * p};
+    };
   return out;
 }
 
@@ -253,7 +337,9 @@ Tensor<T> clamp(const Tensor<T>& x, Scalar<T> lo, Scalar<T> hi) {
     // dx = dy where lo <= x <= hi
     attach<T>(out, "clamp", {x}, [x, lo, hi](const xt::xarray<T>& dy) {
       x.accumulate_grad(xt::xarray<T>(xt::where((x.value() >= lo) && (x.value() <= hi), dy, T(0))), "clamp");
-    });
+    }).vjp = [x, lo, hi](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {dy * constant_of<T>(xt::where((x.value() >= lo) && (x.value() <= hi), T(1), T(0)))};
+    };
   return out;
 }
 

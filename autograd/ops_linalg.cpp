@@ -12,7 +12,10 @@
 
 namespace tg {
 
+using detail::constant;
+using detail::dims_of;
 using detail::fail;
+using detail::grad_if;
 using detail::prod;
 
 // All products run on kernels::gemm (packed, blocked, xsimd + OpenMP) or, in reference
@@ -68,7 +71,13 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
                                   db.data(), N, K * N, batch);
         b.accumulate_grad(std::move(db), "matmul");
       }
-    });
+    }).vjp = [a, b, shared, K, N](const Tensor<T>&, const Tensor<T>& dz) -> Grads<T> {
+      // The same products as ops: da = dz @ bᵀ;  db = aᵀ @ dz (rows of every batch stacked when b is shared)
+      return {grad_if(a, [&] { return matmul(dz, transpose(b, -2, -1)); }), grad_if(b, [&] {
+                if (!shared) return matmul(transpose(a, -2, -1), dz);
+                return matmul(transpose(reshape(a, {-1, std::int64_t(K)}), 0, 1), reshape(dz, {-1, std::int64_t(N)}));
+              })};
+    };
   return r;
 }
 
@@ -115,7 +124,13 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& bias) 
           for (std::size_t j = 0; j < outf; ++j) db(j) += dy.data()[r * outf + j];
         bias.accumulate_grad(std::move(db), "linear");
       }
-    });
+    }).vjp = [x, w, bias, rows, in, outf](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // As ops on dy viewed (rows,out): dx = dy @ w;  dw = dyᵀ @ x;  dbias = Σ_rows dy
+      Tensor<T> dy2 = reshape(dy, {std::int64_t(rows), std::int64_t(outf)});
+      return {grad_if(x, [&] { return reshape(matmul(dy2, w), dims_of(x.shape())); }),
+              grad_if(w, [&] { return matmul(transpose(dy2, 0, 1), reshape(x, {std::int64_t(rows), std::int64_t(in)})); }),
+              grad_if(bias, [&] { return sum(dy2, {0}); })};
+    };
   return out;
 }
 
@@ -172,7 +187,9 @@ Tensor<T> sum(const Tensor<T>& x, std::vector<int> axes_in, bool keepdims) {
       xt::xarray<T> d = dy;
       d.reshape(kept);
       x.accumulate_grad(xt::xarray<T>(xt::broadcast(d, sx)), "sum");
-    });
+    }).vjp = [kept, sx](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {broadcast_to(reshape(dy, dims_of(kept)), sx)};
+    };
   return out;
 }
 
@@ -195,7 +212,9 @@ Tensor<T> mean(const Tensor<T>& x, std::vector<int> axes_in, bool keepdims) {
       xt::xarray<T> d = dy / T(count);
       d.reshape(kept);
       x.accumulate_grad(xt::xarray<T>(xt::broadcast(d, sx)), "mean");
-    });
+    }).vjp = [kept, sx, count](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {broadcast_to(reshape(dy, dims_of(kept)), sx) * (T(1) / T(count))};
+    };
   return out;
 }
 
@@ -229,14 +248,23 @@ Tensor<T> max(const Tensor<T>& x, int axis_in, bool keepdims) {
     y.reshape(s);
   }
   Tensor<T> out(std::move(y));
-  if (needs_grad<T>({&x}))
-    attach<T>(out, "max", {x}, [x, arg = std::move(arg), outer, n, inner](const xt::xarray<T>& dy) {
+  if (needs_grad<T>({&x})) {
+    auto argp = std::make_shared<std::vector<std::size_t>>(std::move(arg));
+    attach<T>(out, "max", {x}, [x, argp, outer, n, inner](const xt::xarray<T>& dy) {
       // dx[o, arg, i] = dy[o, i]; zero elsewhere
+      const auto& arg = *argp;
       xt::xarray<T> dx = xt::zeros<T>(x.value().shape());
       for (std::size_t o = 0; o < outer; ++o)
         for (std::size_t i = 0; i < inner; ++i) dx.data()[(o * n + arg[o * inner + i]) * inner + i] = dy.data()[o * inner + i];
       x.accumulate_grad(std::move(dx), "max");
-    }, "axis=" + std::to_string(axis));
+    }, "axis=" + std::to_string(axis)).vjp = [argp, sx, kept, outer, n, inner](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // dx = dy broadcast back, times the (constant) one-hot of the arg max
+      xt::xarray<T> onehot = xt::zeros<T>(sx);
+      for (std::size_t o = 0; o < outer; ++o)
+        for (std::size_t i = 0; i < inner; ++i) onehot.data()[(o * n + (*argp)[o * inner + i]) * inner + i] = T(1);
+      return {broadcast_to(reshape(dy, dims_of(kept)), sx) * constant(std::move(onehot))};
+    };
+  }
   return out;
 }
 

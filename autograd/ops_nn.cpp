@@ -14,11 +14,15 @@
 #include "autograd/kernels/rope.hpp"
 #include "autograd/kernels/softmax.hpp"
 #include "autograd/kernels/swiglu.hpp"
+#include "autograd/functional.hpp"
 #include "autograd/ops_common.hpp"
 
 namespace tg {
 
+using detail::constant;
+using detail::dims_of;
 using detail::fail;
+using detail::grad_if;
 using detail::prod;
 
 // ---- softmax family ----------------------------------------------------------------------
@@ -85,7 +89,9 @@ Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
           for (std::size_t k = 0; k < v.n; ++k) dx.data()[at(k)] = y[at(k)] * (dy.data()[at(k)] - dot);
         }
       x.accumulate_grad(std::move(dx), "softmax");
-    }, "axis=" + std::to_string(axis));
+    }, "axis=" + std::to_string(axis)).vjp = [axis](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> {
+      return {y * (dy - sum(dy * y, {int(axis)}, true))};
+    };
   }
   return out;
 }
@@ -128,7 +134,23 @@ Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
             dx.data()[at(k)] = all_inf ? T(0) : dy.data()[at(k)] - std::exp(y[at(k)]) * s;
         }
       x.accumulate_grad(std::move(dx), "log_softmax");
-    }, "axis=" + std::to_string(axis));
+    }, "axis=" + std::to_string(axis)).vjp = [axis, v](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> {
+      Tensor<T> dx = dy - exp(y) * sum(dy, {int(axis)}, true);
+      // fully masked rows (all -inf) get no gradient, as in the fast backward
+      Shape kept = y.shape();
+      kept[axis] = 1;
+      xt::xarray<bool> dead = xt::xarray<bool>::from_shape(kept);
+      bool any = false;
+      for (std::size_t o = 0; o < v.outer; ++o)
+        for (std::size_t i = 0; i < v.inner; ++i) {
+          bool all_inf = true;
+          for (std::size_t k = 0; k < v.n; ++k) all_inf = all_inf && std::isinf(y.value().data()[(o * v.n + k) * v.inner + i]);
+          dead.data()[o * v.inner + i] = all_inf;
+          any = any || all_inf;
+        }
+      if (any) dx = masked_fill(dx, dead, T(0));
+      return {dx};
+    };
   }
   return out;
 }
@@ -179,7 +201,22 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Index& targets, std::int6
       TG_KERNEL(cross_entropy_backward)(N, V, logits.value().data(), targets.data(), ignore_index, lse->data(),
                                         dloss.data(), dx.data());
       logits.accumulate_grad(std::move(dx), "cross_entropy");
-    }, "ignore_index=" + std::to_string(ignore_index));
+    }, "ignore_index=" + std::to_string(ignore_index))
+        .vjp = [logits, targets, ignore_index, red, N, V, count](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // As ops: dlogits = (softmax(logits) - onehot(t)) * w, w_i = [t_i counted] * (dy / count | dy | dy_i)
+      Shape lead1 = logits.shape();
+      lead1.back() = 1;
+      xt::xarray<T> onehot = xt::zeros<T>(logits.shape()), weight = xt::zeros<T>(lead1);
+      for (std::size_t i = 0; i < N; ++i) {
+        const std::int64_t t = targets.data()[i];
+        if (t == ignore_index) continue;
+        onehot.data()[i * V + std::size_t(t)] = T(1);
+        weight.data()[i] = red == Reduction::Mean ? T(1) / T(count) : T(1);
+      }
+      Tensor<T> w = red == Reduction::None ? reshape(dy, dims_of(lead1)) * constant(std::move(weight))
+                                           : constant(std::move(weight)) * dy;
+      return {(softmax(logits, -1) - constant(std::move(onehot))) * w};
+    };
   return out;
 }
 
@@ -207,7 +244,12 @@ Tensor<T> embedding(const Index& ids, const Tensor<T>& weight) {
       xt::xarray<T> dw = xt::zeros<T>(weight.value().shape());
       TG_KERNEL(embedding_backward)(N, V, C, ids.data(), dy.data(), dw.data());
       weight.accumulate_grad(std::move(dw), "embedding");
-    });
+    }).vjp = [ids, N, V, C](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // dweight = index_add of the rows of dy at ids
+      Index flat = ids;
+      flat.reshape({N});
+      return {index_add(V, flat, reshape(dy, {std::int64_t(N), std::int64_t(C)}))};
+    };
   return out;
 }
 
@@ -238,7 +280,13 @@ Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, Scalar<T> eps) {
                                   dy.data(), x.requires_grad() ? dx.data() : nullptr, want_w ? dw.data() : nullptr);
       if (x.requires_grad()) x.accumulate_grad(std::move(dx), "rmsnorm");
       if (want_w) w.accumulate_grad(std::move(dw), "rmsnorm");
-    }, "eps=" + std::to_string(eps));
+    }, "eps=" + std::to_string(eps)).vjp = [x, w, eps](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // the backward of the reference form y = x * rsqrt(mean(x², last axis) + eps) * w
+      return detail::vjp_of<T>([&] {
+        Tensor<T> y = x * rsqrt(mean(x * x, {-1}, true) + T(eps));
+        return w.defined() ? y * w : y;
+      }, {x, w}, dy);
+    };
   return out;
 }
 
@@ -275,7 +323,15 @@ Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, 
       if (want_x) x.accumulate_grad(std::move(dx), "layernorm");
       if (want_w) w.accumulate_grad(std::move(dw), "layernorm");
       if (want_b) b.accumulate_grad(std::move(db), "layernorm");
-    }, "eps=" + std::to_string(eps));
+    }, "eps=" + std::to_string(eps)).vjp = [x, w, b, eps](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // the backward of the reference form: xc = x - mean(x); y = xc * rsqrt(mean(xc²) + eps) * w + b
+      return detail::vjp_of<T>([&] {
+        Tensor<T> xc = x - mean(x, {-1}, true);
+        Tensor<T> y = xc * rsqrt(mean(xc * xc, {-1}, true) + T(eps));
+        if (w.defined()) y = y * w;
+        return b.defined() ? y + b : y;
+      }, {x, w, b}, dy);
+    };
   return out;
 }
 
@@ -296,7 +352,10 @@ Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u) {
       TG_KERNEL(swiglu_backward)(n, g.value().data(), u.value().data(), dy.data(), dg.data(), du.data());
       if (g.requires_grad()) g.accumulate_grad(std::move(dg), "swiglu");
       if (u.requires_grad()) u.accumulate_grad(std::move(du), "swiglu");
-    });
+    }).vjp = [g, u](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      Tensor<T> s = sigmoid(g);
+      return {grad_if(g, [&] { return dy * u * (s * (1.0 + g * (1.0 - s))); }), grad_if(u, [&] { return dy * (g * s); })};
+    };
   return out;
 }
 
@@ -317,7 +376,10 @@ Tensor<T> sigmoid_gate(const Tensor<T>& x, const Tensor<T>& s) {
       T* dx = x.requires_grad() ? x.grad_for_accumulation().data() : nullptr;
       T* ds = s.requires_grad() ? s.grad_for_accumulation().data() : nullptr;
       TG_KERNEL(sigmoid_gate_backward)(n, x.value().data(), s.value().data(), dy.data(), dx, ds);
-    });
+    }).vjp = [x, s](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      Tensor<T> sg = sigmoid(s);
+      return {grad_if(x, [&] { return dy * sg; }), grad_if(s, [&] { return dy * x * (sg * (1.0 - sg)); })};
+    };
   return out;
 }
 
@@ -328,14 +390,16 @@ Tensor<T> dropout(const Tensor<T>& x, Scalar<T> p, Generator& gen, bool training
   if (!training || p == T(0)) return x;
   // y = x * mask / (1-p), mask ~ Bernoulli(1-p); p == 1 drops everything
   const T keep_scale = p < T(1) ? T(1) / (T(1) - p) : T(0);
-  xt::xarray<T> mask = xt::xarray<T>::from_shape(x.value().shape());
-  for (auto& m : mask) m = gen.uniform() >= double(p) ? keep_scale : T(0);
-  Tensor<T> out(xt::xarray<T>(x.value() * mask));
+  auto mask = std::make_shared<xt::xarray<T>>(xt::xarray<T>::from_shape(x.value().shape()));
+  for (auto& m : *mask) m = gen.uniform() >= double(p) ? keep_scale : T(0);
+  Tensor<T> out(xt::xarray<T>(x.value() * *mask));
   if (needs_grad<T>({&x}))
-    attach<T>(out, "dropout", {x}, [x, mask = std::move(mask)](const xt::xarray<T>& dy) {
+    attach<T>(out, "dropout", {x}, [x, mask](const xt::xarray<T>& dy) {
       // dx = dy * mask / (1-p)
-      x.accumulate_grad(xt::xarray<T>(dy * mask), "dropout");
-    }, "p=" + std::to_string(p));
+      x.accumulate_grad(xt::xarray<T>(dy * *mask), "dropout");
+    }, "p=" + std::to_string(p)).vjp = [mask](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {dy * constant(xt::xarray<T>(*mask))};
+    };
   return out;
 }
 
@@ -415,7 +479,19 @@ Tensor<T> rope(const Tensor<T>& x, const RopeTable<T>& table, std::size_t offset
       xt::xarray<T> dx = xt::zeros<T>(dy.shape());
       TG_KERNEL(rope_backward)(rows, D, dy.data(), D, pos->data(), cs->data(), sn->data(), dx.data(), D);
       x.accumulate_grad(std::move(dx), "rope");
-    }, "offset=" + std::to_string(offset));
+    }, "offset=" + std::to_string(offset)).vjp = [cs, sn, Tn, D](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // dx = R(p)ᵀ dy is itself a rotation by a table: cos the same, sin with its halves
+      // swapped and negated (sin'_i = -sin_{i+h}, sin'_{i+h} = -sin_i), positions from 0.
+      // Its own transpose is the forward table again, so this closes under differentiation.
+      const std::size_t h = D / 2;
+      RopeTable<T> t{xt::xarray<T>::from_shape({Tn, D}), xt::xarray<T>::from_shape({Tn, D})};
+      for (std::size_t p = 0; p < Tn; ++p)
+        for (std::size_t i = 0; i < D; ++i) {
+          t.cos(p, i) = (*cs)[p * D + i];
+          t.sin(p, i) = -(*sn)[p * D + (i < h ? i + h : i - h)];
+        }
+      return {rope(dy, t, 0)};
+    };
   return out;
 }
 
@@ -488,9 +564,40 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, 
       if (q.requires_grad()) q.accumulate_grad(std::move(dq), "attention");
       if (k.requires_grad()) k.accumulate_grad(std::move(dk), "attention");
       if (v.requires_grad()) v.accumulate_grad(std::move(dv), "attention");
-    }, "causal,H=" + std::to_string(H) + ",Hkv=" + std::to_string(Hkv));
+    }, "causal,H=" + std::to_string(H) + ",Hkv=" + std::to_string(Hkv))
+        .vjp = [q, k, v, scale](const Tensor<T>&, const Tensor<T>& dO) -> Grads<T> {
+      // the backward of the reference form (attention_reference: quadratic memory)
+      return detail::vjp_of<T>([&] { return attention_reference(q, k, v, double(scale)); }, {q, k, v}, dO);
+    };
   }
   return out;
+}
+
+template <class T>
+Tensor<T> attention_reference(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                              std::optional<double> scale_opt) {
+  detail::require_defined(q, "attention_reference", "q");
+  detail::require_defined(k, "attention_reference", "k");
+  detail::require_defined(v, "attention_reference", "v");
+  const Shape sq = q.shape(), sk = k.shape();
+  if (sq.size() != 4 || sk.size() != 4 || sk != v.shape() || sk[0] != sq[0] || sk[3] != sq[3] || sk[2] == 0 ||
+      sq[2] % sk[2] != 0 || sq[1] > sk[1])
+    fail("attention_reference: q " + shape_to_string(sq) + ", k " + shape_to_string(sk) + ", v " + v.shape_str() +
+         ": expected q (B,Tq,H,D), k and v (B,Tk,Hkv,D), H a multiple of Hkv, Tq <= Tk");
+  const std::int64_t B = sq[0], Tq = sq[1], H = sq[2], D = sq[3], Tk = sk[1], Hkv = sk[2], G = H / Hkv;
+  const double scale = scale_opt ? *scale_opt : 1.0 / std::sqrt(double(D));
+  // Query head h reads kv head h / G: group the G query heads of each kv head together.
+  // q (B,Tq,H,D) -> (B,H,Tq,D) -> (B,Hkv,G*Tq,D);  k, v (B,Tk,Hkv,D) -> (B,Hkv,Tk,D)
+  Tensor<T> qh = reshape(permute(q, {0, 2, 1, 3}), {B, Hkv, G * Tq, D});
+  Tensor<T> kh = permute(k, {0, 2, 1, 3}), vh = permute(v, {0, 2, 1, 3});
+  // S (B,Hkv,G*Tq,Tk) = scale · Q Kᵀ; query i (absolute position Tk - Tq + i) sees keys j <= Tk - Tq + i
+  Tensor<T> S = matmul(qh, transpose(kh, 2, 3)) * scale;
+  xt::xarray<bool> future = xt::xarray<bool>::from_shape({std::size_t(G * Tq), std::size_t(Tk)});
+  for (std::int64_t r = 0; r < G * Tq; ++r)
+    for (std::int64_t j = 0; j < Tk; ++j) future(r, j) = j > Tk - Tq + r % Tq;
+  Tensor<T> P = softmax(masked_fill(S, future, -std::numeric_limits<T>::infinity()), -1);
+  // O (B,Hkv,G*Tq,D) = P V -> (B,H,Tq,D) -> (B,Tq,H,D)
+  return permute(reshape(matmul(P, vh), {B, H, Tq, D}), {0, 2, 1, 3});
 }
 
 template <class T>
@@ -548,7 +655,13 @@ Tensor<T> topk(const Tensor<T>& x, std::size_t kk, Index* indices) {
       for (std::size_t r = 0; r < rows; ++r)
         for (std::size_t j = 0; j < kk; ++j) dx.data()[r * n + idx.data()[r * kk + j]] += dy.data()[r * kk + j];
       x.accumulate_grad(std::move(dx), "topk");
-    }, "k=" + std::to_string(kk));
+    }, "k=" + std::to_string(kk)).vjp = [idx, sx, rows, n, kk](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // dx = dy scattered to the chosen positions: index_add over the flattened x
+      Index flat = Index::from_shape({rows * kk});
+      for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < kk; ++j) flat(r * kk + j) = std::int64_t(r * n) + idx.data()[r * kk + j];
+      return {reshape(index_add(rows * n, flat, reshape(dy, {-1})), dims_of(sx))};
+    };
   return out;
 }
 
@@ -567,6 +680,8 @@ Tensor<T> topk(const Tensor<T>& x, std::size_t kk, Index* indices) {
   template Tensor<T> rope<T>(const Tensor<T>&, const RopeTable<T>&, std::size_t);                           \
   template Tensor<T> attention<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, std::optional<double>,   \
                                   xt::xarray<T>*);                                                          \
+  template Tensor<T> attention_reference<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&,           \
+                                            std::optional<double>);                                         \
   template Tensor<T> topk<T>(const Tensor<T>&, std::size_t, Index*);
 TG_INSTANTIATE(float)
 TG_INSTANTIATE(double)

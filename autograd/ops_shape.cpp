@@ -11,8 +11,51 @@
 
 namespace tg {
 
+using detail::constant;
+using detail::dims_of;
 using detail::fail;
+using detail::grad_if;
 using detail::prod;
+
+// ---- broadcasting as ops (the differentiable backward of every broadcasting op) ----
+
+template <class T>
+Tensor<T> sum_to(const Tensor<T>& x, const Shape& shape) {
+  // y = x summed over the axes broadcasting would add or stretch to go from `shape` to x's
+  detail::require_defined(x, "sum_to", "x");
+  const Shape sx = x.shape();
+  if (sx == shape) return x;
+  if (broadcast_shapes(shape, sx, "sum_to") != sx)
+    fail("sum_to: " + shape_to_string(sx) + " does not broadcast from " + shape_to_string(shape));
+  Tensor<T> out(sum_to(x.value(), shape));
+  if (needs_grad<T>({&x}))
+    // dx = dy broadcast back to x's shape
+    attach<T>(out, "sum_to", {x}, [x, sx](const xt::xarray<T>& dy) {
+      x.accumulate_grad(xt::xarray<T>(xt::broadcast(dy, sx)), "sum_to");
+    }, shape_to_string(shape)).vjp = [sx](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {broadcast_to(dy, sx)};
+    };
+  return out;
+}
+
+template <class T>
+Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape) {
+  // y = x copied along the axes it lacks or has as 1
+  detail::require_defined(x, "broadcast_to", "x");
+  const Shape sx = x.shape();
+  if (sx == shape) return x;
+  if (broadcast_shapes(sx, shape, "broadcast_to") != shape)
+    fail("broadcast_to: " + shape_to_string(sx) + " does not broadcast to " + shape_to_string(shape));
+  Tensor<T> out(xt::xarray<T>(xt::broadcast(x.value(), shape)));
+  if (needs_grad<T>({&x}))
+    // dx = sum_to(dy, x's shape)
+    attach<T>(out, "broadcast_to", {x}, [x, sx](const xt::xarray<T>& dy) {
+      x.accumulate_grad(sum_to(dy, sx), "broadcast_to");
+    }, shape_to_string(shape)).vjp = [sx](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {sum_to(dy, sx)};
+    };
+  return out;
+}
 
 template <class T>
 Tensor<T> reshape(const Tensor<T>& x, const std::vector<std::int64_t>& shape_in) {
@@ -53,7 +96,7 @@ Tensor<T> reshape(const Tensor<T>& x, const std::vector<std::int64_t>& shape_in)
       xt::xarray<T> dx = dy;
       dx.reshape(sx);
       x.accumulate_grad(std::move(dx), "reshape");
-    });
+    }).vjp = [sx](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {reshape(dy, dims_of(sx))}; };
   return out;
 }
 
@@ -73,7 +116,7 @@ Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& perm) {
     attach<T>(out, "permute", {x}, [x, inv](const xt::xarray<T>& dy) {
       // dx = dy permuted back
       x.accumulate_grad(xt::xarray<T>(xt::transpose(dy, inv)), "permute");
-    }, shape_to_string(perm));
+    }, shape_to_string(perm)).vjp = [inv](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {permute(dy, inv)}; };
   }
   return out;
 }
@@ -118,7 +161,16 @@ Tensor<T> slice(const Tensor<T>& x, int axis_in, std::int64_t start, std::int64_
         const T* g = dy.data() + o * m * inner;
         for (std::size_t j = 0; j < m * inner; ++j) d[j] += g[j];
       }
-    }, "axis=" + std::to_string(axis) + "," + std::to_string(start) + ":" + std::to_string(stop));
+    }, "axis=" + std::to_string(axis) + "," + std::to_string(start) + ":" + std::to_string(stop))
+        .vjp = [sx, axis, start, stop, n](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // dx = [zeros before, dy, zeros after] along the axis (the zeros are constants)
+      std::vector<Tensor<T>> parts;
+      Shape s = sx;
+      if (start > 0) s[axis] = std::size_t(start), parts.push_back(Tensor<T>::zeros(s));
+      parts.push_back(dy);
+      if (stop < n) s[axis] = std::size_t(n - stop), parts.push_back(Tensor<T>::zeros(s));
+      return {parts.size() == 1 ? dy : concat(parts, int(axis))};
+    };
   return out;
 }
 
@@ -166,7 +218,16 @@ Tensor<T> concat(const std::vector<Tensor<T>>& xs, int axis_in) {
         }
         off += sizes[k];
       }
-    }, "axis=" + std::to_string(axis));
+    }, "axis=" + std::to_string(axis)).vjp = [xs, sizes, axis](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      // each input's gradient is its slice of dy
+      Grads<T> g;
+      std::int64_t off = 0;
+      for (std::size_t k = 0; k < xs.size(); ++k) {
+        g.push_back(grad_if(xs[k], [&] { return slice(dy, int(axis), off, off + std::int64_t(sizes[k])); }));
+        off += std::int64_t(sizes[k]);
+      }
+      return g;
+    };
   return out;
 }
 
@@ -212,7 +273,7 @@ Tensor<T> index_select(const Tensor<T>& x, const Index& idx) {
       for (std::size_t i = 0; i < M; ++i)
         for (std::size_t j = 0; j < row; ++j) dx.data()[idx(i) * row + j] += dy.data()[i * row + j];
       x.accumulate_grad(std::move(dx), "index_select");
-    });
+    }).vjp = [idx, N](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {index_add(N, idx, dy)}; };
   return out;
 }
 
@@ -240,7 +301,7 @@ Tensor<T> index_add(std::size_t N, const Index& idx, const Tensor<T>& src) {
       xt::xarray<T> ds = xt::xarray<T>::from_shape(src.value().shape());
       for (std::size_t i = 0; i < M; ++i) std::copy_n(dy.data() + idx(i) * row, row, ds.data() + i * row);
       src.accumulate_grad(std::move(ds), "index_add");
-    });
+    }).vjp = [idx](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {index_select(dy, idx)}; };
   return out;
 }
 
@@ -251,13 +312,13 @@ Tensor<T> masked_fill(const Tensor<T>& x, const xt::xarray<bool>& mask, Scalar<T
   Shape bs = broadcast_shapes(sx, detail::to_shape(mask.shape()), "masked_fill");
   if (bs != sx)
     fail("masked_fill: mask " + shape_to_string(mask.shape()) + " does not broadcast to x " + shape_to_string(sx));
-  xt::xarray<bool> m = xt::broadcast(mask, sx);
-  Tensor<T> out(xt::xarray<T>(xt::where(m, value, x.value())));
+  auto m = std::make_shared<xt::xarray<bool>>(xt::broadcast(mask, sx));
+  Tensor<T> out(xt::xarray<T>(xt::where(*m, value, x.value())));
   if (needs_grad<T>({&x}))
     attach<T>(out, "masked_fill", {x}, [x, m](const xt::xarray<T>& dy) {
       // dx = dy where the mask is off
-      x.accumulate_grad(xt::xarray<T>(xt::where(m, T(0), dy)), "masked_fill");
-    });
+      x.accumulate_grad(xt::xarray<T>(xt::where(*m, T(0), dy)), "masked_fill");
+    }).vjp = [m](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> { return {masked_fill(dy, *m, T(0))}; };
   return out;
 }
 
@@ -267,18 +328,23 @@ Tensor<T> where(const xt::xarray<bool>& cond, const Tensor<T>& a, const Tensor<T
   detail::require_defined(b, "where", "b");
   const Shape sa = a.shape(), sb = b.shape();
   Shape s = broadcast_shapes(broadcast_shapes(detail::to_shape(cond.shape()), sa, "where"), sb, "where");
-  xt::xarray<bool> c = xt::broadcast(cond, s);
-  Tensor<T> out(xt::xarray<T>(xt::where(c, xt::broadcast(a.value(), s), xt::broadcast(b.value(), s))));
+  auto c = std::make_shared<xt::xarray<bool>>(xt::broadcast(cond, s));
+  Tensor<T> out(xt::xarray<T>(xt::where(*c, xt::broadcast(a.value(), s), xt::broadcast(b.value(), s))));
   if (needs_grad<T>({&a, &b}))
     attach<T>(out, "where", {a, b}, [a, b, c, sa, sb](const xt::xarray<T>& dy) {
       // da = dy * cond, db = dy * !cond
-      if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(xt::where(c, dy, T(0))), sa), "where");
-      if (b.requires_grad()) b.accumulate_grad(sum_to(xt::xarray<T>(xt::where(c, T(0), dy)), sb), "where");
-    });
+      if (a.requires_grad()) a.accumulate_grad(sum_to(xt::xarray<T>(xt::where(*c, dy, T(0))), sa), "where");
+      if (b.requires_grad()) b.accumulate_grad(sum_to(xt::xarray<T>(xt::where(*c, T(0), dy)), sb), "where");
+    }).vjp = [a, b, c, sa, sb](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
+      return {grad_if(a, [&] { return sum_to(masked_fill(dy, xt::xarray<bool>(!*c), T(0)), sa); }),
+              grad_if(b, [&] { return sum_to(masked_fill(dy, *c, T(0)), sb); })};
+    };
   return out;
 }
 
 #define TG_INSTANTIATE(T)                                                                         \
+  template Tensor<T> sum_to<T>(const Tensor<T>&, const Shape&);                                   \
+  template Tensor<T> broadcast_to<T>(const Tensor<T>&, const Shape&);                             \
   template Tensor<T> reshape<T>(const Tensor<T>&, const std::vector<std::int64_t>&);              \
   template Tensor<T> permute<T>(const Tensor<T>&, const std::vector<std::size_t>&);               \
   template Tensor<T> transpose<T>(const Tensor<T>&, int, int);                                    \

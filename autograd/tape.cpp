@@ -1,6 +1,8 @@
 // autograd/tape.cpp — recording nodes and the reverse walk (see Note [Tape and ownership]).
 #include "autograd/tape.hpp"
 
+#include "autograd/functional.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -57,6 +59,19 @@ std::vector<std::shared_ptr<Node<T>>> Tape<T>::nodes() const {
 
 template <class T>
 std::size_t Tape<T>::size() const { return nodes().size(); }
+
+template <class T>
+std::vector<std::shared_ptr<Node<T>>> Tape<T>::nodes_between(std::uint64_t lo, std::uint64_t hi) const {
+  std::vector<std::shared_ptr<Node<T>>> r;
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
+    auto n = it->lock();
+    if (!n) continue;
+    if (n->id < lo) break;
+    if (n->id <= hi) r.push_back(std::move(n));
+  }
+  std::reverse(r.begin(), r.end());
+  return r;
+}
 
 template <class T>
 void Tape<T>::clear() {
@@ -143,13 +158,16 @@ void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, boo
 }
 
 template <class T>
-void attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
-            std::function<void(const xt::xarray<T>& dout)> backward, std::string info) {
+Node<T>& attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
+                std::function<void(const xt::xarray<T>& dout)> backward, std::string info) {
   auto node = std::make_shared<Node<T>>();
   node->op = op;
   node->info = std::move(info);
-  for (auto& t : inputs)
-    if (t.defined()) node->inputs.push_back(t.impl());
+  for (std::size_t i = 0; i < inputs.size(); ++i)
+    if (inputs[i].defined()) {
+      node->inputs.push_back(inputs[i].impl());
+      node->vjp_slot.push_back(i);
+    }
   node->output = out.impl();
   node->output_shape = out.shape();
   node->backward = std::move(backward);
@@ -158,6 +176,7 @@ void attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
   impl.had_grad_fn = true;
   impl.requires_grad = true;
   Tape<T>::current().push(node);
+  return *node;
 }
 
 template <class T>
@@ -176,7 +195,7 @@ void check_finite(const xt::xarray<T>& value, const char* op, const char* what) 
 // ---- Tensor::backward lives here, next to the walk it starts ----
 
 template <class T>
-void Tensor<T>::backward(bool retain_graph) const {
+void Tensor<T>::backward(bool retain_graph, bool create_graph) const {
   if (!defined()) throw std::logic_error("backward: the tensor is undefined");
   if (!requires_grad())
     throw std::logic_error("backward: tensor of shape " + shape_str() +
@@ -188,11 +207,11 @@ void Tensor<T>::backward(bool retain_graph) const {
                                 "grad_output of that shape");
   array one = array::from_shape(value().shape());
   one.fill(T(1));
-  backward(one, retain_graph);
+  backward(one, retain_graph, create_graph);
 }
 
 template <class T>
-void Tensor<T>::backward(const array& grad_output, bool retain_graph) const {
+void Tensor<T>::backward(const array& grad_output, bool retain_graph, bool create_graph) const {
   if (!defined()) throw std::logic_error("backward: the tensor is undefined");
   auto& i = *impl();
   if (!i.requires_grad)
@@ -204,20 +223,24 @@ void Tensor<T>::backward(const array& grad_output, bool retain_graph) const {
                            (i.grad_fn ? i.grad_fn->op : std::string("?")) +
                            "') was already freed by an earlier backward(); pass retain_graph=true to the "
                            "earlier call to run backward twice");
+  if (create_graph) {  // the differentiable walk (autograd/functional.cpp)
+    detail::backward_create_graph(*this, Tensor<T>(array(grad_output)));
+    return;
+  }
   Tape<T>::current().run_backward(*this, grad_output, retain_graph);
 }
 
 template class Tape<float>;
 template class Tape<double>;
-template void attach<float>(Tensor<float>&, const char*, std::vector<Tensor<float>>,
+template Node<float>& attach<float>(Tensor<float>&, const char*, std::vector<Tensor<float>>,
                             std::function<void(const xt::xarray<float>&)>, std::string);
-template void attach<double>(Tensor<double>&, const char*, std::vector<Tensor<double>>,
+template Node<double>& attach<double>(Tensor<double>&, const char*, std::vector<Tensor<double>>,
                              std::function<void(const xt::xarray<double>&)>, std::string);
 template void check_finite<float>(const xt::xarray<float>&, const char*, const char*);
 template void check_finite<double>(const xt::xarray<double>&, const char*, const char*);
-template void Tensor<float>::backward(bool) const;
-template void Tensor<double>::backward(bool) const;
-template void Tensor<float>::backward(const xt::xarray<float>&, bool) const;
-template void Tensor<double>::backward(const xt::xarray<double>&, bool) const;
+template void Tensor<float>::backward(bool, bool) const;
+template void Tensor<double>::backward(bool, bool) const;
+template void Tensor<float>::backward(const xt::xarray<float>&, bool, bool) const;
+template void Tensor<double>::backward(const xt::xarray<double>&, bool, bool) const;
 
 }  // namespace tg

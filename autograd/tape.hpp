@@ -26,6 +26,20 @@
 // hold are freed as the walk passes them. Leaves accumulate across backward() calls
 // until zero_grad(); an intermediate's gradient is that of the latest backward() only
 // (each pass starts the intermediates from zero, so retain_graph passes don't double-count).
+//
+// Note [Differentiable backward]
+// Every node carries its vector-Jacobian product twice. `backward` is the fast one: it
+// takes and adds plain arrays through the fused kernels, records nothing, and is what
+// Tensor::backward() runs by default (training). `vjp` is the same product written with
+// ops, right beside it at the op (for mul: da = sum_to(dz * b), db = sum_to(dz * a)):
+// it takes the output and its gradient as Tensors and returns one gradient Tensor per
+// input given to attach() (undefined where an input needs none). Run with grad mode on,
+// the ops inside a vjp record nodes of their own, so the gradient it returns is itself
+// differentiable: that is create_graph (autograd/functional.hpp: grad, hvp, jvp, and
+// Tensor::backward(..., create_graph=true)). A fused op whose backward is a kernel gives
+// as vjp a composition of simpler ops (softmax: y * (dy - Σ dy*y)), or the backward of
+// its reference form (attention, the norms: detail::vjp_of in autograd/functional.hpp).
+// An op without a vjp makes create_graph fail with an error naming it.
 #pragma once
 
 #include <functional>
@@ -37,6 +51,14 @@
 
 namespace tg {
 
+// One gradient per input of an op (undefined: that input needs none).
+template <class T>
+using Grads = std::vector<Tensor<T>>;
+// The differentiable vector-Jacobian product of a node (Note [Differentiable backward]):
+// (output, d(loss)/d(output)) -> gradients of the inputs, in the order given to attach().
+template <class T>
+using VjpFn = std::function<Grads<T>(const Tensor<T>& out, const Tensor<T>& dout)>;
+
 template <class T>
 struct Node {
   std::string op;    // "matmul", "add", ...
@@ -46,6 +68,10 @@ struct Node {
   Shape output_shape;
   // The vector-Jacobian product: given d(loss)/d(output), accumulate into the inputs.
   std::function<void(const xt::xarray<T>& dout)> backward;
+  // The same product with ops, for create_graph; node input i is element vjp_slot[i]
+  // of its result (attach() skips undefined inputs, the vjp does not).
+  VjpFn<T> vjp;
+  std::vector<std::size_t> vjp_slot;
   bool released = false;
   std::uint64_t id = 0;
 };
@@ -59,6 +85,10 @@ class Tape {
   // Alive nodes in creation order.
   std::vector<std::shared_ptr<Node<T>>> nodes() const;
   std::size_t size() const;  // number of alive nodes
+  // Alive nodes (released ones too) with lo <= id <= hi, in creation order (scans back
+  // from the newest).
+  std::vector<std::shared_ptr<Node<T>>> nodes_between(std::uint64_t lo, std::uint64_t hi) const;
+  std::uint64_t next_id() const { return next_id_; }  // the id the next node will get
   // Forget every recorded node (tensors keep their values and gradients).
   void clear();
   // A readable listing: one line per node, "#id op (in shapes) -> (out shape)",
@@ -96,6 +126,18 @@ class NoGrad {
  private:
   bool prev_;
 };
+// The opposite: record even inside a NoGrad scope (a differentiable backward, a check
+// that needs a graph while its caller evaluates without one).
+class EnableGrad {
+ public:
+  EnableGrad() : prev_(grad_enabled()) { set_grad_enabled(true); }
+  ~EnableGrad() { set_grad_enabled(prev_); }
+  EnableGrad(const EnableGrad&) = delete;
+  EnableGrad& operator=(const EnableGrad&) = delete;
+
+ private:
+  bool prev_;
+};
 
 // ---- anomaly mode ----
 // When on, every op checks its forward output and every node the gradients it
@@ -124,9 +166,10 @@ bool needs_grad(std::initializer_list<const Tensor<T>*> inputs) {
 }
 
 // Make `out` a non-leaf that requires grad, produced by a new node `op` over
-// `inputs` with the given backward closure, and record that node on the tape.
+// `inputs` with the given backward closure, and record that node on the tape. Returns the
+// node, so the op can give it its differentiable form: attach(...).vjp = ... .
 template <class T>
-void attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
+Node<T>& attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
             std::function<void(const xt::xarray<T>& dout)> backward, std::string info = {});
 
 // In anomaly mode: throw if `value` has a NaN/Inf, naming `op` and `what`.

@@ -176,6 +176,13 @@ void Tensor<T>::zero_grad() {
   auto& i = checked("zero_grad");
   i.grad = array();
   i.has_grad = false;
+  i.grad_graph.reset();
+}
+template <class T>
+Tensor<T> Tensor<T>::grad_tensor() const {
+  const auto& i = checked("grad_tensor");
+  if (i.grad_graph) return Tensor(i.grad_graph);
+  return Tensor(array(grad()), false);
 }
 
 namespace {
@@ -193,6 +200,7 @@ void Tensor<T>::accumulate_grad(const array& g, const char* op) const {
   if (!std::equal(g.shape().begin(), g.shape().end(), i.value.shape().begin(), i.value.shape().end()))
     throw std::logic_error(std::string(op) + " backward: gradient of shape " + shape_to_string(g.shape()) +
                            " does not match its tensor's shape " + shape_to_string(i.value.shape()));
+  i.grad_graph.reset();  // a fast backward's sum has no graph
   if (!i.has_grad) {
     i.grad = g;
     i.has_grad = true;
@@ -206,6 +214,7 @@ void Tensor<T>::accumulate_grad(array&& g, const char* op) const {
   if (!std::equal(g.shape().begin(), g.shape().end(), i.value.shape().begin(), i.value.shape().end()))
     throw std::logic_error(std::string(op) + " backward: gradient of shape " + shape_to_string(g.shape()) +
                            " does not match its tensor's shape " + shape_to_string(i.value.shape()));
+  i.grad_graph.reset();
   if (!i.has_grad) {
     i.grad = std::move(g);
     i.has_grad = true;

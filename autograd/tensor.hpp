@@ -51,6 +51,9 @@ struct TensorImpl {
   std::shared_ptr<Node<T>> grad_fn;  // the node that computed this tensor; null for leaves
   bool had_grad_fn = false;          // set when a node was attached (to detect a freed graph)
   std::string name;                  // optional, shown in tape dumps
+  // After backward(..., create_graph=true): the gradient as a tensor with a graph of its
+  // own (grad holds its value). Null otherwise. See grad_tensor().
+  std::shared_ptr<TensorImpl<T>> grad_graph;
 };
 
 template <class T>
@@ -117,9 +120,19 @@ class Tensor {
 
   // ---- gradients (implemented in tape.cpp) ----
   // Backward from a one-element tensor (d self / d self = 1).
-  void backward(bool retain_graph = false) const;
+  // create_graph: run each node's differentiable backward (Note [Differentiable backward]
+  // in tape.hpp) with recording on, so every gradient is itself a tensor with a graph
+  // (grad_tensor()), which can be differentiated again; the graph is always retained then.
+  // Without it (the default) the fast fused backward runs and records nothing.
+  void backward(bool retain_graph = false, bool create_graph = false) const;
   // Backward with an explicit gradient of some scalar with respect to this tensor.
-  void backward(const array& grad_output, bool retain_graph = false) const;
+  void backward(const array& grad_output, bool retain_graph = false, bool create_graph = false) const;
+  // The gradient as a Tensor: after backward(create_graph=true) the differentiable one
+  // (its graph leads back to the inputs, so a gradient penalty or a Newton step can be
+  // differentiated); otherwise a new leaf holding a copy of grad().
+  // Note: with create_graph a leaf's gradient holds a graph that holds the leaf (a
+  // reference cycle, as in PyTorch); zero_grad() breaks it.
+  Tensor grad_tensor() const;
   // Forget the gradient.
   void zero_grad();
   // grad += g, checking shapes; `op` names the op for the error message.
