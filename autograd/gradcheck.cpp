@@ -196,6 +196,25 @@ GradcheckResult gradgradcheck(const GradcheckFn& f, const std::vector<Tensor<dou
   all.push_back(v);
   GradcheckResult r = gradcheck(vjp_fn, all, opt);
   r.mode = "gradgrad, " + r.mode;
+  // The differentiable vjp itself must equal the fast backward's (first order): a vjp that
+  // is wrong but consistent with its own ops would pass the differences above.
+  {
+    std::vector<Tensor<double>> in, req;
+    for (auto& t : inputs) in.push_back(t.defined() ? t.clone_leaf() : Tensor<double>());
+    for (auto i : checked) req.push_back(in[i]);
+    Tensor<double> y = f(in);
+    std::vector<Tensor<double>> g = grad<double>({y}, req, {v.detach()}, false, true);
+    y.backward(v.value());
+    Checker chk{opt, r};
+    for (std::size_t c = 0; c < req.size(); ++c) {
+      Arr fast = req[c].has_grad() ? req[c].grad() : Arr(xt::zeros<double>(req[c].shape()));
+      Arr slow = g[c].defined() ? g[c].value() : Arr(xt::zeros<double>(req[c].shape()));
+      for (std::size_t e = 0; e < fast.size(); ++e)
+        chk.compare(slow.data()[e], fast.data()[e],
+                    "input " + std::to_string(checked[c]) + " element " + unravel(e, req[c].shape()) +
+                        ": differentiable vjp vs the fast backward");
+    }
+  }
   return r;
 }
 
