@@ -108,7 +108,10 @@ GradMap<T> walk(const std::vector<Tensor<T>>& outputs, const std::vector<Tensor<
       if (gs[slot].shape() != Shape(in->value.shape().begin(), in->value.shape().end()))
         throw std::logic_error(node.op + " vjp: gradient of shape " + gs[slot].shape_str() + " for input " +
                                std::to_string(k) + " of shape " + shape_to_string(in->value.shape()));
-      if (anomaly_mode()) check_finite(gs[slot].value(), node.op.c_str(), "differentiable gradient of an input");
+      if (anomaly_mode())
+        check_finite(gs[slot].value(), node.op.c_str(),
+                     ("differentiable backward's gradient for input " + std::to_string(slot)).c_str(),
+                     anomaly_context({}, node.scope));
       add_to(in, gs[slot]);
     }
   }

@@ -81,10 +81,15 @@ Tensor<T> grad_if(const Tensor<T>& x, F&& f) {
 // A Shape as the signed sizes reshape() takes.
 inline std::vector<std::int64_t> dims_of(const Shape& s) { return std::vector<std::int64_t>(s.begin(), s.end()); }
 
-// In anomaly mode, check a forward result.
+// In anomaly mode, check a forward result; the message names the inputs' shapes and the
+// module the op ran in (Note [Anomaly mode] in autograd/tape.hpp).
 template <class T>
-void check_forward(const Tensor<T>& out, const char* op) {
-  if (anomaly_mode()) check_finite(out.value(), op, "output");
+void check_forward(const Tensor<T>& out, const char* op, std::initializer_list<const Tensor<T>*> inputs = {}) {
+  if (!anomaly_mode()) return;
+  std::vector<Shape> shapes;
+  for (const Tensor<T>* t : inputs)
+    if (t && t->defined()) shapes.push_back(t->shape());
+  check_finite(out.value(), op, "output", anomaly_context(shapes, current_scope()));
 }
 
 }  // namespace tg::detail

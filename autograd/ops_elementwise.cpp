@@ -84,7 +84,7 @@ Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const
     xt::xarray<T> z = xt::xarray<T>::from_shape(sa);
     TG_KERNEL(binary_forward)(kind, z.size(), a.value().data(), b.value().data(), z.data());
     Tensor<T> out(std::move(z));
-    detail::check_forward(out, op);
+    detail::check_forward(out, op, {&a, &b});
     if (needs_grad<T>({&a, &b}))
       attach<T>(out, op, {a, b}, [a, b, kind, op](const xt::xarray<T>& dz) {
         xt::xarray<T> da, db;
@@ -107,7 +107,7 @@ Tensor<T> binary(const char* op, kernels::Binary kind, const Tensor<T>& a, const
   TG_KERNEL(binary_broadcast_forward)(kind, rank, dz_dims.data(), a_strides.data(), b_strides.data(),
                                       a.value().data(), b.value().data(), z.data());
   Tensor<T> out(std::move(z));
-  detail::check_forward(out, op);
+  detail::check_forward(out, op, {&a, &b});
   if (needs_grad<T>({&a, &b}))
     attach<T>(out, op, {a, b}, [a, b, kind, op, sa, sb, dz_dims, a_strides, b_strides](const xt::xarray<T>& dz) {
       // da is sa and db is sb, both written whole by the kernel (summed over the axes
@@ -221,7 +221,7 @@ Tensor<T> unary(const char* op, U kind, const Tensor<T>& x, Vjp&& vjp) {
   xt::xarray<T> y = xt::xarray<T>::from_shape(xv.shape());
   TG_KERNEL(unary_forward)(kind, xv.size(), xv.data(), y.data());
   Tensor<T> out(std::move(y));
-  detail::check_forward(out, op);
+  detail::check_forward(out, op, {&x});
   if (needs_grad<T>({&x})) {
     std::weak_ptr<TensorImpl<T>> out_w = out.impl();  // the output owns the node: hold it weakly
     attach<T>(out, op, {x}, [x, kind, out_w, op](const xt::xarray<T>& dy) {
@@ -316,7 +316,7 @@ Tensor<T> pow(const Tensor<T>& x, Scalar<T> p) {
   // y = x^p
   detail::require_defined(x, "pow", "x");
   Tensor<T> out(xt::xarray<T>(xt::pow(x.value(), p)));
-  detail::check_forward(out, "pow");
+  detail::check_forward(out, "pow", {&x});
   if (needs_grad<T>({&x}))
     // dx = dy * p * x^(p-1)
     attach<T>(out, "pow", {x}, [x, p](const xt::xarray<T>& dy) {

@@ -50,6 +50,7 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
     TG_KERNEL(gemm_batched)(false, false, M, N, K, T(1), a.value().data(), K, M * K, b.value().data(), N, K * N, T(0),
                             out.data(), N, M * N, batch);
   Tensor<T> r(std::move(out));
+  detail::check_forward(r, "matmul", {&a, &b});
   if (needs_grad<T>({&a, &b}))
     attach<T>(r, "matmul", {a, b}, [a, b, batch, M, N, K, shared](const xt::xarray<T>& dz) {
       // dz (batch,M,N).  da = dz @ b^T (batch,M,K);  db = a^T @ dz (K,N), summed over batch if shared
@@ -104,7 +105,7 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& bias) 
   }
   TG_KERNEL(gemm)(false, true, rows, outf, in, T(1), x.value().data(), in, w.value().data(), in, beta, y.data(), outf);
   Tensor<T> out(std::move(y));
-  detail::check_forward(out, "linear");
+  detail::check_forward(out, "linear", {&x, &w, &bias});
   if (needs_grad<T>({&x, &w, &bias}))
     attach<T>(out, "linear", {x, w, bias}, [x, w, bias, rows, in, outf](const xt::xarray<T>& dy) {
       // dy (rows,out).  dx = dy @ w (rows,in);  dw = dy^T @ x (out,in);  dbias = Σ_rows dy
@@ -181,6 +182,7 @@ Tensor<T> sum(const Tensor<T>& x, std::vector<int> axes_in, bool keepdims) {
   xt::xarray<T> y = detail::reduce_sum_keepdims(x.value(), axes);
   if (!keepdims) y.reshape(dropped_shape(sx, axes));
   Tensor<T> out(std::move(y));
+  detail::check_forward(out, "sum", {&x});
   if (needs_grad<T>({&x}))
     attach<T>(out, "sum", {x}, [x, kept, sx](const xt::xarray<T>& dy) {
       // dx = dy broadcast back over the summed axes
@@ -206,6 +208,7 @@ Tensor<T> mean(const Tensor<T>& x, std::vector<int> axes_in, bool keepdims) {
   y /= T(count);
   if (!keepdims) y.reshape(dropped_shape(sx, axes));
   Tensor<T> out(std::move(y));
+  detail::check_forward(out, "mean", {&x});
   if (needs_grad<T>({&x}))
     attach<T>(out, "mean", {x}, [x, kept, sx, count](const xt::xarray<T>& dy) {
       // dx = dy / count, broadcast back

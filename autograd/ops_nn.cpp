@@ -68,7 +68,7 @@ Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
   else
     softmax_rows(v, x.value().data(), y.data(), false);
   Tensor<T> out(std::move(y));
-  detail::check_forward(out, "softmax");
+  detail::check_forward(out, "softmax", {&x});
   if (needs_grad<T>({&x})) {
     std::weak_ptr<TensorImpl<T>> yw = out.impl();
     attach<T>(out, "softmax", {x}, [x, yw, v](const xt::xarray<T>& dy) {
@@ -109,6 +109,7 @@ Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
   else
     softmax_rows(v, x.value().data(), y.data(), true);
   Tensor<T> out(std::move(y));
+  detail::check_forward(out, "log_softmax", {&x});
   if (needs_grad<T>({&x})) {
     std::weak_ptr<TensorImpl<T>> yw = out.impl();
     attach<T>(out, "log_softmax", {x}, [x, yw, v](const xt::xarray<T>& dy) {
@@ -188,7 +189,7 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Index& targets, std::int6
     y() = total;
   }
   Tensor<T> out(std::move(y));
-  detail::check_forward(out, "cross_entropy");
+  detail::check_forward(out, "cross_entropy", {&logits});
   if (needs_grad<T>({&logits}))
     attach<T>(out, "cross_entropy", {logits},
               [logits, targets, ignore_index, red, lse, N, V, count](const xt::xarray<T>& dy) {
@@ -238,6 +239,7 @@ Tensor<T> embedding(const Index& ids, const Tensor<T>& weight) {
   xt::xarray<T> y = xt::xarray<T>::from_shape(so);
   TG_KERNEL(embedding_forward)(N, V, C, ids.data(), weight.value().data(), y.data());
   Tensor<T> out(std::move(y));
+  detail::check_forward(out, "embedding", {&weight});
   if (needs_grad<T>({&weight}))
     attach<T>(out, "embedding", {weight}, [weight, ids, N, V, C](const xt::xarray<T>& dy) {
       // dweight[ids[i]] += dy[i]   (scatter-add; repeated ids accumulate)
@@ -268,7 +270,7 @@ Tensor<T> rmsnorm(const Tensor<T>& x, const Tensor<T>& w, Scalar<T> eps) {
   const T* wp = w.defined() ? w.value().data() : nullptr;
   TG_KERNEL(rmsnorm_forward)(rows, C, x.value().data(), wp, T(eps), y.data(), rstd.data());
   Tensor<T> out(std::move(y));
-  detail::check_forward(out, "rmsnorm");
+  detail::check_forward(out, "rmsnorm", {&x, &w});
   if (needs_grad<T>({&x, &w}))
     attach<T>(out, "rmsnorm", {x, w}, [x, w, rstd = std::move(rstd), rows, C](const xt::xarray<T>& dy) {
       // with x̂ = x*rstd and g = dy*w:  dx = rstd * (g - x̂ * mean(g*x̂)),  dw = Σ_rows dy * x̂
@@ -306,7 +308,7 @@ Tensor<T> layernorm(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>& b, 
   TG_KERNEL(layernorm_forward)(rows, C, x.value().data(), w.defined() ? w.value().data() : nullptr,
                                b.defined() ? b.value().data() : nullptr, T(eps), y.data(), mu.data(), rstd.data());
   Tensor<T> out(std::move(y));
-  detail::check_forward(out, "layernorm");
+  detail::check_forward(out, "layernorm", {&x, &w, &b});
   if (needs_grad<T>({&x, &w, &b}))
     attach<T>(out, "layernorm", {x, w, b},
               [x, w, b, mu = std::move(mu), rstd = std::move(rstd), rows, C](const xt::xarray<T>& dy) {
@@ -345,6 +347,7 @@ Tensor<T> swiglu(const Tensor<T>& g, const Tensor<T>& u) {
   xt::xarray<T> y = xt::xarray<T>::from_shape(g.value().shape());
   TG_KERNEL(swiglu_forward)(n, g.value().data(), u.value().data(), y.data());
   Tensor<T> out(std::move(y));
+  detail::check_forward(out, "swiglu", {&g, &u});
   if (needs_grad<T>({&g, &u}))
     attach<T>(out, "swiglu", {g, u}, [g, u, n](const xt::xarray<T>& dy) {
       // dg = dy * u * σ(g)(1 + g(1-σ(g))),  du = dy * silu(g)
@@ -370,6 +373,7 @@ Tensor<T> sigmoid_gate(const Tensor<T>& x, const Tensor<T>& s) {
   xt::xarray<T> y = xt::xarray<T>::from_shape(x.value().shape());
   TG_KERNEL(sigmoid_gate_forward)(n, x.value().data(), s.value().data(), y.data());
   Tensor<T> out(std::move(y));
+  detail::check_forward(out, "sigmoid_gate", {&x, &s});
   if (needs_grad<T>({&x, &s}))
     attach<T>(out, "sigmoid_gate", {x, s}, [x, s, n](const xt::xarray<T>& dy) {
       // dx = dy * σ(s),  ds = dy * x * σ(s)(1 - σ(s)); added straight into the grad buffers
@@ -549,7 +553,7 @@ Tensor<T> attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, 
   const kernels::AttnStrides qs = token_major(Tq, H, D), ks = token_major(Tk, Hkv, D);
   auto lse = std::make_shared<std::vector<T>>(B * H * Tq);
   Tensor<T> out(attention_out(q, k.value().data(), v.value().data(), Tk, dims, scale, lse->data(), probs_out));
-  detail::check_forward(out, "attention");
+  detail::check_forward(out, "attention", {&q, &k, &v});
   if (needs_grad<T>({&q, &k, &v})) {
     std::weak_ptr<TensorImpl<T>> ow = out.impl();
     attach<T>(out, "attention", {q, k, v}, [q, k, v, ow, lse, dims, qs, ks, scale](const xt::xarray<T>& dO) {
@@ -618,7 +622,7 @@ Tensor<T> attention_cached(const Tensor<T>& q, const xt::xarray<T>& k, const xt:
                                std::int64_t(Tk), std::int64_t(D)};
   std::vector<T> lse(B * H * Tq);
   Tensor<T> out(attention_out(q, k.data(), v.data(), cap, dims, T(1) / std::sqrt(T(D)), lse.data(), probs_out));
-  detail::check_forward(out, "attention_cached");
+  detail::check_forward(out, "attention_cached", {&q});
   return out;
 }
 

@@ -22,6 +22,31 @@ void set_grad_enabled(bool on) { t_grad_enabled = on; }
 bool anomaly_mode() { return g_anomaly; }
 void set_anomaly_mode(bool on) { g_anomaly = on; }
 
+namespace {
+thread_local std::vector<std::string> t_scope;
+}  // namespace
+Scope::Scope(std::string part) { t_scope.push_back(std::move(part)); }
+Scope::~Scope() { t_scope.pop_back(); }
+std::string current_scope() {
+  std::string s;
+  for (const auto& p : t_scope) {
+    if (p.empty()) continue;
+    if (!s.empty()) s += '.';
+    s += p;
+  }
+  return s;
+}
+
+std::string anomaly_context(const std::vector<Shape>& inputs, const std::string& scope) {
+  std::string s;
+  if (!inputs.empty()) {
+    s += "inputs ";
+    for (std::size_t i = 0; i < inputs.size(); ++i) s += (i ? ", " : "") + shape_to_string(inputs[i]);
+  }
+  if (!scope.empty()) s += (s.empty() ? "in " : "; in ") + scope;
+  return s.empty() ? s : " (" + s + ")";
+}
+
 template <class T>
 Tape<T>& Tape<T>::current() {
   thread_local Tape<T> tape;
@@ -136,8 +161,14 @@ void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, boo
     if (!out || !out->has_grad || !node->backward) continue;
     node->backward(out->grad);
     if (anomaly_mode())
-      for (auto& in : node->inputs)
-        if (in->has_grad) check_finite(in->grad, node->op.c_str(), "gradient of an input");
+      for (std::size_t i = 0; i < node->inputs.size(); ++i)
+        if (const auto& in = node->inputs[i]; in->has_grad) {
+          std::vector<Shape> shapes;
+          for (const auto& x : node->inputs) shapes.push_back(Shape(x->value.shape().begin(), x->value.shape().end()));
+          check_finite(in->grad, node->op.c_str(),
+                       ("backward's gradient for input " + std::to_string(node->vjp_slot[i])).c_str(),
+                       anomaly_context(shapes, node->scope));
+        }
     if (node_done_) node_done_(node->id);
     if (!retain_graph) {
       // Free the saved tensors right away (see Note [Tape and ownership]); inputs made
@@ -171,6 +202,7 @@ Node<T>& attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
   node->output = out.impl();
   node->output_shape = out.shape();
   node->backward = std::move(backward);
+  if (anomaly_mode()) node->scope = current_scope();
   auto& impl = *out.impl();
   impl.grad_fn = node;
   impl.had_grad_fn = true;
@@ -180,14 +212,14 @@ Node<T>& attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
 }
 
 template <class T>
-void check_finite(const xt::xarray<T>& value, const char* op, const char* what) {
+void check_finite(const xt::xarray<T>& value, const char* op, const char* what, const std::string& where) {
   const T* p = value.data();
   for (std::size_t i = 0; i < value.size(); ++i) {
     if (!std::isfinite(p[i])) {
       std::ostringstream s;
-      s << "anomaly: op '" << op << "' produced " << (std::isnan(p[i]) ? "NaN" : "Inf") << " in its "
+      s << "anomaly: op '" << op << "'" << where << " produced " << (std::isnan(p[i]) ? "NaN" : "Inf") << " in its "
         << what << " of shape " << shape_to_string(value.shape()) << " at flat index " << i;
-      throw std::runtime_error(s.str());
+      throw AnomalyError(s.str());
     }
   }
 }
@@ -236,8 +268,8 @@ template Node<float>& attach<float>(Tensor<float>&, const char*, std::vector<Ten
                             std::function<void(const xt::xarray<float>&)>, std::string);
 template Node<double>& attach<double>(Tensor<double>&, const char*, std::vector<Tensor<double>>,
                              std::function<void(const xt::xarray<double>&)>, std::string);
-template void check_finite<float>(const xt::xarray<float>&, const char*, const char*);
-template void check_finite<double>(const xt::xarray<double>&, const char*, const char*);
+template void check_finite<float>(const xt::xarray<float>&, const char*, const char*, const std::string&);
+template void check_finite<double>(const xt::xarray<double>&, const char*, const char*, const std::string&);
 template void Tensor<float>::backward(bool, bool) const;
 template void Tensor<double>::backward(bool, bool) const;
 template void Tensor<float>::backward(const xt::xarray<float>&, bool, bool) const;

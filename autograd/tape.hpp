@@ -44,6 +44,7 @@
 
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,9 @@ struct Node {
   // of its result (attach() skips undefined inputs, the vjp does not).
   VjpFn<T> vjp;
   std::vector<std::size_t> vjp_slot;
+  // The module the op ran in ("model.layers.2.self_attn.q_proj"), recorded only in anomaly
+  // mode (Note [Anomaly mode]); empty otherwise, so training pays nothing for it.
+  std::string scope;
   bool released = false;
   std::uint64_t id = 0;
 };
@@ -140,18 +144,42 @@ class EnableGrad {
 };
 
 // ---- anomaly mode ----
-// When on, every op checks its forward output and every node the gradients it
-// produced for NaN or Inf, and throws std::runtime_error naming the first op at fault.
+// Note [Anomaly mode]
+// When on, every op checks its forward output and every node the gradients it produced
+// for NaN or Inf, and throws std::runtime_error naming the first op at fault, the shapes
+// of its inputs and the module it ran in. Modules say where they are with a Scope (the
+// decoder layer pushes "model.layers.2", its attention "self_attn", ... so the path is the
+// one named_parameters() uses); a node remembers its scope only in anomaly mode, so an
+// error in backward names the module whose forward recorded the op. `tapegrad train
+// --detect-anomaly` (or TAPEGRAD_DETECT_ANOMALY=1) turns it on for a whole run.
 bool anomaly_mode();
 void set_anomaly_mode(bool on);
+// What anomaly mode throws: "anomaly: op 'linear' (inputs ...; in ...) produced NaN in ...".
+class AnomalyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 class DetectAnomaly {
  public:
   DetectAnomaly() : prev_(anomaly_mode()) { set_anomaly_mode(true); }
   ~DetectAnomaly() { set_anomaly_mode(prev_); }
+  DetectAnomaly(const DetectAnomaly&) = delete;
+  DetectAnomaly& operator=(const DetectAnomaly&) = delete;
 
  private:
   bool prev_;
 };
+
+// Where the calling thread is in the module tree: Scope s("self_attn") appends a part to
+// the path for its lifetime; current_scope() joins the parts with '.' ("" at the top).
+class Scope {
+ public:
+  explicit Scope(std::string part);
+  ~Scope();
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+};
+std::string current_scope();
 
 // ---- recording helpers used by every op ----
 
@@ -172,8 +200,11 @@ template <class T>
 Node<T>& attach(Tensor<T>& out, const char* op, std::vector<Tensor<T>> inputs,
             std::function<void(const xt::xarray<T>& dout)> backward, std::string info = {});
 
-// In anomaly mode: throw if `value` has a NaN/Inf, naming `op` and `what`.
+// In anomaly mode: throw AnomalyError if `value` has a NaN/Inf, naming `op` and `what`, and `where`
+// (the op's input shapes and its module, as anomaly_context() writes them) when given.
 template <class T>
-void check_finite(const xt::xarray<T>& value, const char* op, const char* what);
+void check_finite(const xt::xarray<T>& value, const char* op, const char* what, const std::string& where = {});
+// " (inputs (2,3), (3,4); in model.layers.0.mlp)": the context of an anomaly message.
+std::string anomaly_context(const std::vector<Shape>& inputs, const std::string& scope);
 
 }  // namespace tg

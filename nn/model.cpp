@@ -100,24 +100,46 @@ LayerOutput<T> DecoderLayer<T>::forward(const Tensor<T>& h_in, const RopeTable<T
   AttentionRecord rec;
   rec.keep_tensors = diag && diag->keep_tensors;
   const std::size_t offset = cache ? cache->length() : 0;  // absolute position of row 0
+  // Each block runs in a Scope named like its parameters (Note [Anomaly mode]).
   // attention block: h = h + [sandwich](self_attn(input_layernorm(h)))
-  Tensor<T> a = self_attn_->forward(input_layernorm_->forward(h_in), rope, cache, diag ? &rec : nullptr);
+  Tensor<T> a;
+  {
+    Tensor<T> x;
+    {
+      Scope s("input_layernorm");
+      x = input_layernorm_->forward(h_in);
+    }
+    Scope s("self_attn");
+    a = self_attn_->forward(x, rope, cache, diag ? &rec : nullptr);
+  }
   if (diag) diag->max_attn_output = max_abs(a);
-  if (post_attn_sandwich_norm_) a = post_attn_sandwich_norm_->forward(a);
+  if (post_attn_sandwich_norm_) {
+    Scope s("post_attn_sandwich_norm");
+    a = post_attn_sandwich_norm_->forward(a);
+  }
   Tensor<T> h = h_in + a;  // attn_residual
   if (diag) diag->max_attn_residual = max_abs(h);
   // feed-forward block: h = h + [sandwich](mlp(post_attention_layernorm(h)))
-  Tensor<T> y = post_attention_layernorm_->forward(h);
+  Tensor<T> y;
+  {
+    Scope s("post_attention_layernorm");
+    y = post_attention_layernorm_->forward(h);
+  }
   Tensor<T> f;
   if (moe_) {
+    Scope s("mlp");
     MoEOutput<T> m = moe_->forward(y);
     f = m.y, out.aux = m.aux, out.z = m.z;
     out.prob_sum = m.prob_sum, out.tokens_per_expert = std::move(m.tokens_per_expert), out.tokens = m.tokens;
   } else {
+    Scope s("mlp");
     f = mlp_->forward(y);
   }
   if (diag) diag->max_ffn_output = max_abs(f);
-  if (post_mlp_sandwich_norm_) f = post_mlp_sandwich_norm_->forward(f);
+  if (post_mlp_sandwich_norm_) {
+    Scope s("post_mlp_sandwich_norm");
+    f = post_mlp_sandwich_norm_->forward(f);
+  }
   out.h = h + f;  // ffn_residual = layer output
   if (diag) {
     diag->max_ffn_residual = max_abs(out.h);
@@ -203,12 +225,17 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
     for (auto& l : diag->layers) l.keep_tensors = diag->keep_tensors;
   }
 
-  Tensor<T> h = model_->embed_tokens().forward(tokens);  // (B,T,C)
+  Tensor<T> h;
+  {
+    Scope s("model.embed_tokens");
+    h = model_->embed_tokens().forward(tokens);  // (B,T,C)
+  }
   ForwardOutput<T> out;
   std::vector<Tensor<T>> auxes, zs, prob_sums;
   std::vector<std::size_t> counts;  // (E) summed over the MoE layers
   std::size_t pooled_tokens = 0;
   for (std::size_t i = 0; i < L; ++i) {
+    Scope s("model.layers." + std::to_string(i));
     LayerOutput<T> lo = model_->layers()[i]->forward(h, rope, cache ? &cache->layers[i] : nullptr,
                                                      diag ? &diag->layers[i] : nullptr);
     h = lo.h;
@@ -219,8 +246,14 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
       pooled_tokens += lo.tokens;
     }
   }
-  h = model_->norm().forward(h);
-  out.logits = linear(h, lm_head_weight());  // (B,T,V)
+  {
+    Scope s("model.norm");
+    h = model_->norm().forward(h);
+  }
+  {
+    Scope s("lm_head");
+    out.logits = linear(h, lm_head_weight());  // (B,T,V)
+  }
   if (!auxes.empty()) {
     // means over the MoE layers
     Tensor<T> a = auxes[0], z = zs[0];

@@ -14,6 +14,7 @@
 
 #include "autograd/autograd.hpp"
 #include "nn/nn.hpp"
+#include "test_util.hpp"
 
 using namespace tg;
 using namespace tg::nn;
@@ -186,6 +187,22 @@ TEST_CASE("gradcheck: a whole small model for every preset and option") {
         params, opt);
     CHECK_MESSAGE(r.ok, r.summary());
   }
+}
+
+TEST_CASE("model: anomaly mode names the op, its shapes and the layer where NaN appears") {
+  CausalLM<double> m(micro(), 3);
+  const Index tokens = random_tokens(2, 5, 11, 4);
+  {
+    DetectAnomaly guard;
+    CHECK_NOTHROW(m.loss(tokens));  // a healthy model passes every check
+  }
+  Tensor<double> w = m.parameter("model.layers.1.mlp.down_proj.weight");  // (C, F) = (8, 6)
+  w.mutable_value()(2, 3) = std::nan("");
+  DetectAnomaly guard;
+  const std::string msg = THROW_MSG(m.loss(tokens));
+  // The first op to make NaN is the down projection of layer 1: linear(x (2,5,6), w (8,6)).
+  CHECK_MESSAGE(msg.find("op 'linear' (inputs (2,5,6), (8,6); in model.layers.1.mlp) produced NaN") !=
+                    std::string::npos, msg);
 }
 
 TEST_CASE("model: incremental decoding with the KV cache equals the full forward") {

@@ -179,6 +179,32 @@ TEST_CASE("anomaly mode names the first op that produced NaN or Inf") {
   CHECK(std::isnan(y.value()(1)));
 }
 
+TEST_CASE("anomaly mode names the inputs' shapes and the module (Scope) of the op at fault") {
+  DetectAnomaly guard;
+  TD a = TD::from(xt::xarray<double>{{1.0, 2.0, 3.0}}, true);   // (1,3)
+  TD b = TD::from(xt::xarray<double>{{0.0, 1.0, -1.0}}, true);  // (1,3)
+  {
+    Scope outer("model.layers.3");
+    Scope inner("self_attn");
+    CHECK(current_scope() == "model.layers.3.self_attn");
+    std::string m = THROW_MSG(div(a, b));
+    CHECK_MESSAGE(m.find("op 'div' (inputs (1,3), (1,3); in model.layers.3.self_attn) produced Inf") !=
+                      std::string::npos, m);
+  }
+  CHECK(current_scope().empty());
+  // Backward runs outside the scopes; the node remembers where its forward ran.
+  TD z = TD::from(xt::xarray<double>{0.0, 4.0}, true);
+  TD r;
+  {
+    Scope s("mlp");
+    r = sqrt(z);
+  }
+  TD total = sum(r);
+  std::string mb = THROW_MSG(total.backward());
+  CHECK_MESSAGE(mb.find("op 'sqrt' (inputs (2); in mlp) produced Inf in its backward's gradient for input 0") !=
+                    std::string::npos, mb);
+}
+
 TEST_CASE("float and double both work") {
   Tensor<float> x = Tensor<float>::full({2}, 2.f, true);
   auto y = sum(x * x * x);

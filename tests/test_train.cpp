@@ -741,6 +741,35 @@ TEST_CASE("train: --bos and --doc-windows round-trip through the run folder, --d
   CHECK_FALSE(fs::exists(d / "bad"));
 }
 
+TEST_CASE("train --detect-anomaly: a run whose attention logits overflow names the op, its shapes and the layer") {
+  // Issue 14 case 2: a diverging run named only the step, the loss and the gradient norm.
+  // Here the weights start huge (initializer_range 3e18) and without QK-norm, so q.k
+  // overflows float in the first layer's attention: the softmax of Inf is NaN.
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(5000));
+  nn::ModelConfig c = nn::named_size("tiny");
+  c.vocab_size = 256, c.use_qk_norm = false, c.initializer_range = 3e18;
+  write(d / "wild.json", c.to_json().dump());
+  auto args = [&](const std::string& out) {
+    std::vector<std::string> a = tiny_args(d / "text.txt", out, 3);
+    a[1] = "--config", a[2] = d / "wild.json";
+    return a;
+  };
+  // Without the flag: the usual divergence message, which suggests the flag.
+  const Result plain = run(args(d / "r1"));
+  INFO(plain.output);
+  CHECK(plain.status == 3);
+  CHECK(contains(plain.output, "--detect-anomaly to name the op"));
+  // With it (or TAPEGRAD_DETECT_ANOMALY=1): the first op, its inputs' shapes, the module.
+  const Result r = run(plus(args(d / "r2"), {"--detect-anomaly"}));
+  INFO(r.output);
+  CHECK(r.status == 3);
+  CHECK(contains(r.output, "step 1: anomaly: op 'attention' (inputs (2,17,4,6), (2,17,2,6), (2,17,2,6); in "
+                           "model.layers.0.self_attn) produced NaN in its output"));
+  CHECK(contains(r.output, "nothing was saved from this step"));
+}
+
 TEST_CASE("every float flag refuses NaN and Inf; defaults fit every size; sizes beyond the machine are refused first") {
   if (!have_program()) return;
   TempDir d;
