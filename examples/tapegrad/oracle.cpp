@@ -3,6 +3,8 @@
 //
 //   tapegrad oracle --config C.json --weights W.safetensors --tokens T.txt --out O.safetensors
 //                   [--dtype f64|f32]
+//   tapegrad oracle --model DIR --tokens T.txt --out O.safetensors      (a Hugging Face folder,
+//                   nn/hf_folder.hpp: config.json + model.safetensors or sharded with an index)
 //
 // What it is for: the reference other implementations check themselves against. It builds
 // the model of nn/MODEL.md from config.json, loads every parameter from the weights file
@@ -25,6 +27,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -38,6 +41,7 @@
 #include "nn/config.hpp"
 #include "nn/estimate.hpp"
 #include "nn/files.hpp"
+#include "nn/hf_folder.hpp"
 #include "nn/model.hpp"
 #include "nn/safetensors.hpp"
 
@@ -95,14 +99,16 @@ Index read_token_file(const std::string& path, std::size_t vocab) {
 }
 
 struct OracleArgs {
-  std::string config, weights, tokens, out, dtype = "f64";
+  std::string config, weights, model, tokens, out, dtype = "f64";
 };
 
+// Exactly one of `weights` (--config + --weights) and `folder` (--model) is given.
 template <class T>
 void run_oracle_as(const OracleArgs& a, const nn::ModelConfig& config, const Index& tokens,
-                   const st::SafeTensorsFile& weights) {
+                   const st::SafeTensorsFile* weights, const nn::HfFolder* folder) {
   nn::CausalLM<T> model(config);
-  model.load_from(weights, "weights file " + a.weights);
+  if (folder) folder->load_into(model);
+  else model.load_from(*weights, "weights file " + a.weights);
   model.eval();
   model.zero_grad();
   nn::LossOutput<T> out = model.loss(tokens);
@@ -137,8 +143,11 @@ int run_oracle(int argc, char** argv) {
       "Writes a model's logits, loss (MoE: aux_loss, z_loss) and the gradient of the loss with respect to every "
       "parameter (grad.<name>) to a safetensors file: the reference other implementations check themselves against.",
       "tapegrad oracle"};
-  app.add_option("--config", a.config, "config.json of the model (Hugging Face Qwen3 style)")->required();
-  app.add_option("--weights", a.weights, "safetensors file holding every parameter, Hugging Face names")->required();
+  app.add_option("--config", a.config, "config.json of the model (Hugging Face Qwen3 style; with --weights)");
+  app.add_option("--weights", a.weights, "safetensors file holding every parameter, Hugging Face names");
+  app.add_option("--model", a.model,
+                 "a Hugging Face model folder instead of --config and --weights: config.json + model.safetensors, "
+                 "or shards with model.safetensors.index.json");
   app.add_option("--tokens", a.tokens,
                  "token ids: whitespace-separated integers in [0, vocab_size), one sequence per line, "
                  "all lines of one length >= 2")
@@ -157,24 +166,44 @@ int run_oracle(int argc, char** argv) {
   try {
     // Inputs must be regular files (a FIFO would block forever), and --out must not name
     // one of them: the output would replace the input it was computed from.
-    io::check_regular_file(a.config, "--config");
-    io::check_regular_file(a.weights, "--weights");
+    std::optional<nn::HfFolder> folder;
+    std::vector<std::pair<std::string, std::string>> inputs = {{"--tokens", a.tokens}};
+    if (!a.model.empty()) {
+      if (!a.config.empty() || !a.weights.empty())
+        throw std::runtime_error("give --model DIR, or --config with --weights, not both");
+      folder = nn::HfFolder::open(a.model);
+      if (const std::string n = folder->notice(); !n.empty()) std::cerr << "tapegrad oracle: " << n << "\n";
+      inputs.emplace_back("--model config", io::join(a.model, nn::kHfConfigFile));
+      for (const auto& f : folder->files()) inputs.emplace_back("--model weights", f);
+    } else {
+      if (a.config.empty() || a.weights.empty())
+        throw std::runtime_error("give --model DIR, or --config FILE with --weights FILE");
+      io::check_regular_file(a.config, "--config");
+      io::check_regular_file(a.weights, "--weights");
+      inputs.emplace_back("--config", a.config);
+      inputs.emplace_back("--weights", a.weights);
+    }
     io::check_regular_file(a.tokens, "--tokens");
-    for (const auto& [flag, in] : {std::pair{"--config", a.config}, {"--weights", a.weights}, {"--tokens", a.tokens}})
+    for (const auto& [flag, in] : inputs)
       if (io::same_file(a.out, in) || fs::absolute(a.out).lexically_normal() == fs::absolute(in).lexically_normal())
-        throw std::runtime_error("--out " + a.out + " is the " + flag + " file: the oracle would overwrite its input");
-    const nn::ModelConfig config = nn::ModelConfig::load(a.config);
+        throw std::runtime_error("--out " + a.out + " is the " + flag + " file " + in +
+                                 ": the oracle would overwrite its input");
+    const std::string config_label = folder ? io::join(a.model, nn::kHfConfigFile) : a.config;
+    const nn::ModelConfig config = folder ? folder->config() : nn::ModelConfig::load(a.config);
     const Index tokens = read_token_file(a.tokens, config.vocab_size);
     if (tokens.shape()[1] > config.max_position_embeddings)
       throw std::runtime_error("tokens file " + a.tokens + ": sequences of " + std::to_string(tokens.shape()[1]) +
                                " tokens are longer than the model's max_position_embeddings " +
-                               std::to_string(config.max_position_embeddings) + " (" + a.config + ")");
+                               std::to_string(config.max_position_embeddings) + " (" + config_label + ")");
     nn::check_memory(nn::estimate_memory(config, tokens.shape()[0], tokens.shape()[1], a.dtype == "f64" ? 8 : 4,
                                          /*training=*/true),
-                     0, a.config);  // before the weights are read (nn/estimate.hpp)
-    const st::SafeTensorsFile weights = st::SafeTensorsFile::load(a.weights);
-    if (a.dtype == "f64") run_oracle_as<double>(a, config, tokens, weights);
-    else run_oracle_as<float>(a, config, tokens, weights);
+                     0, config_label);  // before the weights are read (nn/estimate.hpp)
+    std::optional<st::SafeTensorsFile> weights;
+    if (!folder) weights = st::SafeTensorsFile::load(a.weights);
+    const st::SafeTensorsFile* w = weights ? &*weights : nullptr;
+    const nn::HfFolder* m = folder ? &*folder : nullptr;
+    if (a.dtype == "f64") run_oracle_as<double>(a, config, tokens, w, m);
+    else run_oracle_as<float>(a, config, tokens, w, m);
   } catch (const std::exception& e) {
     std::cerr << "tapegrad oracle: error: " << e.what() << "\n";
     return 1;

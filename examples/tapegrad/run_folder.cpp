@@ -69,6 +69,7 @@ nlohmann::ordered_json to_json(const TrainArgs& a) {
   j["doc_sep"] = a.doc_sep;
   j["diag_every"] = a.diag_every;
   j["diag_batches"] = a.diag_batches;
+  j["init_from"] = a.init_from;
   return j;
 }
 
@@ -126,6 +127,7 @@ TrainArgs train_args_from_json(const json& j, const std::string& label) {
   if (j.contains("diag_every")) integer("diag_every", a.diag_every);
   if (j.contains("diag_batches")) integer("diag_batches", a.diag_batches);
   if (j.contains("ranks")) integer("ranks", a.ranks);
+  if (j.contains("init_from")) str("init_from", a.init_from);  // absent in older train.json: none
   if (a.ranks < 1) throw std::runtime_error(label + ": field 'ranks' must be >= 1");
   if (a.bos_id < -1) throw std::runtime_error(label + ": field 'bos_id' must be -1 (none) or a token id");
   if (a.diag_every < 0 || a.diag_batches < 1)

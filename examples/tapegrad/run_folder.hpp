@@ -79,6 +79,7 @@ struct TrainArgs {
   std::string preset = "baseline";
   std::string size = "baby";
   std::string config;  // a config.json the model came from (empty: `size`)
+  std::string init_from;  // --init-from: a Hugging Face model folder the weights started from (absolute; "" none)
   std::string data;    // the corpus, as an absolute path
   double val_fraction = 0.05;
   std::int64_t steps = 0;

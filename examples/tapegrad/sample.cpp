@@ -22,6 +22,8 @@
 #include "nn/data.hpp"
 #include "nn/generate.hpp"
 #include "nn/model.hpp"
+#include "nn/hf_folder.hpp"
+#include "nn/tokenizer.hpp"
 #include "run_folder.hpp"
 
 namespace {
@@ -32,6 +34,8 @@ using namespace tg;
 struct SampleInvocation {
   nn::ModelConfig config;
   std::string weights;
+  std::shared_ptr<const nn::HfFolder> folder;  // --model DIR (then weights is empty)
+  std::shared_ptr<const text::Tokenizer> tokenizer;  // the folder's tokenizer.json, else bytes
   std::string prompt;
   nn::SampleOptions options;
   bool raw = false;
@@ -72,21 +76,29 @@ class Printer {
 template <class T>
 int sample(const SampleInvocation& s) {
   nn::CausalLM<T> model(s.config);
-  cli::run::load_weights(s.weights, model);
+  if (s.folder) s.folder->load_into(model);
+  else cli::run::load_weights(s.weights, model);
   model.eval();
-  const Index ids = data::ByteTokenizer::encode(s.prompt);
-  const std::vector<std::int64_t> prompt(ids.begin(), ids.end());
+  std::vector<std::int64_t> prompt;
+  if (s.tokenizer) {
+    for (const std::int32_t id : s.tokenizer->encode(s.prompt)) prompt.push_back(id);
+  } else {
+    const Index ids = data::ByteTokenizer::encode(s.prompt);
+    prompt.assign(ids.begin(), ids.end());
+  }
   Printer out(s.raw);
   out.put(s.prompt);
   const auto t0 = std::chrono::steady_clock::now();
   const auto gen = nn::generate(model, prompt, s.options, [&](std::int64_t t) {
-    out.put(std::string(1, static_cast<char>(static_cast<unsigned char>(t))));
+    if (s.tokenizer) out.put(s.tokenizer->token_bytes(static_cast<std::int32_t>(t)));
+    else out.put(std::string(1, static_cast<char>(static_cast<unsigned char>(t))));
   });
   out.flush();
   std::cout << "\n" << std::flush;
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::cerr << std::fixed << std::setprecision(2) << "(" << gen.size() << " bytes in " << sec << " s, "
-            << std::setprecision(0) << double(gen.size()) / std::max(sec, 1e-9) << " bytes/s, "
+  const char* unit = s.tokenizer ? " tokens" : " bytes";
+  std::cerr << std::fixed << std::setprecision(2) << "(" << gen.size() << unit << " in " << sec << " s, "
+            << std::setprecision(0) << double(gen.size()) / std::max(sec, 1e-9) << unit << "/s, "
             << (s.options.use_cache ? "KV cache" : "no cache") << ", " << dtype_name<T>() << ")\n";
   return 0;
 }
@@ -106,6 +118,10 @@ int run_sample(int argc, char** argv) {
   int threads = 0;
   bool no_cache = false;
   app.add_option("--run", run_dir, "a run folder written by `tapegrad train`");
+  std::string model_dir;
+  app.add_option("--model", model_dir,
+                 "a Hugging Face model folder: config.json + model.safetensors, or shards with "
+                 "model.safetensors.index.json (and tokenizer.json, used for the prompt and the output if present)");
   app.add_option("--config", config_path, "a config.json (with --weights, instead of --run)");
   app.add_option("--weights", weights, "a safetensors file of weights for --config");
   app.add_option("--prompt", s.prompt, "the text to continue (default: a newline)");
@@ -128,7 +144,23 @@ int run_sample(int argc, char** argv) {
 
   std::string run_dtype = "f32";
   std::int64_t run_context = 0;
-  if (!run_dir.empty()) {
+  if (!model_dir.empty()) {
+    if (!run_dir.empty() || !config_path.empty() || !weights.empty())
+      throw std::runtime_error("give --model DIR, --run DIR, or --config with --weights: one of them");
+    s.folder = std::make_shared<const nn::HfFolder>(nn::HfFolder::open(model_dir));
+    if (const std::string n = s.folder->notice(); !n.empty()) std::cerr << "tapegrad sample: " << n << "\n";
+    s.config = s.folder->config();
+    if (!s.folder->tokenizer_path().empty()) {
+      s.tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::from_file(s.folder->tokenizer_path()));
+      if (s.tokenizer->vocab_size() > s.config.vocab_size)
+        throw std::runtime_error(s.folder->tokenizer_path() + ": " + std::to_string(s.tokenizer->vocab_size()) +
+                                 " token ids, more than the model's vocab_size " + std::to_string(s.config.vocab_size) +
+                                 " (" + model_dir + "/config.json)");
+    } else if (s.config.vocab_size > data::ByteTokenizer::vocab_size + 1) {
+      std::cerr << "tapegrad sample: warning: " << model_dir << " has no tokenizer.json; the prompt is read as bytes "
+                << "and ids >= 256 are printed as their low byte\n";
+    }
+  } else if (!run_dir.empty()) {
     if (!config_path.empty() || !weights.empty())
       throw std::runtime_error("give --run, or --config with --weights, not both");
     const std::string cfg = cli::run::join(run_dir, cli::run::kConfigFile);
@@ -145,13 +177,13 @@ int run_sample(int argc, char** argv) {
     }
   } else {
     if (config_path.empty() || weights.empty())
-      throw std::runtime_error("give --run DIR, or --config FILE with --weights FILE");
+      throw std::runtime_error("give --model DIR, --run DIR, or --config FILE with --weights FILE");
     tg::io::check_regular_file(config_path, "--config");  // a FIFO would block forever
     tg::io::check_regular_file(weights, "--weights");
     s.config = cli::run::load_model_spec(config_path).config;
     s.weights = weights;
   }
-  if (!fs::exists(s.weights)) throw std::runtime_error("no weights: " + s.weights + " does not exist");
+  if (!s.folder && !fs::exists(s.weights)) throw std::runtime_error("no weights: " + s.weights + " does not exist");
   if (s.prompt.empty()) throw std::runtime_error("--prompt must not be empty (the model continues a text)");
   s.options.length = static_cast<std::size_t>(length);
   s.options.temperature = temperature;
@@ -161,9 +193,14 @@ int run_sample(int argc, char** argv) {
   s.options.use_cache = !no_cache;
   s.options.context = static_cast<std::size_t>(
       context > 0 ? context : (run_context > 0 ? run_context : std::int64_t(s.config.max_position_embeddings)));
+  // The text never grows past the prompt (at most one token per byte) plus --length, so a
+  // longer window changes nothing but the memory estimate (a real checkpoint's
+  // max_position_embeddings of 40960 would ask for tens of GB).
+  if (context == 0)
+    s.options.context = std::max<std::size_t>(2, std::min(s.options.context, s.prompt.size() + s.options.length));
   if (dtype.empty()) dtype = run_dtype;
   nn::check_memory(nn::estimate_memory(s.config, 1, s.options.context, dtype == "f64" ? 8 : 4, /*training=*/false), 0,
-                   run_dir.empty() ? config_path : run_dir);  // before the weights are read (nn/estimate.hpp)
+                   !model_dir.empty() ? model_dir : run_dir.empty() ? config_path : run_dir);  // before the weights are read (nn/estimate.hpp)
   return dtype == "f64" ? sample<double>(s) : sample<float>(s);
 }
 

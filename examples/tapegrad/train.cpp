@@ -70,6 +70,7 @@
 #include "nn/signals.hpp"
 #include "nn/train_step.hpp"
 #include "optim/optim.hpp"
+#include "nn/hf_folder.hpp"
 #include "run_folder.hpp"
 
 namespace {
@@ -102,6 +103,7 @@ struct Invocation {
   bool detect_anomaly = false; // autograd's anomaly mode: name the first op making NaN/Inf
   nn::ModelConfig config;
   std::string preset;
+  std::shared_ptr<const nn::HfFolder> init;  // --init-from: opened and checked before anything is written
   std::vector<MetricsRow> metrics;  // rows already in metrics.csv (resume)
   std::vector<std::pair<std::int64_t, std::string>> diag_rows;  // diagnostics.csv rows (step, line)
 };
@@ -297,6 +299,11 @@ int train(Invocation& inv) {
   const std::uint64_t val_seed = derive_seed(a.seed, 2);
   TrainState state;
   state.data_rng = data::generator_state(data_gen);
+  if (inv.init && !inv.resume) {
+    inv.init->load_into(model);  // errors name the folder and the tensor; nothing is written yet
+    std::cout << "init: weights from " << inv.init->dir() << " (" << inv.init->files().size() << " file(s), "
+              << inv.init->file_bytes() << " bytes)\n";
+  }
   if (inv.resume) {
     std::string used;
     std::vector<std::string> skipped;
@@ -550,6 +557,9 @@ int run_train(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember(nn::size_names()));
   auto* config_opt = app.add_option("--config", a.config, "a config.json for the model (instead of --size)");
+  app.add_option("--init-from", a.init_from,
+                 "start from the weights of a Hugging Face model folder (config.json + model.safetensors or "
+                 "sharded with model.safetensors.index.json; instead of --size / --config)");
   app.add_option("--data", a.data, "the text to train on (default: data/kjv.txt, written by setup.sh)");
   app.add_option("--val-fraction", a.val_fraction, "the last part of the text held out for validation")
       ->capture_default_str()
@@ -634,6 +644,7 @@ int run_train(int argc, char** argv) {
     fixed("--preset", a.preset == stored.preset);
     fixed("--size", a.size == stored.size);
     fixed("--config", !a.config.empty() && fs::absolute(a.config).lexically_normal().string() == stored.config);
+    fixed("--init-from", !a.init_from.empty() && fs::absolute(a.init_from).lexically_normal().string() == stored.init_from);
     fixed("--val-fraction", a.val_fraction == stored.val_fraction);
     fixed("--batch", a.batch == stored.batch);
     fixed("--seq-len", a.seq_len == stored.seq_len);
@@ -683,7 +694,24 @@ int run_train(int argc, char** argv) {
       throw std::runtime_error("--warmup " + std::to_string(a.warmup) + " exceeds --steps " + std::to_string(a.steps));
     if (a.min_lr > a.lr)
       throw std::runtime_error("--min-lr " + std::to_string(a.min_lr) + " exceeds --lr " + std::to_string(a.lr));
-    if (config_opt->count() > 0) {
+    if (given("--init-from")) {
+      if (given("--size") || config_opt->count() > 0)
+        throw std::runtime_error("give --init-from DIR, or --size / --config, not both (the folder's config.json is the model)");
+      if (given("--preset"))
+        throw std::runtime_error("--preset with --init-from: a preset changes the model's parameters, so the folder's "
+                                 "weights would not fit; the folder's config.json is the model");
+      inv.init = std::make_shared<const nn::HfFolder>(nn::HfFolder::open(a.init_from));
+      if (const std::string n = inv.init->notice(); !n.empty()) std::cerr << "tapegrad train: " << n << "\n";
+      inv.config = inv.init->config();
+      inv.preset = "custom";
+      if (inv.config.vocab_size < data::ByteTokenizer::vocab_size)
+        throw std::runtime_error(a.init_from + "/config.json: vocab_size " + std::to_string(inv.config.vocab_size) +
+                                 " is smaller than the byte tokenizer's 256");
+      a.init_from = fs::absolute(a.init_from).lexically_normal().string();
+      a.config = a.init_from + "/config.json";
+      a.size = "custom";
+      a.preset = inv.preset;
+    } else if (config_opt->count() > 0) {
       if (given("--size")) throw std::runtime_error("give --size or --config, not both");
       tg::io::check_regular_file(a.config, "--config");  // a FIFO would block forever
       const auto spec = cli::run::load_model_spec(a.config);
@@ -708,8 +736,12 @@ int run_train(int argc, char** argv) {
     if (bos) {
       // Note [BOS and document windows]: the id after the bytes, in the vocabulary.
       a.bos_id = static_cast<std::int64_t>(data::ByteTokenizer::vocab_size);
-      if (inv.config.vocab_size <= data::ByteTokenizer::vocab_size)
+      if (inv.config.vocab_size <= data::ByteTokenizer::vocab_size) {
+        if (inv.init)
+          throw std::runtime_error("--bos needs id 256, but the model of --init-from " + a.init_from +
+                                   " has vocab_size " + std::to_string(inv.config.vocab_size));
         inv.config.vocab_size = data::ByteTokenizer::vocab_size + 1;
+      }
     }
     if (!a.doc_sep.empty()) (void)data::document_starts({nullptr, 0}, a.doc_sep);  // checks the separator
     // The defaults must fit the chosen size (tiny has 64 positions): an unset --seq-len
@@ -729,7 +761,11 @@ int run_train(int argc, char** argv) {
       a.data = fs::absolute(a.data).lexically_normal().string();
     }
     if (inv.out.empty()) {
-      const std::string size_label = a.config.empty() ? a.size : fs::path(a.config).stem().string();
+      fs::path init_path(a.init_from);
+      if (init_path.filename().empty()) init_path = init_path.parent_path();  // "dir/"
+      const std::string size_label = !a.init_from.empty() ? init_path.filename().string()
+                                     : a.config.empty()   ? a.size
+                                                          : fs::path(a.config).stem().string();
       const std::string base = (fs::path("runs") / (inv.preset + "-" + size_label + "-s" + std::to_string(a.seed))).string();
       inv.out = base;
       for (int k = 2; folder_holds_a_run(inv.out); ++k) inv.out = base + "-" + std::to_string(k);
