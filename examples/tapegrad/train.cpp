@@ -436,9 +436,19 @@ int train(Invocation& inv) {
     const auto ts = clock::now();
     const Index batch = train_batches.next(data_gen);  // (B, T+1), the same on every rank
     const double lr = schedule.at(state.step);
-    const tg::train::StepResult r =
-        world.size() > 1 ? tg::train::train_step(model, opt, tg::train::batch_share(batch, world), lr, a.clip, &parallel)
-                         : tg::train::train_step(model, opt, batch, lr, a.clip);
+    tg::train::StepResult r;
+    try {
+      r = world.size() > 1
+              ? tg::train::train_step(model, opt, tg::train::batch_share(batch, world), lr, a.clip, &parallel)
+              : tg::train::train_step(model, opt, batch, lr, a.clip);
+    } catch (const tg::AnomalyError& e) {
+      // --detect-anomaly: the first op that made a NaN/Inf, its inputs' shapes and its module.
+      progress.finish();
+      write_metrics();
+      std::cerr << "tapegrad train: step " << state.step + 1 << ": " << e.what()
+                << " (nothing was saved from this step); " << last_checkpoint_note() << ".\n";
+      return 3;
+    }
     const double loss = r.loss, gnorm = r.grad_norm;
     if (!r.finite) {
       progress.finish();
