@@ -34,23 +34,23 @@ struct AxisView {
 };
 AxisView axis_view(const Shape& s, std::size_t axis) { return {prod(s, 0, axis), s[axis], prod(s, axis + 1)}; }
 
+// A non-last axis goes through the same row kernels as the last: copy x into rows with the axis
+// moved last, (outer, n, inner) -> (outer, inner, n), run the kernel on outer*inner rows of n,
+// then move the result back. One softmax, whatever the axis.
 template <class T>
-void softmax_rows(const AxisView& v, const T* x, T* y, bool log) {
-  const T ninf = -std::numeric_limits<T>::infinity();
+xt::xarray<T> axis_last(const AxisView& v, const T* x) {
+  xt::xarray<T> rows = xt::xarray<T>::from_shape({v.outer * v.inner, v.n});
+  T* r = rows.data();
   for (std::size_t o = 0; o < v.outer; ++o)
-    for (std::size_t i = 0; i < v.inner; ++i) {
-      auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
-      T m = ninf;
-      for (std::size_t k = 0; k < v.n; ++k) m = std::max(m, x[at(k)]);
-      if (m == ninf) {  // fully masked row: softmax 0, log_softmax -inf
-        for (std::size_t k = 0; k < v.n; ++k) y[at(k)] = log ? ninf : T(0);
-        continue;
-      }
-      T s = 0;
-      for (std::size_t k = 0; k < v.n; ++k) s += std::exp(x[at(k)] - m);
-      const T lse = m + std::log(s);
-      for (std::size_t k = 0; k < v.n; ++k) y[at(k)] = log ? x[at(k)] - lse : std::exp(x[at(k)] - lse);
-    }
+    for (std::size_t k = 0; k < v.n; ++k)
+      for (std::size_t i = 0; i < v.inner; ++i) r[(o * v.inner + i) * v.n + k] = x[(o * v.n + k) * v.inner + i];
+  return rows;
+}
+template <class T>
+void axis_back(const AxisView& v, const T* rows, T* x) {
+  for (std::size_t o = 0; o < v.outer; ++o)
+    for (std::size_t k = 0; k < v.n; ++k)
+      for (std::size_t i = 0; i < v.inner; ++i) x[(o * v.n + k) * v.inner + i] = rows[(o * v.inner + i) * v.n + k];
 }
 
 }  // namespace
@@ -63,10 +63,14 @@ Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
   const AxisView v = axis_view(sx, axis);
   // y = exp(x - lse(x)) along the axis
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  if (v.inner == 1)  // the last axis: the fused kernel
+  if (v.inner == 1) {  // the last axis: the kernel on x itself
     TG_KERNEL(softmax_forward)(v.outer, v.n, x.value().data(), y.data());
-  else
-    softmax_rows(v, x.value().data(), y.data(), false);
+  } else {
+    const xt::xarray<T> xr = axis_last(v, x.value().data());
+    xt::xarray<T> yr = xt::xarray<T>::from_shape(xr.shape());
+    TG_KERNEL(softmax_forward)(v.outer * v.inner, v.n, xr.data(), yr.data());
+    axis_back(v, yr.data(), y.data());
+  }
   Tensor<T> out(std::move(y));
   detail::check_forward(out, "softmax", {&x});
   if (needs_grad<T>({&x})) {
@@ -78,16 +82,12 @@ Tensor<T> softmax(const Tensor<T>& x, int axis_in) {
       if (v.inner == 1) {
         dx.fill(T(0));
         TG_KERNEL(softmax_backward)(v.outer, v.n, y, dy.data(), dx.data());
-        x.accumulate_grad(std::move(dx), "softmax");
-        return;
+      } else {
+        const xt::xarray<T> yr = axis_last(v, y), dyr = axis_last(v, dy.data());
+        xt::xarray<T> dxr = xt::zeros<T>(yr.shape());
+        TG_KERNEL(softmax_backward)(v.outer * v.inner, v.n, yr.data(), dyr.data(), dxr.data());
+        axis_back(v, dxr.data(), dx.data());
       }
-      for (std::size_t o = 0; o < v.outer; ++o)
-        for (std::size_t i = 0; i < v.inner; ++i) {
-          auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
-          T dot = 0;
-          for (std::size_t k = 0; k < v.n; ++k) dot += dy.data()[at(k)] * y[at(k)];
-          for (std::size_t k = 0; k < v.n; ++k) dx.data()[at(k)] = y[at(k)] * (dy.data()[at(k)] - dot);
-        }
       x.accumulate_grad(std::move(dx), "softmax");
     }, "axis=" + std::to_string(axis)).vjp = [axis](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> {
       return {y * (dy - sum(dy * y, {int(axis)}, true))};
@@ -104,10 +104,14 @@ Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
   const AxisView v = axis_view(sx, axis);
   // y = x - lse(x) along the axis
   xt::xarray<T> y = xt::xarray<T>::from_shape(sx);
-  if (v.inner == 1)
+  if (v.inner == 1) {
     TG_KERNEL(log_softmax_forward)(v.outer, v.n, x.value().data(), y.data());
-  else
-    softmax_rows(v, x.value().data(), y.data(), true);
+  } else {
+    const xt::xarray<T> xr = axis_last(v, x.value().data());
+    xt::xarray<T> yr = xt::xarray<T>::from_shape(xr.shape());
+    TG_KERNEL(log_softmax_forward)(v.outer * v.inner, v.n, xr.data(), yr.data());
+    axis_back(v, yr.data(), y.data());
+  }
   Tensor<T> out(std::move(y));
   detail::check_forward(out, "log_softmax", {&x});
   if (needs_grad<T>({&x})) {
@@ -119,21 +123,12 @@ Tensor<T> log_softmax(const Tensor<T>& x, int axis_in) {
       if (v.inner == 1) {
         dx.fill(T(0));
         TG_KERNEL(log_softmax_backward)(v.outer, v.n, y, dy.data(), dx.data());
-        x.accumulate_grad(std::move(dx), "log_softmax");
-        return;
+      } else {
+        const xt::xarray<T> yr = axis_last(v, y), dyr = axis_last(v, dy.data());
+        xt::xarray<T> dxr = xt::zeros<T>(yr.shape());
+        TG_KERNEL(log_softmax_backward)(v.outer * v.inner, v.n, yr.data(), dyr.data(), dxr.data());
+        axis_back(v, dxr.data(), dx.data());
       }
-      for (std::size_t o = 0; o < v.outer; ++o)
-        for (std::size_t i = 0; i < v.inner; ++i) {
-          auto at = [&](std::size_t k) { return (o * v.n + k) * v.inner + i; };
-          T s = 0;
-          bool all_inf = true;
-          for (std::size_t k = 0; k < v.n; ++k) {
-            s += dy.data()[at(k)];
-            all_inf = all_inf && std::isinf(y[at(k)]);
-          }
-          for (std::size_t k = 0; k < v.n; ++k)
-            dx.data()[at(k)] = all_inf ? T(0) : dy.data()[at(k)] - std::exp(y[at(k)]) * s;
-        }
       x.accumulate_grad(std::move(dx), "log_softmax");
     }, "axis=" + std::to_string(axis)).vjp = [axis, v](const Tensor<T>& y, const Tensor<T>& dy) -> Grads<T> {
       Tensor<T> dx = dy - exp(y) * sum(dy, {int(axis)}, true);

@@ -232,6 +232,33 @@ TEST_CASE("softmax and log_softmax: values, large logits, masked rows, gradients
   check_float_matches_double([](auto& v) { return softmax(v[0]); }, {rnd({4, 9}, 9, -5, 5)});
 }
 
+TEST_CASE("softmax and log_softmax on a middle axis equal the last-axis kernel on the transposed tensor") {
+  // (2,5,3) along axis 1 against (2,3,5) along the last axis, with one fully masked column
+  const double ninf = -std::numeric_limits<double>::infinity();
+  Arr a = rnd({2, 5, 3}, 11, -4, 4).value();
+  for (std::size_t k = 0; k < 5; ++k) a(1, k, 2) = ninf;
+  const Arr w = rnd({2, 5, 3}, 12).value();
+  for (bool log : {false, true}) {
+    CAPTURE(log);
+    TD x = TD::from(a, true), xt_ = TD::from(Arr(xt::transpose(a, {0, 2, 1})), true);
+    TD y = log ? log_softmax(x, 1) : softmax(x, 1);
+    TD yt = log ? log_softmax(xt_, -1) : softmax(xt_, -1);
+    const Arr back = xt::transpose(yt.value(), {0, 2, 1});
+    for (std::size_t i = 0; i < back.size(); ++i) {
+      if (std::isinf(back.data()[i])) CHECK(y.value().data()[i] == back.data()[i]);
+      else CHECK(std::abs(y.value().data()[i] - back.data()[i]) <= 1e-15);
+    }
+    // masked column: softmax 0, log_softmax -inf, and no gradient through it
+    CHECK(y.value()(1, 3, 2) == (log ? ninf : 0.0));
+    const Arr wl = log ? Arr(xt::where(xt::isinf(y.value()), 0.0, w)) : w;  // -inf * w would be NaN
+    sum(y * TD::from(wl)).backward();
+    sum(yt * TD::from(Arr(xt::transpose(wl, {0, 2, 1})))).backward();
+    const Arr gback = xt::transpose(xt_.grad(), {0, 2, 1});
+    for (std::size_t i = 0; i < gback.size(); ++i) CHECK(std::abs(x.grad().data()[i] - gback.data()[i]) <= 1e-15);
+    for (std::size_t k = 0; k < 5; ++k) CHECK(x.grad()(1, k, 2) == 0.0);
+  }
+}
+
 TEST_CASE("cross_entropy: values, ignore_index, reductions, large logits, gradients, errors") {
   TD logits = TD::from(Arr{{2.0, 1.0, 0.1}, {0.5, 2.5, 0.3}});
   Index t = {0, 1};
