@@ -48,7 +48,7 @@ std::vector<T> flat_weights(const nn::CausalLM<T>& m) {
 
 }  // namespace
 
-TEST_CASE("train_step: one step is zero_grad, loss, backward, clip, step; a non-finite step changes nothing") {
+TEST_CASE("train_step: one step is zero_grad, loss, backward, clip, step - a non-finite step changes nothing") {
   Run<float> a(1), b(1);
   const Index x = batch_of(7);
   const train::StepResult r = train::train_step(a.model, a.opt, x, 1e-3, 1.0);

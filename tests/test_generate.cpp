@@ -76,7 +76,7 @@ TEST_CASE("generate: greedy decoding with the KV cache is the argmax of the full
   tg::set_num_threads(0);
 }
 
-TEST_CASE("generate: a seeded sample reproduces; another seed differs; the callback sees every token") {
+TEST_CASE("generate: a seeded sample reproduces - another seed differs - the callback sees every token") {
   tg::set_num_threads(1);
   CausalLM<float> m(micro(), 4);
   randomize(m, 12);
@@ -99,7 +99,7 @@ TEST_CASE("generate: a seeded sample reproduces; another seed differs; the callb
   tg::set_num_threads(0);
 }
 
-TEST_CASE("pick_token: greedy, top-k and top-p keep the right candidates; the draw follows the probabilities") {
+TEST_CASE("pick_token: greedy, top-k and top-p keep the right candidates - the draw follows the probabilities") {
   const double logits[5] = {0.0, 2.0, 1.0, 2.0, -1.0};
   Generator gen(1);
   SampleOptions o;

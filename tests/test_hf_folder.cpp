@@ -167,7 +167,7 @@ TEST_CASE("a sharded BF16 folder loads to the same model as one F32 file of the 
                      xt::cast<double>(mb.parameter("model.embed_tokens.weight").value()), 0, 0));
 }
 
-TEST_CASE("tied embeddings: lm_head.weight skipped when equal to the embedding, refused when not; RoPE buffers skipped") {
+TEST_CASE("tied embeddings: lm_head.weight skipped when equal to the embedding, refused when not - RoPE buffers skipped") {
   const nn::ModelConfig c = tiny(/*tied=*/true);
   nn::CausalLM<float> src(c, 5);
   auto blobs = blobs_of(src, "F32");

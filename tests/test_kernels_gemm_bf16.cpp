@@ -138,7 +138,7 @@ TEST_CASE("gemm_bf16 matches its naive twin in every case, 1 and 2 threads, bitw
   }
 }
 
-TEST_CASE("gemm_bf16: beta = 0 ignores NaN in C; alpha = 0 and K = 0 only scale C") {
+TEST_CASE("gemm_bf16: beta = 0 ignores NaN in C - alpha = 0 and K = 0 only scale C") {
   if (!k::cpu_has_avx512_bf16()) return;
   std::mt19937 rng(3);
   Data d({false, true, 9, 40, 21, 0}, rng);

@@ -415,7 +415,7 @@ std::string parse_error(const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("config: Qwen3, Qwen3-MoE and the paper's files load; the harmless keys are listed once") {
+TEST_CASE("config: Qwen3, Qwen3-MoE and the paper's files load - the harmless keys are listed once") {
   ConfigReport q = parse_config(kQwen3, "qwen3/config.json");
   CHECK(q.config.hidden_size == 32);
   CHECK(q.config.rope_theta == 1e6);

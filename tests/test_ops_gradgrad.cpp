@@ -56,7 +56,7 @@ void check2(const GradcheckFn& f, const std::vector<TD>& in, GradcheckOptions op
 
 }  // namespace
 
-TEST_CASE("gradgrad: add, sub, mul, div with broadcasting; neg, scalars") {
+TEST_CASE("gradgrad: add, sub, mul, div with broadcasting - neg, scalars") {
   std::vector<std::pair<Shape, Shape>> pairs = {{{3, 4}, {4}}, {{2, 1, 3}, {1, 2, 1}}, {{3}, {}}, {{2, 3}, {2, 3}}};
   int seed = 1;
   for (auto& [sa, sb] : pairs) {

@@ -424,7 +424,7 @@ TEST_CASE("study: a tiny main study writes report.md with a row per preset") {
   CHECK(contains(bad.output, "seed"));
 }
 
-TEST_CASE("study: an interrupted study resumes; finished runs are reused, not retrained") {
+TEST_CASE("study: an interrupted study resumes - finished runs are reused, not retrained") {
   if (!have_program()) return;
   TempDir tmp;
   std::ofstream(tmp / "text.txt") << corpus_text(40000);
@@ -471,7 +471,7 @@ TEST_CASE("study: an interrupted study resumes; finished runs are reused, not re
   CHECK(table_row(md, "baseline").size() >= 10);
 }
 
-TEST_CASE("study: SIGTERM stops the study with a checkpoint; the same command continues it") {
+TEST_CASE("study: SIGTERM stops the study with a checkpoint - the same command continues it") {
   if (!have_program()) return;
   TempDir tmp;
   std::ofstream(tmp / "text.txt") << corpus_text(40000);

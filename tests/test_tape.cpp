@@ -89,7 +89,7 @@ TEST_CASE("no_grad records nothing") {
   CHECK(Tape<double>::current().size() == before + 1);
 }
 
-TEST_CASE("retain_graph allows a second backward; without it, a clear error") {
+TEST_CASE("retain_graph allows a second backward - without it, a clear error") {
   TD x = TD::scalar(3.0, true);
   TD y = x * x;
   y.backward(true);
@@ -119,7 +119,7 @@ TEST_CASE("backward with an explicit grad_output is a vector-Jacobian product") 
   CHECK(x.grad()(1) == doctest::Approx(400.0));
 }
 
-TEST_CASE("detach cuts the graph; requires_grad_ only on leaves") {
+TEST_CASE("detach cuts the graph - requires_grad_ only on leaves") {
   TD x = TD::scalar(2.0, true);
   TD y = x * x;
   TD d = y.detach();
@@ -131,7 +131,7 @@ TEST_CASE("detach cuts the graph; requires_grad_ only on leaves") {
   CHECK(THROW_MSG(y.requires_grad_(false)).find("only leaves") != std::string::npos);
 }
 
-TEST_CASE("the graph is freed with its result; the tape holds nodes weakly") {
+TEST_CASE("the graph is freed with its result - the tape holds nodes weakly") {
   TD x = TD::ones({4}, true);
   std::size_t before = Tape<double>::current().size();
   {

@@ -174,7 +174,7 @@ TEST_CASE("tokenizer train: the learnt tokenizer reads back, compresses its text
   CHECK_THROWS_WITH_AS(train_bpe(text, TrainOptions{200}), doctest::Contains("too small"), std::invalid_argument);
 }
 
-TEST_CASE("token files: written atomically, read back, checked; a stale or broken file is detected") {
+TEST_CASE("token files: written atomically, read back, checked - a stale or broken file is detected") {
   const auto dir = tg::testing::scratch_dir("tokens");
   const std::string path = (dir / "a.tokens").string();
   std::vector<std::int32_t> ids;

@@ -631,7 +631,7 @@ void kill_and_resume(int kills, std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("train: SIGKILL at 10 random moments of checkpointing; every run resumes to the same losses") {
+TEST_CASE("train: SIGKILL at 10 random moments of checkpointing - every run resumes to the same losses") {
   if (!have_program()) return;
   kill_and_resume(10, 42);
 }
@@ -670,7 +670,7 @@ TEST_CASE("train: a save that fails between any two of its stages leaves the pre
 }
 
 TEST_SUITE("slow") {
-  TEST_CASE("train: SIGKILL at 100 random moments of checkpointing; 100 of 100 resume to the same losses") {
+  TEST_CASE("train: SIGKILL at 100 random moments of checkpointing - 100 of 100 resume to the same losses") {
     if (!have_program()) return;
     kill_and_resume(100, 7);
   }
@@ -770,7 +770,7 @@ TEST_CASE("train --detect-anomaly: a run whose attention logits overflow names t
   CHECK(contains(r.output, "nothing was saved from this step"));
 }
 
-TEST_CASE("every float flag refuses NaN and Inf; defaults fit every size; sizes beyond the machine are refused first") {
+TEST_CASE("every float flag refuses NaN and Inf - defaults fit every size - sizes beyond the machine are refused first") {
   if (!have_program()) return;
   TempDir d;
   const std::string text = d / "text.txt";
