@@ -2,11 +2,12 @@
 #include "nn/plot.hpp"
 
 #include <fcntl.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -19,20 +20,25 @@ extern char** environ;
 
 namespace tg::plot {
 
-bool have_gnuplot() {
+namespace {
+// gnuplot's path from PATH ("" when it is not installed).
+std::string gnuplot_path() {
   const char* path = std::getenv("PATH");
-  if (!path) return false;
+  if (!path) return "";
   std::string p(path);
   std::size_t b = 0;
   for (;;) {
     const std::size_t e = p.find(':', b);
     std::string dir = p.substr(b, e == std::string::npos ? std::string::npos : e - b);
     if (dir.empty()) dir = ".";
-    if (::access((dir + "/gnuplot").c_str(), X_OK) == 0) return true;
-    if (e == std::string::npos) return false;
+    if (::access((dir + "/gnuplot").c_str(), X_OK) == 0) return dir + "/gnuplot";
+    if (e == std::string::npos) return "";
     b = e + 1;
   }
 }
+}  // namespace
+
+bool have_gnuplot() { return !gnuplot_path().empty(); }
 
 std::string quote(const std::string& s) {
   std::string r = "'";
@@ -74,16 +80,25 @@ bool gnuplot_png(const std::string& body, const std::string& png, int w, int h, 
   } catch (const std::exception& e) {
     return fail(e.what());
   }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  // gnuplot runs as a child that dies with this process (PR_SET_PDEATHSIG): a training run
+  // killed while it plots must not leave a gnuplot behind that writes into the run folder
+  // after the resume has cleaned it. Between fork and exec only async-signal-safe calls.
+  const std::string exe = gnuplot_path();
   std::string prog = "gnuplot";
   std::vector<char*> argv = {prog.data(), const_cast<char*>(script.c_str()), nullptr};
-  pid_t child = 0;
-  const int rc = posix_spawnp(&child, "gnuplot", &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t parent = ::getpid();
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+    const int in = ::open("/dev/null", O_RDONLY), out = ::open("/dev/null", O_WRONLY),
+              e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (in < 0 || out < 0 || e < 0) ::_exit(126);
+    ::dup2(in, 0), ::dup2(out, 1), ::dup2(e, 2);
+    ::execve(exe.c_str(), argv.data(), environ);
+    ::_exit(127);
+  }
+  const int rc = child < 0 ? errno : 0;
   int status = 0;
   if (rc == 0)
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "nn/files.hpp"
 #include "nn/metrics.hpp"
@@ -131,6 +132,57 @@ int in_child(void (*body)()) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 }  // namespace
+
+TEST_CASE("plot: gnuplot dies with a process killed while it plots, and writes nothing after") {
+  if (!tg::plot::have_gnuplot()) return;
+  const fs::path dir = tg::testing::scratch_dir("run_io") / "plot_kill";
+  fs::create_directories(dir);
+  const std::string png = (dir / "slow.png").string();
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {  // a "training run" that plots slowly (gnuplot sleeps 3 s first)
+    tg::plot::gnuplot_png("pause 3\nplot x\n", png, 100, 100, nullptr);
+    ::_exit(0);
+  }
+  // Wait until its gnuplot runs (its script is on disk), then kill the parent.
+  bool started = false;
+  for (int i = 0; i < 200 && !started; ++i) {
+    for (const auto& e : fs::directory_iterator(dir))
+      started = started || e.path().filename().string().find(".gp.tmp.") != std::string::npos;
+    if (!started) ::usleep(10000);
+  }
+  REQUIRE(started);
+  ::usleep(100000);  // the fork to exec of gnuplot
+  ::kill(pid, SIGKILL);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  // No gnuplot whose script is in this folder survives; after its 3 s no PNG appears.
+  auto gnuplot_alive = [&] {
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      std::ifstream f(e.path() / "cmdline", std::ios::binary);
+      std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      if (cmd.rfind("gnuplot", 0) == 0 && cmd.find(dir.string()) != std::string::npos) return true;
+    }
+    return false;
+  };
+  bool alive = true;
+  for (int i = 0; i < 100 && alive; ++i) {
+    alive = gnuplot_alive();
+    if (alive) ::usleep(10000);
+  }
+  CHECK_FALSE(alive);
+  // What it left (its temporaries, which the next start of a run removes) does not change
+  // after the 3 s its gnuplot would have slept, and no PNG appears.
+  auto listing = [&] {
+    std::map<std::string, std::uintmax_t> m;
+    for (const auto& e : fs::directory_iterator(dir)) m[e.path().filename().string()] = fs::file_size(e.path());
+    return m;
+  };
+  const auto before = listing();
+  ::sleep(4);
+  CHECK(listing() == before);
+  CHECK_FALSE(fs::exists(png));
+}
 
 TEST_CASE("signals: the first Ctrl-C is recorded, a second quits, but not inside HoldStopSignals") {
   // One signal: recorded, the process goes on.
