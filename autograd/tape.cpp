@@ -175,7 +175,11 @@ void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, boo
       // by nodes that have yet to run stay alive in `pending` until they run.
       for (auto& in : node->inputs)
         if (in->grad_fn && !in->grad_fn->released) pending.push_back(in);
+      // Both closures go: the differentiable one (vjp) captures the same inputs and saved
+      // tensors as the fast one, so keeping it would hold the whole graph's activations
+      // until the root is dropped (Note [Differentiable backward]).
       node->backward = nullptr;
+      node->vjp = nullptr;
       node->inputs.clear();
       node->released = true;
       // This node's output is no longer needed by the walk.
