@@ -70,6 +70,8 @@ nlohmann::ordered_json to_json(const TrainArgs& a) {
   j["diag_every"] = a.diag_every;
   j["diag_batches"] = a.diag_batches;
   j["init_from"] = a.init_from;
+  j["tokenizer"] = a.tokenizer;
+  j["tokenizer_hash"] = a.tokenizer_hash;
   return j;
 }
 
@@ -128,6 +130,10 @@ TrainArgs train_args_from_json(const json& j, const std::string& label) {
   if (j.contains("diag_batches")) integer("diag_batches", a.diag_batches);
   if (j.contains("ranks")) integer("ranks", a.ranks);
   if (j.contains("init_from")) str("init_from", a.init_from);  // absent in older train.json: none
+  if (j.contains("tokenizer")) str("tokenizer", a.tokenizer);  // absent in older train.json: bytes
+  if (j.contains("tokenizer_hash")) str("tokenizer_hash", a.tokenizer_hash);
+  if (a.tokenizer.empty() != a.tokenizer_hash.empty())
+    throw std::runtime_error(label + ": fields 'tokenizer' and 'tokenizer_hash' go together");
   if (a.ranks < 1) throw std::runtime_error(label + ": field 'ranks' must be >= 1");
   if (a.bos_id < -1) throw std::runtime_error(label + ": field 'bos_id' must be -1 (none) or a token id");
   if (a.diag_every < 0 || a.diag_batches < 1)

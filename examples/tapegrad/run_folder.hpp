@@ -40,6 +40,7 @@ inline constexpr const char* kConfigFile = "config.json";
 inline constexpr const char* kTrainFile = "train.json";
 inline constexpr const char* kMetricsFile = "metrics.csv";
 inline constexpr const char* kPlotFile = "loss.png";
+inline constexpr const char* kTokenizerFile = "tokenizer.json";  // a run with --tokenizer: its copy
 
 // The library's file, metrics, plot and checkpoint names, as the programs use them.
 using io::join;
@@ -101,6 +102,10 @@ struct TrainArgs {
   // Recorded when the run starts, checked when it resumes.
   std::uint64_t data_bytes = 0;
   std::string data_fingerprint;  // 16 hex digits (data::Corpus::fingerprint)
+  // --tokenizer: the tokenizer.json the run trains with (absolute path as given; "" bytes) and
+  // its hash (16 hex digits, text::Tokenizer::hash); the run folder holds a copy, kTokenizerFile.
+  std::string tokenizer;
+  std::string tokenizer_hash;
 };
 nlohmann::ordered_json to_json(const TrainArgs& a);
 // Errors (std::runtime_error) name `label` and the field.

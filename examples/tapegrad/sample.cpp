@@ -7,7 +7,10 @@
 // cache (one token per forward); --no-cache recomputes the whole window each step, which
 // gives the same tokens (tests/test_train.cpp checks it) and shows what the cache saves.
 //
-// What it is not: a chat interface or a tokenizer other than bytes.
+// Tokens: bytes, or the tokenizer.json of a --model folder, or the copy a run trained with
+// --tokenizer keeps in its folder (--run).
+//
+// What it is not: a chat interface.
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <filesystem>
@@ -174,6 +177,23 @@ int run_sample(int argc, char** argv) {
       const auto targs = cli::run::train_args_from_json(cli::run::read_json(tj), tj);
       run_dtype = targs.dtype;
       run_context = targs.seq_len;
+      if (!targs.tokenizer.empty()) {
+        // A run trained with --tokenizer decodes with its copy of the tokenizer.
+        const std::string tp = cli::run::join(run_dir, cli::run::kTokenizerFile);
+        if (!fs::exists(tp))
+          throw std::runtime_error(run_dir + " was trained with the tokenizer " + targs.tokenizer + " but its copy " +
+                                   tp + " is missing");
+        tg::io::check_regular_file(tp, "the run's tokenizer.json");
+        s.tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::from_file(tp));
+        char h[17];
+        std::snprintf(h, sizeof h, "%016llx", static_cast<unsigned long long>(s.tokenizer->hash()));
+        if (targs.tokenizer_hash != h)
+          throw std::runtime_error(tp + " (hash " + h + ") is not the tokenizer the run was trained with (" + tj +
+                                   " says " + targs.tokenizer_hash + ")");
+        if (s.tokenizer->vocab_size() > s.config.vocab_size)
+          throw std::runtime_error(tp + ": " + std::to_string(s.tokenizer->vocab_size()) +
+                                   " token ids, more than the model's vocab_size " + std::to_string(s.config.vocab_size));
+      }
     }
   } else {
     if (config_path.empty() || weights.empty())

@@ -71,6 +71,8 @@
 #include "nn/train_step.hpp"
 #include "optim/optim.hpp"
 #include "nn/hf_folder.hpp"
+#include "nn/tokenizer.hpp"
+#include "nn/tokens.hpp"
 #include "run_folder.hpp"
 
 namespace {
@@ -104,6 +106,10 @@ struct Invocation {
   nn::ModelConfig config;
   std::string preset;
   std::shared_ptr<const nn::HfFolder> init;  // --init-from: opened and checked before anything is written
+  // --tokenizer (or, resuming, the run folder's copy): the tokenizer and the exact bytes of its
+  // tokenizer.json (copied into the run folder, so its hash is the same); null: bytes.
+  std::shared_ptr<const text::Tokenizer> tokenizer;
+  std::string tokenizer_text;
   std::vector<MetricsRow> metrics;  // rows already in metrics.csv (resume)
   std::vector<std::pair<std::int64_t, std::string>> diag_rows;  // diagnostics.csv rows (step, line)
 };
@@ -213,21 +219,58 @@ class Progress {
   std::size_t last_len_ = 0;
 };
 
+// The validation loss in nats per byte of text (Note [Loss per byte]); *per_token (if given)
+// gets the mean cross-entropy per token.
+//
+// Note [Loss per byte]
+// A byte model predicts one byte per token, so its loss per token is its loss per byte. A
+// BPE model predicts several bytes per token; to compare the two, a BPE run's validation
+// loss is the total cross-entropy of the evaluated targets (nats) over the number of bytes
+// those targets decode to: sum_i ce_i * B * T / sum_i bytes_i, batch by batch. metrics.csv's
+// val_loss and val_bpb are per byte in both kinds of run (for bytes, exactly as before: the
+// mean over batches); train_loss stays the model's loss per token.
 template <class T>
 double evaluate(const nn::CausalLM<T>& model, const data::BatchSampler& val, std::int64_t batches,
-                std::uint64_t val_seed, const dist::Group& group) {
+                std::uint64_t val_seed, const dist::Group& group, const text::Tokenizer* tok,
+                double* per_token = nullptr) {
   NoGrad no_grad;
   Generator gen(val_seed);  // the same validation batches at every evaluation
   // Batch i on rank i mod N; every other rank's slot is 0, so the sum over ranks is exact.
   std::vector<double> losses(static_cast<std::size_t>(batches), 0.0);
+  double target_bytes = 0;  // bytes the targets of all batches decode to (every rank draws every batch)
+  const std::size_t B = val.batch(), Tn = val.seq_len();
   for (std::int64_t i = 0; i < batches; ++i) {
     const Index b = val.next(gen);
+    if (tok)
+      for (std::size_t r = 0; r < B; ++r)
+        for (std::size_t t = 1; t <= Tn; ++t)
+          target_bytes += double(tok->token_bytes(static_cast<std::int32_t>(b.data()[r * (Tn + 1) + t])).size());
     if (i % group.size() == group.rank()) losses[std::size_t(i)] = static_cast<double>(model.loss(b).ce.item());
   }
   losses = group.sum(losses);
   double sum = 0;
   for (double l : losses) sum += l;
-  return sum / static_cast<double>(batches);
+  const double mean = sum / static_cast<double>(batches);
+  if (per_token) *per_token = mean;
+  if (!tok) return mean;
+  return sum * double(B * Tn) / std::max(target_bytes, 1.0);
+}
+
+// Where the token file of `data` under tokenizer `hash` lives: beside the text, named by the
+// tokenizer's hash (data/kjv.txt.tokens-<hash>), so every run on that text with that tokenizer
+// reuses it and two tokenizers do not overwrite each other's file; its header names the text's
+// fingerprint, so an edited text rebuilds it (data::prepare_token_file). A text in a folder
+// that cannot be written gets it under $XDG_CACHE_HOME/tapegrad (or ~/.cache/tapegrad).
+std::vector<std::string> token_file_paths(const std::string& data, const std::string& hash) {
+  std::vector<std::string> paths = {data + ".tokens-" + hash};
+  fs::path cache;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) cache = fs::path(x) / "tapegrad";
+  else if (const char* h = std::getenv("HOME"); h && *h) cache = fs::path(h) / ".cache" / "tapegrad";
+  if (!cache.empty())
+    paths.push_back((cache / (fs::path(data).filename().string() + "-" +
+                              hex64(data::fnv1a64(data.data(), data.size())) + ".tokens-" + hash))
+                        .string());
+  return paths;
 }
 
 // The sink metrics (nn/diagnostics.hpp) on the first `batches` validation batches (the
@@ -276,7 +319,36 @@ int train(Invocation& inv) {
   const dist::Group world = dist::Group::world();
   const bool root = world.root();
   dist::check_batch(B, world.size());
-  const data::Split parts = data::split(corpus, a.val_fraction, Tn + 1);
+  // --tokenizer: the text as token ids, encoded once into a token file (token_file_paths).
+  std::optional<data::TokenFile> tokens;
+  const text::Tokenizer* tok = inv.tokenizer.get();
+  if (tok) {
+    std::string errors;
+    for (const auto& path : token_file_paths(a.data, a.tokenizer_hash)) {
+      try {
+        std::error_code ec;
+        fs::create_directories(fs::path(path).parent_path(), ec);
+        bool rebuilt = false;
+        const auto t0 = std::chrono::steady_clock::now();
+        tokens.emplace(data::prepare_token_file(*tok, corpus, path, &rebuilt));
+        if (root)
+          std::cout << "tokens: " << (rebuilt ? "encoded " : "reused ") << path << " ("
+                    << with_commas(tokens->header().count) << " tokens, " << std::setprecision(3)
+                    << double(corpus.size()) / double(std::max<std::uint64_t>(tokens->header().count, 1))
+                    << std::setprecision(6) << " bytes per token"
+                    << (rebuilt ? ", " + cli::run::format_duration(
+                                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count())
+                                : std::string())
+                    << ")\n";
+        break;
+      } catch (const std::runtime_error& e) {
+        errors += std::string(errors.empty() ? "" : "; ") + e.what();
+      }
+    }
+    if (!tokens) throw std::runtime_error("cannot write the token file of " + a.data + ": " + errors);
+  }
+  const data::Split parts = tokens ? data::split(tokens->all(), "the tokens of " + a.data, a.val_fraction, Tn + 1)
+                                   : data::split(corpus, a.val_fraction, Tn + 1);
   const data::WindowOptions windows{a.bos_id, a.doc_sep};  // Note [BOS and document windows]
   const data::BatchSampler train_batches(parts.train, B, Tn, "the training split", windows);
   const data::BatchSampler val_batches(parts.val, B, Tn, "the validation split", windows);
@@ -349,6 +421,7 @@ int train(Invocation& inv) {
     for (const auto& p : tg::train::clean_interrupted_saves(dir))
       std::cerr << "tapegrad train: removed " << p << " (left by an interrupted save)\n";
     if (!inv.resume) run::save_model_spec(run::join(dir, run::kConfigFile), {inv.config, inv.preset});
+    if (!inv.resume && tok) run::write_file_atomic(run::join(dir, run::kTokenizerFile), inv.tokenizer_text);
     run::write_file_atomic(run::join(dir, run::kTrainFile), run::to_json(recorded).dump(2) + "\n");
   }
 
@@ -365,8 +438,14 @@ int train(Invocation& inv) {
   std::cout << "\n";
   if (inv.default_data)
     std::cout << "data: no --data given, using the default corpus " << a.data << "\n";
-  std::cout << "data: " << a.data << " (" << with_commas(corpus.size()) << " bytes: " << with_commas(parts.train.size)
-            << " for training, the last " << with_commas(parts.val.size) << " for validation)\n";
+  if (tok)
+    std::cout << "data: " << a.data << " (" << with_commas(corpus.size()) << " bytes, " << with_commas(tokens->header().count)
+              << " tokens of " << a.tokenizer << " (vocabulary " << tok->vocab_size() << "): "
+              << with_commas(parts.train.size) << " for training, the last " << with_commas(parts.val.size) << " ("
+              << with_commas(data::decoded_bytes(*tok, parts.val)) << " bytes) for validation)\n";
+  else
+    std::cout << "data: " << a.data << " (" << with_commas(corpus.size()) << " bytes: " << with_commas(parts.train.size)
+              << " for training, the last " << with_commas(parts.val.size) << " for validation)\n";
   const double tokens_total = double(a.steps) * double(B * Tn);
   std::cout << "training: " << a.steps << " steps of " << B << " x " << Tn << " tokens (" << with_commas(std::uint64_t(tokens_total))
             << " tokens, " << std::setprecision(2) << tokens_total / double(parts.train.size) << std::setprecision(6) << " epochs), AdamW "
@@ -469,15 +548,18 @@ int train(Invocation& inv) {
     const bool last = state.step == a.steps;
     if (state.step % a.eval_every == 0 || last) {
       model.eval();
-      last_val = evaluate(model, val_batches, a.eval_batches, val_seed, world);
+      double per_token = 0;
+      last_val = evaluate(model, val_batches, a.eval_batches, val_seed, world, tok, &per_token);
       model.train();
       last_val_step = state.step;
       row.val_loss = last_val;
       row.val_bpb = last_val / std::log(2.0);
       std::ostringstream m;
       m.setf(std::ios::fixed);
-      m << "step " << state.step << "/" << a.steps << ": val loss " << std::setprecision(4) << last_val << " ("
-        << std::setprecision(3) << row.val_bpb << " bits/byte), train loss " << std::setprecision(4) << loss
+      m << "step " << state.step << "/" << a.steps << ": val loss " << std::setprecision(4) << last_val
+        << (tok ? " nats/byte" : "") << " (" << std::setprecision(3) << row.val_bpb << " bits/byte"
+        << (tok ? ", " + [&] { std::ostringstream o; o.setf(std::ios::fixed); o << std::setprecision(4) << per_token; return o.str(); }() + " nats/token" : std::string())
+        << "), train loss " << std::setprecision(4) << loss
         << ", elapsed " << run::format_duration(elapsed());
       progress.message(m.str());
     }
@@ -529,12 +611,24 @@ int train(Invocation& inv) {
     so.seed = a.seed;
     so.context = Tn;
     model.eval();
-    const Index prompt_ids = data::ByteTokenizer::encode(inv.sample_prompt);
-    const std::vector<std::int64_t> prompt(prompt_ids.begin(), prompt_ids.end());
+    std::vector<std::int64_t> prompt;
+    if (tok) {
+      for (const std::int32_t id : tok->encode(inv.sample_prompt)) prompt.push_back(id);
+    } else {
+      const Index prompt_ids = data::ByteTokenizer::encode(inv.sample_prompt);
+      prompt.assign(prompt_ids.begin(), prompt_ids.end());
+    }
     const auto ids = nn::generate(model, prompt, so);
+    std::string text;
+    if (tok) {
+      // An id past the tokenizer's vocabulary (the BOS id, a --config's spare rows) decodes to nothing.
+      for (const std::int64_t id : ids) text += tok->token_bytes(static_cast<std::int32_t>(id));
+    } else {
+      text = data::ByteTokenizer::decode(ids.data(), ids.size());
+    }
     std::cout << "\n--- a sample (temperature " << std::setprecision(2) << so.temperature << ", " << ids.size()
-              << " bytes; more with `tapegrad sample --run " << dir << "`) ---\n"
-              << data::printable(inv.sample_prompt + data::ByteTokenizer::decode(ids.data(), ids.size())) << "\n---\n";
+              << (tok ? " tokens" : " bytes") << "; more with `tapegrad sample --run " << dir << "`) ---\n"
+              << data::printable(inv.sample_prompt + text) << "\n---\n";
   }
   return 0;
 }
@@ -571,6 +665,11 @@ int run_train(int argc, char** argv) {
                  "start from the weights of a Hugging Face model folder (config.json + model.safetensors or "
                  "sharded with model.safetensors.index.json; instead of --size / --config)");
   app.add_option("--data", a.data, "the text to train on (default: data/kjv.txt, written by setup.sh)");
+  std::string tokenizer_path;
+  app.add_option("--tokenizer", tokenizer_path,
+                 "train on the tokens of this Hugging Face byte-level BPE tokenizer.json instead of bytes (e.g. "
+                 "from `tapegrad tokenizer train`); the text is encoded once into DATA.tokens-<hash>, the model's "
+                 "vocab_size is the tokenizer's, the run folder keeps a copy");
   app.add_option("--val-fraction", a.val_fraction, "the last part of the text held out for validation")
       ->capture_default_str()
       ->check(CLI::Range(1e-6, 0.5));
@@ -629,6 +728,13 @@ int run_train(int argc, char** argv) {
 
   inv.resume = app.count("--resume") > 0;
   auto given = [&](const char* flag) { return app.count(flag) > 0; };
+  // A tokenizer.json: its exact bytes and the tokenizer made from them (errors name the file).
+  auto load_tokenizer = [&](const std::string& path, const char* what) {
+    tg::io::check_regular_file(path, what);
+    std::string text = cli::run::read_file(path);
+    auto t = std::make_shared<const text::Tokenizer>(text::Tokenizer::from_string(text, path));
+    return std::make_pair(std::move(t), std::move(text));
+  };
   tg::set_num_threads(a.threads);
 
   if (inv.resume) {
@@ -649,7 +755,7 @@ int run_train(int argc, char** argv) {
         throw std::runtime_error(std::string(flag) +
                                  " differs from the run's value in train.json; a resumed run keeps its settings "
                                  "(only --steps, --eval-every, --eval-batches, --save-every, --threads, --data (same "
-                                 "text), --sample-len, --sample-prompt, --log-every and --stop-at may change)");
+                                 "text), --tokenizer (the same), --sample-len, --sample-prompt, --log-every and --stop-at may change)");
     };
     fixed("--preset", a.preset == stored.preset);
     fixed("--size", a.size == stored.size);
@@ -667,6 +773,28 @@ int run_train(int argc, char** argv) {
     fixed("--dtype", a.dtype == stored.dtype);
     fixed("--bos", !bos || stored.bos_id >= 0);
     fixed("--doc-windows", !given("--doc-windows") || a.doc_sep == stored.doc_sep);
+    if (!stored.tokenizer.empty()) {
+      // The run folder's copy is the run's tokenizer; it must be the one train.json names.
+      const std::string copy = cli::run::join(inv.out, cli::run::kTokenizerFile);
+      if (!fs::exists(copy))
+        throw std::runtime_error("--resume: the run in " + inv.out + " trains with the tokenizer " + stored.tokenizer +
+                                 " (hash " + stored.tokenizer_hash + ") but its copy " + copy + " is missing");
+      std::tie(inv.tokenizer, inv.tokenizer_text) = load_tokenizer(copy, "the run's tokenizer.json");
+      if (hex64(inv.tokenizer->hash()) != stored.tokenizer_hash)
+        throw std::runtime_error("--resume: " + copy + " (hash " + hex64(inv.tokenizer->hash()) +
+                                 ") is not the tokenizer this run was trained with (train.json says " +
+                                 stored.tokenizer_hash + ")");
+      if (given("--tokenizer")) {
+        const auto given_tok = load_tokenizer(tokenizer_path, "--tokenizer");
+        if (given_tok.first->hash() != inv.tokenizer->hash())
+          throw std::runtime_error("--tokenizer " + tokenizer_path + " (hash " + hex64(given_tok.first->hash()) +
+                                   ") is not the tokenizer this run was trained with: " + stored.tokenizer +
+                                   " (hash " + stored.tokenizer_hash + ", copied in " + copy + ")");
+      }
+    } else if (given("--tokenizer")) {
+      throw std::runtime_error("--tokenizer " + tokenizer_path + ": the run in " + inv.out +
+                               " was trained on bytes, not on a tokenizer's tokens");
+    }
     TrainArgs r = stored;
     if (given("--steps")) r.steps = a.steps;
     if (given("--eval-every")) r.eval_every = a.eval_every;
@@ -704,6 +832,20 @@ int run_train(int argc, char** argv) {
       throw std::runtime_error("--warmup " + std::to_string(a.warmup) + " exceeds --steps " + std::to_string(a.steps));
     if (a.min_lr > a.lr)
       throw std::runtime_error("--min-lr " + std::to_string(a.min_lr) + " exceeds --lr " + std::to_string(a.lr));
+    std::size_t base_vocab = data::ByteTokenizer::vocab_size;  // bytes, or the tokenizer's ids
+    std::string base_name = "the byte tokenizer's";
+    if (given("--tokenizer")) {
+      std::tie(inv.tokenizer, inv.tokenizer_text) = load_tokenizer(tokenizer_path, "--tokenizer");
+      a.tokenizer = fs::absolute(tokenizer_path).lexically_normal().string();
+      a.tokenizer_hash = hex64(inv.tokenizer->hash());
+      base_vocab = inv.tokenizer->vocab_size();
+      base_name = "the tokenizer " + tokenizer_path + "'s";
+    }
+    auto check_vocab = [&](const std::string& file) {
+      if (inv.config.vocab_size < base_vocab)
+        throw std::runtime_error(file + ": vocab_size " + std::to_string(inv.config.vocab_size) + " is smaller than " +
+                                 base_name + " " + std::to_string(base_vocab));
+    };
     if (given("--init-from")) {
       if (given("--size") || config_opt->count() > 0)
         throw std::runtime_error("give --init-from DIR, or --size / --config, not both (the folder's config.json is the model)");
@@ -714,9 +856,7 @@ int run_train(int argc, char** argv) {
       if (const std::string n = inv.init->notice(); !n.empty()) std::cerr << "tapegrad train: " << n << "\n";
       inv.config = inv.init->config();
       inv.preset = "custom";
-      if (inv.config.vocab_size < data::ByteTokenizer::vocab_size)
-        throw std::runtime_error(a.init_from + "/config.json: vocab_size " + std::to_string(inv.config.vocab_size) +
-                                 " is smaller than the byte tokenizer's 256");
+      check_vocab(a.init_from + "/config.json");
       a.init_from = fs::absolute(a.init_from).lexically_normal().string();
       a.config = a.init_from + "/config.json";
       a.size = "custom";
@@ -731,28 +871,29 @@ int run_train(int argc, char** argv) {
         nn::apply_preset(inv.config, a.preset);
         inv.preset = a.preset;
       }
-      if (inv.config.vocab_size < data::ByteTokenizer::vocab_size)
-        throw std::runtime_error(a.config + ": vocab_size " + std::to_string(inv.config.vocab_size) +
-                                 " is smaller than the byte tokenizer's 256");
+      check_vocab(a.config);
       a.config = fs::absolute(a.config).lexically_normal().string();
       a.size = "custom";
       a.preset = inv.preset;
     } else {
       inv.config = nn::named_size(a.size);
-      inv.config.vocab_size = data::ByteTokenizer::vocab_size;  // bytes
+      inv.config.vocab_size = base_vocab;  // bytes, or the tokenizer's ids
       nn::apply_preset(inv.config, a.preset);
       inv.preset = a.preset;
     }
     if (bos) {
-      // Note [BOS and document windows]: the id after the bytes, in the vocabulary.
-      a.bos_id = static_cast<std::int64_t>(data::ByteTokenizer::vocab_size);
-      if (inv.config.vocab_size <= data::ByteTokenizer::vocab_size) {
+      // Note [BOS and document windows]: the id after the bytes (or the tokenizer's ids), in
+      // the vocabulary.
+      a.bos_id = static_cast<std::int64_t>(base_vocab);
+      if (inv.config.vocab_size <= base_vocab) {
         if (inv.init)
-          throw std::runtime_error("--bos needs id 256, but the model of --init-from " + a.init_from +
-                                   " has vocab_size " + std::to_string(inv.config.vocab_size));
-        inv.config.vocab_size = data::ByteTokenizer::vocab_size + 1;
+          throw std::runtime_error("--bos needs id " + std::to_string(base_vocab) + ", but the model of --init-from " +
+                                   a.init_from + " has vocab_size " + std::to_string(inv.config.vocab_size));
+        inv.config.vocab_size = base_vocab + 1;
       }
     }
+    if (!a.doc_sep.empty() && inv.tokenizer)
+      throw std::runtime_error("--doc-windows works on bytes only: it cannot be combined with --tokenizer (yet)");
     if (!a.doc_sep.empty()) (void)data::document_starts({nullptr, 0}, a.doc_sep);  // checks the separator
     // The defaults must fit the chosen size (tiny has 64 positions): an unset --seq-len
     // shrinks to the model's longest window.
@@ -800,6 +941,6 @@ int run_train(int argc, char** argv) {
 }
 
 const bool registered = tg::cli::register_command(
-    {"train", "train a byte-level language model on a text file (the default job)", run_train});
+    {"train", "train a language model on a text file, on bytes or a BPE tokenizer's tokens (the default job)", run_train});
 
 }  // namespace
