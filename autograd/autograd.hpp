@@ -1,5 +1,7 @@
 // autograd/autograd.hpp — include this to get all of tapegrad's engine.
 #pragma once
+#include "autograd/activation_checkpoint.hpp"
+#include "autograd/dot.hpp"
 #include "autograd/functional.hpp"
 #include "autograd/gradcheck.hpp"
 #include "autograd/kernels/parallel.hpp"

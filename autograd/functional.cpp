@@ -2,6 +2,7 @@
 // backward(create_graph=true) (see functional.hpp and Note [Differentiable backward]).
 #include "autograd/functional.hpp"
 
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -34,10 +35,30 @@ using GradMap = std::unordered_map<const TensorImpl<T>*, Acc<T>>;
 // are differentiable), otherwise under NoGrad. With `targets`, only nodes on a path from
 // a target to an output run, and only the targets' gradients are kept; without, every
 // leaf's gradient is kept (backward).
+// Note [Gradient hooks] (tensor.hpp) on a Tensor gradient: with create_graph grad mode is
+// on, so what a hook computes is recorded and differentiated with the rest.
+template <class T>
+Tensor<T> run_hooks(const TensorImpl<T>& t, Tensor<T> g) {
+  const auto hooks = t.hooks;  // a copy: a hook may remove itself
+  for (const auto& [id, fn] : hooks) {
+    Tensor<T> r = fn(g);
+    if (!r.defined()) continue;
+    if (!std::equal(r.value().shape().begin(), r.value().shape().end(), t.value.shape().begin(), t.value.shape().end()))
+      throw std::logic_error("gradient hook " + std::to_string(id) + " on tensor " +
+                             (t.name.empty() ? std::string() : "'" + t.name + "' ") + "of shape " +
+                             shape_to_string(t.value.shape()) + " returned a gradient of shape " + r.shape_str());
+    g = r;
+  }
+  return g;
+}
+
+// `hooks`: run the tensors' gradient hooks (the user-facing walks; not vjp_of, whose walk is
+// a step inside one op's backward).
 template <class T>
 GradMap<T> walk(const std::vector<Tensor<T>>& outputs, const std::vector<Tensor<T>>& seeds, bool create_graph,
-                std::uint64_t min_id, const std::vector<Tensor<T>>* targets, const char* caller) {
+                std::uint64_t min_id, const std::vector<Tensor<T>>* targets, const char* caller, bool hooks = true) {
   GradMap<T> g;
+  std::unordered_set<const TensorImpl<T>*> hooked;  // whose hooks already ran
   std::unordered_set<const TensorImpl<T>*> target_set;
   if (targets)
     for (auto& t : *targets)
@@ -71,7 +92,14 @@ GradMap<T> walk(const std::vector<Tensor<T>>& outputs, const std::vector<Tensor<
       any_node = true;
     }
   }
-  if (!any_node) return g;
+  // The leaves' (and unreached targets') gradients are complete when the walk ends.
+  auto finish = [&] {
+    if (hooks)
+      for (auto& [key, acc] : g)
+        if (!acc.tensor->hooks.empty() && !hooked.count(key)) acc.grad = run_hooks(*acc.tensor, acc.grad);
+    return std::move(g);
+  };
+  if (!any_node) return finish();
   std::vector<std::shared_ptr<Node<T>>> nodes = Tape<T>::current().nodes_between(min_id, max_id);
   // Which nodes lie on a path from a target: a node whose input is a target, or was
   // made by such a node (creation order is a topological order).
@@ -96,8 +124,13 @@ GradMap<T> walk(const std::vector<Tensor<T>>& outputs, const std::vector<Tensor<
     if (!node.vjp)
       throw std::logic_error(std::string(caller) + ": op '" + node.op +
                              "' has no differentiable backward (vjp), so it supports first-order backward() only");
+    // The output's gradient is complete (every consumer ran): its hooks run now; it is
+    // dropped unless it is asked for.
+    if (hooks && !out->hooks.empty()) {
+      found->second.grad = run_hooks(*out, found->second.grad);
+      hooked.insert(out.get());
+    }
     Tensor<T> dout = found->second.grad;
-    // The output's gradient is complete (every consumer ran): drop it unless it is asked for.
     if (targets ? !target_set.count(out.get()) : out->had_grad_fn) g.erase(found);
     Grads<T> gs = node.vjp(Tensor<T>(out), dout);
     for (std::size_t k = 0; k < node.inputs.size(); ++k) {
@@ -115,7 +148,7 @@ GradMap<T> walk(const std::vector<Tensor<T>>& outputs, const std::vector<Tensor<
       add_to(in, gs[slot]);
     }
   }
-  return g;
+  return finish();
 }
 
 template <class T>
@@ -270,7 +303,7 @@ Grads<T> vjp_of(const std::function<Tensor<T>()>& ref, const std::vector<Tensor<
   }
   Grads<T> r(inputs.size());
   if (!y.requires_grad()) return r;
-  GradMap<T> g = walk<T>({y}, {dout}, create_graph, start, &inputs, "vjp_of");
+  GradMap<T> g = walk<T>({y}, {dout}, create_graph, start, &inputs, "vjp_of", /*hooks=*/false);
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     if (!inputs[i].defined()) continue;
     auto it = g.find(inputs[i].impl().get());

@@ -57,7 +57,7 @@ template <class T>
 void Tape<T>::push(const std::shared_ptr<Node<T>>& node) {
   node->id = next_id_++;
   nodes_.push_back(node);
-  if (nodes_.size() >= compact_at_) {
+  if (nodes_.size() >= compact_at_ && walking_ == 0) {
     compact();
     compact_at_ = std::max<std::size_t>(1024, 2 * nodes_.size());
   }
@@ -108,10 +108,11 @@ template <class T>
 std::string Tape<T>::dump(bool with_grads) const {
   std::ostringstream s;
   auto label = [](const std::shared_ptr<TensorImpl<T>>& t) {
-    // a named tensor shows its name, an unnamed result the node that made it (#id)
+    // name:shape for a named tensor, #id:shape for an unnamed result (the node that made
+    // it), the shape alone for an unnamed leaf: "mul (a:(), #3:(2,4), (4))"
     std::string r = shape_to_string(t->value.shape());
-    if (!t->name.empty()) r = t->name + r;
-    else if (t->grad_fn) r = "#" + std::to_string(t->grad_fn->id) + r;
+    if (!t->name.empty()) r = t->name + ":" + r;
+    else if (t->grad_fn) r = "#" + std::to_string(t->grad_fn->id) + ":" + r;
     return r;
   };
   for (auto& n : nodes()) {
@@ -119,8 +120,9 @@ std::string Tape<T>::dump(bool with_grads) const {
     if (!n->info.empty()) s << "[" << n->info << "]";
     s << " (";
     for (std::size_t i = 0; i < n->inputs.size(); ++i) s << (i ? ", " : "") << label(n->inputs[i]);
-    s << ") -> " << shape_to_string(n->output_shape);
-    if (auto out = n->output.lock(); out && !out->name.empty()) s << " '" << out->name << "'";
+    s << ") -> ";
+    if (auto out = n->output.lock(); out && !out->name.empty()) s << out->name << ":";
+    s << shape_to_string(n->output_shape);
     if (with_grads) {
       if (auto out = n->output.lock(); out && out->has_grad) {
         s << "  grad=";
@@ -133,32 +135,77 @@ std::string Tape<T>::dump(bool with_grads) const {
   return s.str();
 }
 
+namespace {
+// Note [Gradient hooks] (tensor.hpp), on the fast walk's plain array: each hook in turn,
+// outside grad mode, may replace the gradient by one of the same shape.
 template <class T>
-void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph) {
+void run_hooks(const TensorImpl<T>& t, xt::xarray<T>& g) {
+  NoGrad off;
+  const auto hooks = t.hooks;  // a copy: a hook may remove itself
+  for (const auto& [id, fn] : hooks) {
+    Tensor<T> r = fn(Tensor<T>(xt::xarray<T>(g)));
+    if (!r.defined()) continue;
+    if (!std::equal(r.value().shape().begin(), r.value().shape().end(), t.value.shape().begin(), t.value.shape().end()))
+      throw std::logic_error("gradient hook " + std::to_string(id) + " on tensor " +
+                             (t.name.empty() ? std::string() : "'" + t.name + "' ") + "of shape " +
+                             shape_to_string(t.value.shape()) + " returned a gradient of shape " +
+                             shape_to_string(r.value().shape()));
+    g = r.value();
+  }
+}
+}  // namespace
+
+template <class T>
+void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph, std::uint64_t min_id,
+                           bool leaf_hooks) {
   auto& r = *root.impl();
   if (!r.grad_fn) {  // a leaf: backward just accumulates the seed
-    root.accumulate_grad(seed, "backward (grad_output)");
+    xt::xarray<T> g = seed;
+    if (leaf_hooks && !r.hooks.empty()) run_hooks(r, g);
+    root.accumulate_grad(std::move(g), "backward (grad_output)");
     return;
   }
   const std::uint64_t root_id = r.grad_fn->id;
+  // A walk can start another one inside a node's backward (checkpoint() recomputes and
+  // walks its segment, whose nodes come after root_id): the outer walk indexes nodes_,
+  // which must not be compacted under it, and the inner one only sees ids >= min_id.
+  ++walking_;
+  struct Done {
+    Tape& t;
+    ~Done() { --t.walking_; }
+  } done{*this};
   // Intermediate gradients describe one backward pass: clear those left by an earlier
-  // pass (leaves keep accumulating). See Note [Which gradients are kept].
+  // pass (leaves keep accumulating). See Note [Which gradients are kept]. Leaves with
+  // hooks keep their earlier gradient aside, so the hooks see this pass's alone.
+  std::vector<std::pair<std::shared_ptr<TensorImpl<T>>, xt::xarray<T>>> hooked_leaves;  // (leaf, earlier grad)
+  std::vector<bool> had_grad;
   for (auto& w : nodes_)
-    if (auto node = w.lock(); node && node->id <= root_id)
+    if (auto node = w.lock(); node && node->id <= root_id && node->id >= min_id) {
       if (auto out = node->output.lock()) {
         out->grad = xt::xarray<T>();
         out->has_grad = false;
       }
+      for (const auto& in : node->inputs)
+        if (leaf_hooks && !in->had_grad_fn && !in->hooks.empty() &&
+            std::none_of(hooked_leaves.begin(), hooked_leaves.end(), [&](const auto& p) { return p.first == in; })) {
+          had_grad.push_back(in->has_grad);
+          hooked_leaves.emplace_back(in, std::move(in->grad));
+          in->grad = xt::xarray<T>();
+          in->has_grad = false;
+        }
+    }
   root.accumulate_grad(seed, "backward (grad_output)");
   // Outputs of nodes still to run, kept alive while their consumers release their inputs.
   std::vector<std::shared_ptr<TensorImpl<T>>> pending;
   // Walk the tape backwards from the root's node. Nodes recorded after the root cannot
   // contribute to it; nodes whose output got no gradient are not on a path to the root.
-  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
-    auto node = it->lock();
+  for (std::size_t k = nodes_.size(); k-- > 0;) {
+    auto node = nodes_[k].lock();
     if (!node || node->released || node->id > root_id) continue;
+    if (node->id < min_id) break;
     auto out = node->output.lock();
     if (!out || !out->has_grad || !node->backward) continue;
+    if (!out->hooks.empty()) run_hooks(*out, out->grad);  // its gradient is complete here
     node->backward(out->grad);
     if (anomaly_mode())
       for (std::size_t i = 0; i < node->inputs.size(); ++i)
@@ -189,7 +236,21 @@ void Tape<T>::run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, boo
     if (pending.size() > 64)
       pending.erase(std::remove(pending.begin(), pending.end(), nullptr), pending.end());
   }
-  if (!retain_graph) compact();
+  // The hooked leaves: this pass's gradient through the hooks, then added to the earlier one.
+  for (std::size_t i = 0; i < hooked_leaves.size(); ++i) {
+    auto& [leaf, earlier] = hooked_leaves[i];
+    if (leaf->has_grad) {
+      run_hooks(*leaf, leaf->grad);
+      if (had_grad[i]) {
+        earlier += leaf->grad;
+        leaf->grad = std::move(earlier);
+      }
+    } else if (had_grad[i]) {
+      leaf->grad = std::move(earlier);
+      leaf->has_grad = true;
+    }
+  }
+  if (!retain_graph && walking_ == 1) compact();
 }
 
 template <class T>

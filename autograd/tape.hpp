@@ -95,12 +95,17 @@ class Tape {
   std::uint64_t next_id() const { return next_id_; }  // the id the next node will get
   // Forget every recorded node (tensors keep their values and gradients).
   void clear();
-  // A readable listing: one line per node, "#id op (in shapes) -> (out shape)",
-  // with the gradient norms when with_grads.
+  // A readable listing: one line per node, "#id op (inputs) -> output", each tensor as
+  // name:shape ("ab:()"), #id:shape for an unnamed result of node #id, or its bare shape
+  // (an unnamed leaf); with the gradient (or its norm) when with_grads. autograd/dot.hpp
+  // draws the same graph.
   std::string dump(bool with_grads = false) const;
 
-  // Seeds root's gradient and runs the reverse walk (used by Tensor::backward).
-  void run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph);
+  // Seeds root's gradient and runs the reverse walk (used by Tensor::backward) over the
+  // nodes with id >= min_id (a walk inside a walk: checkpoint(), which also leaves the
+  // leaves' hooks to the outer walk: leaf_hooks false).
+  void run_backward(const Tensor<T>& root, const xt::xarray<T>& seed, bool retain_graph, std::uint64_t min_id = 0,
+                    bool leaf_hooks = true);
 
   // Called in the walk after each node's backward ran (before it is released), with the
   // node's id; empty: nothing. Data-parallel training starts sending the gradients that
@@ -113,6 +118,7 @@ class Tape {
   std::uint64_t next_id_ = 0;
   std::size_t compact_at_ = 1024;
   std::function<void(std::uint64_t)> node_done_;
+  int walking_ = 0;  // run_backward calls in progress (nested: checkpoint())
 };
 
 // ---- gradient mode ----

@@ -1,6 +1,8 @@
 // autograd/tensor.cpp — creation, inspection and printing of tensors (see tensor.hpp).
 #include "autograd/tensor.hpp"
 
+#include <atomic>
+
 #include <cmath>
 #include <iomanip>
 #include <ostream>
@@ -171,6 +173,33 @@ Tensor<T> Tensor<T>::clone_leaf() const {
   t.impl_->name = i.name;
   return t;
 }
+namespace detail {
+std::atomic<std::uint64_t> g_next_hook_id{1};
+}  // namespace detail
+
+template <class T>
+std::uint64_t Tensor<T>::register_hook(GradHook<T> fn) const {
+  auto& i = checked("register_hook");
+  if (!fn) throw std::invalid_argument("register_hook: the hook is empty");
+  if (!i.requires_grad)
+    throw std::logic_error("register_hook: tensor " + (i.name.empty() ? std::string() : "'" + i.name + "' ") +
+                           "of shape " + shape_str() + " does not require grad, so no gradient will reach a hook");
+  const std::uint64_t id = detail::g_next_hook_id++;
+  i.hooks.emplace_back(id, std::move(fn));
+  return id;
+}
+template <class T>
+void Tensor<T>::remove_hook(std::uint64_t id) const {
+  auto& i = checked("remove_hook");
+  for (auto it = i.hooks.begin(); it != i.hooks.end(); ++it)
+    if (it->first == id) {
+      i.hooks.erase(it);
+      return;
+    }
+  throw std::invalid_argument("remove_hook: no hook with id " + std::to_string(id) + " on this tensor of shape " +
+                              shape_str());
+}
+
 template <class T>
 void Tensor<T>::zero_grad() {
   auto& i = checked("zero_grad");

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <random>
@@ -26,6 +27,12 @@ namespace tg {
 using Shape = std::vector<std::size_t>;
 
 template <class T> struct Node;
+template <class T> class Tensor;
+
+// A gradient hook (Tensor::register_hook): called with a tensor's gradient once backward
+// has all of it; returns a replacement of the same shape, or an undefined Tensor to keep it.
+template <class T>
+using GradHook = std::function<Tensor<T>(const Tensor<T>& grad)>;
 
 // A seeded random generator. Everything random in tapegrad (randn, dropout masks,
 // initialisation, batches) draws from an explicit Generator, so runs are reproducible.
@@ -54,6 +61,8 @@ struct TensorImpl {
   // After backward(..., create_graph=true): the gradient as a tensor with a graph of its
   // own (grad holds its value). Null otherwise. See grad_tensor().
   std::shared_ptr<TensorImpl<T>> grad_graph;
+  // Tensor::register_hook, in registration order, with their ids (remove_hook).
+  std::vector<std::pair<std::uint64_t, GradHook<T>>> hooks;
 };
 
 template <class T>
@@ -133,6 +142,19 @@ class Tensor {
   // Note: with create_graph a leaf's gradient holds a graph that holds the leaf (a
   // reference cycle, as in PyTorch); zero_grad() breaks it.
   Tensor grad_tensor() const;
+  // Note [Gradient hooks]
+  // register_hook(fn): fn sees this tensor's gradient when a backward pass has all of it
+  // (every consumer has contributed) and may replace it by returning a tensor of the same
+  // shape (an undefined Tensor keeps it). An intermediate's hook runs before the gradient
+  // flows on to the op that made it, so a replacement reaches everything upstream; a
+  // leaf's runs at the end of the pass, on that pass's gradient, before it is added to
+  // .grad (what earlier passes accumulated is not shown to it). Hooks run in registration
+  // order, each on the previous one's result, in backward(), in grad()/hvp()/jvp() and in
+  // backward(create_graph=true) (there the gradient has a graph, and what the hook does to
+  // it is differentiated too). Returns an id for remove_hook().
+  std::uint64_t register_hook(GradHook<T> fn) const;
+  // Removes a hook; an id that is not registered here is an error naming it.
+  void remove_hook(std::uint64_t id) const;
   // Forget the gradient.
   void zero_grad();
   // grad += g, checking shapes; `op` names the op for the error message.

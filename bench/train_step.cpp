@@ -42,6 +42,7 @@
 //                         [--threads 1] [--steps 5] [--warmup-steps 2] [--seed 0]
 //                         [--lr 1e-3] [--op-profile] [--malloc-default] [--dump-config PATH]
 //                         [--bf16]   (float32 model, matmul operands in bf16: train --dtype bf16)
+//                         [--checkpoint-activations]   (each layer recomputed in backward)
 #include <cblas.h>
 
 #include <sys/resource.h>
@@ -120,6 +121,7 @@ struct Args {
   std::uint64_t seed = 0;
   double lr = 1e-3;
   bool op_profile = false;
+  bool checkpoint = false;  // --checkpoint-activations: CausalLM::set_checkpoint_layers
   bool bf16 = false;  // --bf16: matmuls in bf16 (autograd/kernels/gemm_bf16.hpp)
   bool malloc_default = false;  // --malloc-default: skip tg::keep_freed_memory()
 };
@@ -129,7 +131,7 @@ struct Args {
                "usage: bench_train_step [--preset NAME] [--size NAME] [--seq-len T] [--batch B]\n"
                "                        [--threads N] [--steps N] [--warmup-steps N] [--seed S]\n"
                "                        [--lr LR] [--op-profile] [--malloc-default]\n"
-               "                        [--dump-config PATH] [--bf16]\n");
+               "                        [--dump-config PATH] [--bf16] [--checkpoint-activations]\n");
   std::exit(code);
 }
 
@@ -164,6 +166,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--lr") a.lr = std::atof(next().c_str());
     else if (s == "--op-profile") a.op_profile = true;
     else if (s == "--bf16") a.bf16 = true;
+    else if (s == "--checkpoint-activations") a.checkpoint = true;
     else if (s == "--malloc-default") a.malloc_default = true;
     else if (s == "--dump-config") a.dump_config = next();
     else if (s == "--help" || s == "-h") usage(0);
@@ -231,6 +234,7 @@ int main(int argc, char** argv) {
   }
 
   tg::nn::CausalLM<float> model(cfg, a.seed);
+  model.set_checkpoint_layers(a.checkpoint);
   const auto named = model.named_parameters();
   tg::optim::AdamWOptions ao;
   ao.lr = a.lr;
@@ -249,10 +253,10 @@ int main(int argc, char** argv) {
                                  double(cfg.head_dim) * double(a.seq_len) * tokens;
 
   std::printf("config preset=%s size=%s dtype=%s batch=%lld seq_len=%lld threads=%d params=%zu matmul_params=%zu "
-              "model_flops=%.6e steps=%lld warmup=%lld malloc=%s\n",
+              "model_flops=%.6e steps=%lld warmup=%lld malloc=%s checkpoint=%d\n",
               a.preset.c_str(), a.size.c_str(), a.bf16 ? "bf16" : "f32", (long long)a.batch, (long long)a.seq_len,
               a.threads, model.num_parameters(), matmul_params, model_flops, (long long)a.steps, (long long)a.warmup,
-              kept ? "kept" : "default");
+              kept ? "kept" : "default", a.checkpoint ? 1 : 0);
   std::fflush(stdout);
 
   // Token batches, uniform in [0, V), one per step (made before the clock starts).

@@ -122,14 +122,17 @@ Tensor<T> Attention<T>::apply_gate(const Tensor<T>& y, Tensor<T> s, AttentionRec
   if (gate_.activation == GateActivation::Sigmoid && gate_.combine == GateCombine::Multiplicative &&
       s.shape() == y.shape()) {
     // The paper's best gate (elementwise sigmoid): one fused op, σ(s) is never stored.
-    if (record) {
+    if (record || this->has_forward_hooks()) {
       NoGrad no_grad;
-      record_gate(record, sigmoid(s).value(), true, offset);
+      Tensor<T> a = sigmoid(s);
+      if (record) record_gate(record, a.value(), true, offset);
+      if (this->has_forward_hooks()) this->emit("gate", a);
     }
     return sigmoid_gate(y, s);
   }
   Tensor<T> a = activate(s);
   if (record) record_gate(record, a.value(), true, offset);
+  if (this->has_forward_hooks()) this->emit("gate", a);
   return gate_.combine == GateCombine::Multiplicative ? y * a : y + a;
 }
 
@@ -242,8 +245,10 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
 
   // ---- causal SDPA: (B,T,H,D) ----
   xt::xarray<T> probs;
-  Tensor<T> o = in_place ? attention_cached(q, cache->k, cache->v, cache->length(), record ? &probs : nullptr)
-                         : attention(q, k, v, std::optional<T>{}, record ? &probs : nullptr);
+  const bool want_probs = record || this->has_forward_hooks();  // Note [Forward hooks]: "probs"
+  Tensor<T> o = in_place ? attention_cached(q, cache->k, cache->v, cache->length(), want_probs ? &probs : nullptr)
+                         : attention(q, k, v, std::optional<T>{}, want_probs ? &probs : nullptr);
+  if (this->has_forward_hooks()) this->emit("probs", Tensor<T>(probs));
   if (record) {
     // probs (B,H,Tq,Tk); query i sits at absolute position Tk - Tq + i.
     record->head_first_token_attention = head_key_attention(probs, 0);
@@ -263,6 +268,7 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
     } else {
       Tensor<T> a = activate(this->param(theta_));  // (H,D), broadcast over B, T
       if (record) record_gate(record, a.value(), false, offset);
+      if (this->has_forward_hooks()) this->emit("gate", a);
       o = o * a;
     }
   }
@@ -271,6 +277,7 @@ Tensor<T> Attention<T>::forward(const Tensor<T>& x, const RopeTable<T>& rope_tab
 
   // ---- G5: on o_proj's output ----
   if (gate_.position == GatePosition::Dense) out = apply_gate(out, gate_proj_->forward(x), record, offset);
+  if (this->has_forward_hooks()) this->emit("output", out);
   return out;
 }
 

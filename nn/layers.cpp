@@ -27,7 +27,9 @@ Linear<T>::Linear(std::size_t in, std::size_t out, bool bias, Generator& gen, do
 
 template <class T>
 Tensor<T> Linear<T>::forward(const Tensor<T>& x) const {
-  return linear(x, weight(), bias());  // x (...,in) -> (...,out)
+  Tensor<T> y = linear(x, weight(), bias());  // x (...,in) -> (...,out)
+  if (this->has_forward_hooks()) this->emit("output", y);
+  return y;
 }
 
 // ---- Embedding ----
@@ -39,7 +41,9 @@ Embedding<T>::Embedding(std::size_t V, std::size_t C, Generator& gen, double ini
 
 template <class T>
 Tensor<T> Embedding<T>::forward(const Index& ids) const {
-  return embedding(ids, weight());  // ids (...) -> (...,C)
+  Tensor<T> y = embedding(ids, weight());  // ids (...) -> (...,C)
+  if (this->has_forward_hooks()) this->emit("output", y);
+  return y;
 }
 
 // ---- RMSNorm, LayerNorm ----
@@ -51,7 +55,9 @@ RMSNorm<T>::RMSNorm(std::size_t dim, double eps) : eps_(eps) {
 
 template <class T>
 Tensor<T> RMSNorm<T>::forward(const Tensor<T>& x) const {
-  return rmsnorm(x, weight(), static_cast<T>(eps_));
+  Tensor<T> y = rmsnorm(x, weight(), static_cast<T>(eps_));
+  if (this->has_forward_hooks()) this->emit("output", y);
+  return y;
 }
 
 template <class T>
@@ -62,7 +68,9 @@ LayerNorm<T>::LayerNorm(std::size_t dim, double eps, bool bias) : eps_(eps), has
 
 template <class T>
 Tensor<T> LayerNorm<T>::forward(const Tensor<T>& x) const {
-  return layernorm(x, this->param(weight_), has_bias_ ? this->param(bias_) : Tensor<T>(), static_cast<T>(eps_));
+  Tensor<T> y = layernorm(x, this->param(weight_), has_bias_ ? this->param(bias_) : Tensor<T>(), static_cast<T>(eps_));
+  if (this->has_forward_hooks()) this->emit("output", y);
+  return y;
 }
 
 // ---- SwiGLU MLP ----
@@ -77,7 +85,9 @@ MLP<T>::MLP(std::size_t C, std::size_t F, Generator& gen, double init_std) {
 template <class T>
 Tensor<T> MLP<T>::forward(const Tensor<T>& x) const {
   // x (...,C) -> g, u (...,F) -> silu(g) * u -> (...,C)
-  return down_proj_->forward(swiglu(gate_proj_->forward(x), up_proj_->forward(x)));
+  Tensor<T> y = down_proj_->forward(swiglu(gate_proj_->forward(x), up_proj_->forward(x)));
+  if (this->has_forward_hooks()) this->emit("output", y);
+  return y;
 }
 
 // ---- MoE ----
@@ -102,6 +112,7 @@ MoEOutput<T> MoE<T>::forward(const Tensor<T>& x) const {
   Tensor<T> xf = reshape(x, {-1, static_cast<std::int64_t>(C)});  // (N,C)
   Tensor<T> logits = router_->forward(xf);                         // (N,E)
   Tensor<T> p = softmax(logits, -1);                                // (N,E)
+  if (this->has_forward_hooks()) this->emit("router_probs", p);
   Index idx;
   Tensor<T> w = topk(p, k, &idx);                                   // (N,k), idx (N,k)
   if (norm_topk_prob_) w = w / sum(w, {-1}, true);
@@ -147,6 +158,7 @@ MoEOutput<T> MoE<T>::forward(const Tensor<T>& x) const {
   Tensor<T> yf = index_add(N, rows_all, parts.size() == 1 ? parts[0] : concat(parts, 0));  // (N,C)
   std::vector<std::int64_t> shape(sx.begin(), sx.end());
   out.y = reshape(yf, shape);
+  if (this->has_forward_hooks()) this->emit("output", out.y);
   return out;
 }
 

@@ -1,6 +1,8 @@
 // nn/model.cpp — see model.hpp.
 #include "nn/model.hpp"
 
+#include "autograd/activation_checkpoint.hpp"
+
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -141,6 +143,7 @@ LayerOutput<T> DecoderLayer<T>::forward(const Tensor<T>& h_in, const RopeTable<T
     f = post_mlp_sandwich_norm_->forward(f);
   }
   out.h = h + f;  // ffn_residual = layer output
+  if (this->has_forward_hooks()) this->emit("output", out.h);
   if (diag) {
     diag->max_ffn_residual = max_abs(out.h);
     diag->first_token_attention = rec.first_token_attention;
@@ -234,10 +237,32 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
   std::vector<Tensor<T>> auxes, zs, prob_sums;
   std::vector<std::size_t> counts;  // (E) summed over the MoE layers
   std::size_t pooled_tokens = 0;
+  const bool segments = checkpoint_layers_ && !cache && !diag && grad_enabled();
   for (std::size_t i = 0; i < L; ++i) {
-    Scope s("model.layers." + std::to_string(i));
-    LayerOutput<T> lo = model_->layers()[i]->forward(h, rope, cache ? &cache->layers[i] : nullptr,
-                                                     diag ? &diag->layers[i] : nullptr);
+    const std::string path = "model.layers." + std::to_string(i);
+    LayerOutput<T> lo;
+    if (segments) {
+      // One checkpointed segment per layer. The closure outlives this call (backward runs
+      // it again), so it holds the RoPE table and the router counts by shared pointer.
+      const DecoderLayer<T>* layer = model_->layers()[i];
+      auto table = rope_;
+      auto counts = std::make_shared<LayerOutput<T>>();
+      auto outs = checkpoint<T>(
+          [layer, table, counts, path](const std::vector<Tensor<T>>& in) {
+            Scope s(path);
+            LayerOutput<T> r = layer->forward(in[0], *table);
+            counts->tokens_per_expert = r.tokens_per_expert, counts->tokens = r.tokens;
+            if (r.aux.defined()) return std::vector<Tensor<T>>{r.h, r.aux, r.z, r.prob_sum};
+            return std::vector<Tensor<T>>{r.h};
+          },
+          {h}, path);
+      lo.h = outs[0];
+      if (outs.size() == 4) lo.aux = outs[1], lo.z = outs[2], lo.prob_sum = outs[3];
+      lo.tokens_per_expert = counts->tokens_per_expert, lo.tokens = counts->tokens;
+    } else {
+      Scope s(path);
+      lo = model_->layers()[i]->forward(h, rope, cache ? &cache->layers[i] : nullptr, diag ? &diag->layers[i] : nullptr);
+    }
     h = lo.h;
     if (lo.aux.defined()) {
       auxes.push_back(lo.aux), zs.push_back(lo.z), prob_sums.push_back(lo.prob_sum);
@@ -254,6 +279,7 @@ ForwardOutput<T> CausalLM<T>::forward_full(const Index& tokens, KVCache<T>* cach
     Scope s("lm_head");
     out.logits = linear(h, lm_head_weight());  // (B,T,V)
   }
+  if (this->has_forward_hooks()) this->emit("logits", out.logits);
   if (!auxes.empty()) {
     // means over the MoE layers
     Tensor<T> a = auxes[0], z = zs[0];

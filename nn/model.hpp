@@ -162,6 +162,12 @@ class CausalLM : public Module<T> {
   Tensor<T> forward(const Index& tokens, KVCache<T>* cache = nullptr, Diagnostics* diag = nullptr) const {
     return forward_full(tokens, cache, diag).logits;
   }
+  // Activation checkpointing (Note [Activation checkpointing] in autograd/activation_checkpoint.hpp):
+  // when on, each decoder layer is one checkpointed segment in a forward that records
+  // (grad mode on, no cache, no diagnostics): its activations are recomputed in backward
+  // instead of kept. Same values and gradients; less memory, one more layer forward each.
+  void set_checkpoint_layers(bool on) { checkpoint_layers_ = on; }
+  bool checkpoint_layers() const { return checkpoint_layers_; }
   // The training loss of nn/MODEL.md "Loss" (needs T >= 2).
   LossOutput<T> loss(const Index& tokens, Diagnostics* diag = nullptr) const;
   // An empty cache with one entry per layer.
@@ -186,6 +192,7 @@ class CausalLM : public Module<T> {
   DecoderModel<T>* model_;
   Linear<T>* lm_head_ = nullptr;  // null when tied
   mutable std::shared_ptr<RopeTable<T>> rope_;
+  bool checkpoint_layers_ = false;
 };
 
 // Shifted next-token targets: targets(b,t) = tokens(b,t+1), the last column ignore_index.

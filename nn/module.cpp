@@ -28,6 +28,41 @@ void Module<T>::add_child(const std::string& name, std::unique_ptr<Module<T>> m)
   children_.emplace_back(name, std::move(m));
 }
 
+namespace {
+std::uint64_t g_next_forward_hook = 1;
+}  // namespace
+
+template <class T>
+std::uint64_t Module<T>::register_forward_hook(ForwardHook fn) const {
+  if (!fn) throw std::invalid_argument("register_forward_hook: the hook is empty");
+  const std::uint64_t id = g_next_forward_hook++;
+  add_forward_hook(HookEntry{id, "", std::make_shared<ForwardHook>(std::move(fn))});
+  return id;
+}
+
+template <class T>
+void Module<T>::add_forward_hook(const HookEntry& h) const {
+  forward_hooks_.push_back(h);
+  for (auto& [n, c] : children_) c->add_forward_hook(HookEntry{h.id, h.path.empty() ? n : h.path + "." + n, h.fn});
+}
+
+template <class T>
+bool Module<T>::drop_forward_hook(std::uint64_t id) const {
+  bool found = false;
+  for (auto it = forward_hooks_.begin(); it != forward_hooks_.end();)
+    if (it->id == id) it = forward_hooks_.erase(it), found = true;
+    else ++it;
+  for (auto& [n, c] : children_) found = c->drop_forward_hook(id) || found;
+  return found;
+}
+
+template <class T>
+void Module<T>::remove_forward_hook(std::uint64_t id) const {
+  if (!drop_forward_hook(id))
+    throw std::invalid_argument("remove_forward_hook: no forward hook with id " + std::to_string(id) +
+                                " on this module or below it");
+}
+
 template <class T>
 void Module<T>::collect(const std::string& prefix, NamedTensors& out) const {
   for (auto& [n, p] : params_) out.emplace_back(prefix + n, p);

@@ -13,6 +13,19 @@
 // virtual forward. Nor is it file I/O: nn/safetensors.hpp reads and writes files, and
 // load_from() accepts such a file (or anything with names(), shape(name), get<T>(name)).
 //
+// Note [Forward hooks]
+// register_forward_hook(fn) on a module calls fn for what that module and every module
+// under it compute in a forward: fn({module, what, value}) with the module's dotted path
+// relative to the one the hook was registered on ("model.layers.0.self_attn"; "" for that
+// module itself), what it is, and the tensor (on the graph, as the forward made it). Every
+// module reports "output"; Attention also "probs" (B,H,Tq,Tk: the attention probabilities,
+// materialised only while a hook is registered) and "gate" (the activated gate scores,
+// when the config has a gate); MoE "router_probs" (N,E); CausalLM "logits". A hook
+// observes: to change a gradient, register a gradient hook on the value (Tensor::
+// register_hook); to change a value, write a module. Modules registered after the hook
+// (there are none once a model is built) do not see it. A module without hooks pays one
+// empty-vector test per forward.
+//
 // Note [Parameter slots]
 // A module keeps each parameter's Tensor handle in one place, its registry, and its code
 // reads it through param(slot). So bind_parameters() can swap every parameter for other
@@ -90,6 +103,19 @@ class Module {
   void zero_grad();
   void requires_grad_(bool on = true);
 
+  // ---- forward hooks (Note [Forward hooks]) ----
+  struct ForwardEvent {
+    const std::string& module;  // dotted path below the module the hook was registered on
+    const char* what;           // "output", "probs", "gate", "router_probs", "logits"
+    const Tensor<T>& value;
+  };
+  using ForwardHook = std::function<void(const ForwardEvent&)>;
+  // Returns an id for remove_forward_hook(). (const: a hook observes and changes nothing a
+  // module computes, so a const model takes one too.)
+  std::uint64_t register_forward_hook(ForwardHook fn) const;
+  // Removes it from every module it was registered on; an unknown id is an error naming it.
+  void remove_forward_hook(std::uint64_t id) const;
+
   // ---- state ----
   // (name, value copy) in named_parameters() order.
   std::vector<std::pair<std::string, xt::xarray<T>>> state_dict() const;
@@ -112,6 +138,11 @@ class Module {
   // grad. Returns its slot for param().
   std::size_t register_parameter(const std::string& name, Tensor<T> value);
   const Tensor<T>& param(std::size_t slot) const { return params_[slot].second; }
+  // Note [Forward hooks]: whether any hook listens here, and tell them about `value`.
+  bool has_forward_hooks() const { return !forward_hooks_.empty(); }
+  void emit(const char* what, const Tensor<T>& value) const {
+    for (const auto& h : forward_hooks_) (*h.fn)(ForwardEvent{h.path, what, value});
+  }
   // Registers a child under a name ("q_proj", or "layers.3" for lists); returns it.
   template <class M>
   M& register_module(const std::string& name, std::unique_ptr<M> m) {
@@ -124,6 +155,14 @@ class Module {
   void add_child(const std::string& name, std::unique_ptr<Module<T>> m);
   void collect(const std::string& prefix, NamedTensors& out) const;
   void bind(const std::vector<Tensor<T>>& ps, std::size_t& next);
+  struct HookEntry {
+    std::uint64_t id;
+    std::string path;
+    std::shared_ptr<ForwardHook> fn;
+  };
+  void add_forward_hook(const HookEntry& h) const;
+  bool drop_forward_hook(std::uint64_t id) const;
+  mutable std::vector<HookEntry> forward_hooks_;
 
   std::vector<std::pair<std::string, Tensor<T>>> params_;
   std::vector<std::pair<std::string, std::unique_ptr<Module<T>>>> children_;

@@ -154,9 +154,9 @@ TEST_CASE("tape dump names ops and shapes") {
   TD l = mean(y);
   l.set_name("loss");
   std::string d = Tape<double>::current().dump();
-  CHECK(d.find("linear (a(2,3), (4,3)) -> (2,4)") != std::string::npos);
+  CHECK(d.find("linear (a:(2,3), (4,3)) -> (2,4)") != std::string::npos);
   CHECK(d.find("mean (#") != std::string::npos);  // an unnamed input shows the node that made it
-  CHECK(d.find("(2,4)) -> () 'loss'") != std::string::npos);
+  CHECK(d.find(":(2,4)) -> loss:()") != std::string::npos);
   l.backward(true);
   std::string dg = Tape<double>::current().dump(true);
   CHECK(dg.find("grad=1") != std::string::npos);
@@ -203,6 +203,27 @@ TEST_CASE("anomaly mode names the inputs' shapes and the module (Scope) of the o
   std::string mb = THROW_MSG(total.backward());
   CHECK_MESSAGE(mb.find("op 'sqrt' (inputs (2); in mlp) produced Inf in its backward's gradient for input 0") !=
                     std::string::npos, mb);
+}
+
+TEST_CASE("to_dot draws the graph behind a tensor: boxes for tensors, ellipses for ops, values of small tensors") {
+  TD a = TD::scalar(2.0, true).set_name("a");
+  TD b = TD::scalar(-3.0, true).set_name("b");
+  TD c = (a * b).set_name("c");
+  TD big = TD::ones({3, 4}, true);
+  TD l = (c + sum(big)).set_name("L");
+  l.backward(/*retain_graph=*/true);
+  const std::string d = to_dot<double>({l}, {.max_values = 4, .grads = true, .title = "L = a*b + sum(big)"});
+  CHECK(d.rfind("digraph tape {", 0) == 0);
+  CHECK(d.find("label=\"a ()\\nvalue 2\\ngrad -3\"") != std::string::npos);  // dL/da = b
+  CHECK(d.find("label=\"c ()\\nvalue -6\\ngrad 1\"") != std::string::npos);
+  CHECK(d.find("(3,4)\\n|grad| 3.464") != std::string::npos);  // large: the gradient's norm, sqrt(12)
+  CHECK(d.find(" mul\"") != std::string::npos);
+  CHECK(d.find(" sum") != std::string::npos);
+  CHECK(d.find("L = a*b + sum(big)") != std::string::npos);
+  // every op has one arrow out and one per input: mul (2 in), sum (1), add (2) -> 8 arrows
+  std::size_t arrows = 0;
+  for (std::size_t at = d.find("->"); at != std::string::npos; at = d.find("->", at + 2)) ++arrows;
+  CHECK(arrows == 8);
 }
 
 TEST_CASE("float and double both work") {

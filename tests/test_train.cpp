@@ -294,6 +294,31 @@ TEST_CASE("train: --resume gives the same losses as an uninterrupted run") {
   }
 }
 
+TEST_CASE("train --checkpoint-activations: the same losses and weights, bitwise, and it may change on --resume") {
+  if (!have_program()) return;
+  TempDir d;
+  write(d / "text.txt", corpus_text(20000));
+  for (const char* size : {"tiny", "tiny_moe"}) {
+    CAPTURE(size);
+    const std::string plain = d / (std::string("plain_") + size), ck = d / (std::string("ck_") + size);
+    auto args = [&](const std::string& out) {
+      auto a = tiny_args(d / "text.txt", out, 12);
+      a[2] = size;  // --size
+      return a;
+    };
+    const Result a = run(args(plain));
+    REQUIRE(a.status == 0);
+    const Result b1 = run(plus(args(ck), {"--checkpoint-activations", "--stop-at", "6"}));
+    INFO(b1.output);
+    REQUIRE(b1.status == 0);
+    const Result b2 = run({"train", "--resume", ck, "--threads", "1", "--sample-len", "0"});  // now without it
+    INFO(b2.output);
+    REQUIRE(b2.status == 0);
+    CHECK(loss_columns(read(plain + "/metrics.csv")) == loss_columns(read(ck + "/metrics.csv")));
+    CHECK(read(ckpt(plain) + "/model.safetensors") == read(ckpt(ck) + "/model.safetensors"));
+  }
+}
+
 TEST_CASE("train: Ctrl-C finishes the step, writes a checkpoint that loads and resumes, exits non-zero") {
   if (!have_program()) return;
   TempDir d;

@@ -103,6 +103,7 @@ struct Invocation {
   std::int64_t stop_at = 0;    // stop (with a checkpoint) at this step; 0: never
   int keep = 2;                // complete checkpoints kept (checkpoints/step-NNNNNN/)
   bool detect_anomaly = false; // autograd's anomaly mode: name the first op making NaN/Inf
+  bool checkpoint_activations = false;  // recompute each layer in backward (memory only; may change on resume)
   nn::ModelConfig config;
   std::string preset;
   std::shared_ptr<const nn::HfFolder> init;  // --init-from: opened and checked before anything is written
@@ -354,6 +355,7 @@ int train(Invocation& inv) {
   const data::BatchSampler val_batches(parts.val, B, Tn, "the validation split", windows);
 
   nn::CausalLM<T> model(inv.config, a.seed);
+  model.set_checkpoint_layers(inv.checkpoint_activations);  // the same losses, less memory
   optim::AdamWOptions ao;
   ao.lr = a.lr, ao.beta1 = a.beta1, ao.beta2 = a.beta2, ao.weight_decay = a.weight_decay;
   optim::AdamW<T> opt(optim::make_param_groups(model.named_parameters(), a.weight_decay), ao);
@@ -722,6 +724,10 @@ int run_train(int argc, char** argv) {
   app.add_flag("--detect-anomaly", inv.detect_anomaly,
                "stop at the first op whose output or gradient holds NaN or Inf, naming it, its shapes and the layer "
                "(also TAPEGRAD_DETECT_ANOMALY=1)");
+  app.add_flag("--checkpoint-activations", inv.checkpoint_activations,
+               "keep only each decoder layer's input in the forward and recompute the layer in backward "
+               "(autograd/activation_checkpoint.hpp): the same losses, much less activation memory, about one more "
+               "forward per step; may change on --resume");
   tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
   if (const char* e = std::getenv("TAPEGRAD_DETECT_ANOMALY"); e && std::string(e) == "1") inv.detect_anomaly = true;
