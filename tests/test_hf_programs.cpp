@@ -225,3 +225,68 @@ TEST_CASE("a broken folder: every program names the shard or tensor and writes n
   CHECK(r.code == 1);
   CHECK(r.err.find("not both") != std::string::npos);
 }
+
+// ---- oracle --hvp: the Hessian-vector product written for other implementations ----------
+
+TEST_CASE("oracle --hvp writes hvp.<name> equal to PyTorch's torch.autograd.functional.hvp (tests/golden/hvp)") {
+  const fs::path hvp_dir = fs::path(TAPEGRAD_SOURCE_DIR) / "tests" / "golden" / "hvp";
+  for (const std::string c : {"baseline", "g1_headwise", "g1_elementwise", "more_experts"}) {
+    CAPTURE(c);
+    const fs::path d = hvp_dir / c, out = scratch() / ("hvp_" + c + ".safetensors");
+    const Run r = tapegrad({"oracle", "--config", (d / "config.json").string(), "--weights",
+                            (d / "weights.safetensors").string(), "--tokens", (d / "tokens.txt").string(), "--hvp",
+                            (d / "direction.safetensors").string(), "--out", out.string()});
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const auto got = SafeTensorsFile::load(out.string());
+    const auto want = SafeTensorsFile::load((d / "expected.safetensors").string());
+    std::size_t n = 0;
+    double worst = 0;
+    for (const auto& name : want.names()) {
+      if (name.rfind("hvp.", 0) != 0) continue;
+      REQUIRE_MESSAGE(got.contains(name), name);
+      worst = std::max(worst, rel_err(got.get<double>(name), want.get<double>(name)));
+      ++n;
+    }
+    CHECK(n > 5);
+    CHECK(worst <= 1e-10);
+    MESSAGE(c << ": " << n << " hvp tensors, worst relative error " << worst);
+    // the first-order outputs are still there
+    CHECK(got.contains("loss"));
+    CHECK(rel_err(got.get<double>("loss"), want.get<double>("loss")) <= 1e-12);
+  }
+}
+
+TEST_CASE("oracle --hvp refuses a direction that does not match the parameters, naming the tensor") {
+  const fs::path d = fs::path(TAPEGRAD_SOURCE_DIR) / "tests" / "golden" / "hvp" / "baseline";
+  const auto dir = SafeTensorsFile::load((d / "direction.safetensors").string());
+  // one tensor missing, one mis-shaped, one extra
+  tg::st::SafeTensorsWriter w;
+  const auto names = dir.names();
+  for (std::size_t i = 1; i < names.size(); ++i) {
+    auto v = dir.get<double>(names[i]);
+    if (i == 1) v = xt::xarray<double>(xt::zeros<double>({3}));
+    w.add(names[i], v);
+  }
+  w.add("not.a.parameter", xt::xarray<double>(xt::zeros<double>({2})));
+  const fs::path bad = scratch() / "bad_direction.safetensors", out = scratch() / "bad_hvp_out.safetensors";
+  w.write(bad.string());
+  fs::remove(out);
+  const std::vector<std::string> base = {"oracle", "--config", (d / "config.json").string(), "--weights",
+                                         (d / "weights.safetensors").string(), "--tokens", (d / "tokens.txt").string()};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return tapegrad(a);
+  };
+  Run r = with({"--hvp", bad.string(), "--out", out.string()});
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--hvp " + bad.string()) != std::string::npos);
+  CHECK(r.err.find("no tensor '" + names[0] + "'") != std::string::npos);
+  CHECK(r.err.find("'" + names[1] + "' has shape (3)") != std::string::npos);
+  CHECK(r.err.find("'not.a.parameter' is not a parameter") != std::string::npos);
+  CHECK_FALSE(fs::exists(out));
+  // --out naming the direction file would overwrite an input
+  r = with({"--hvp", bad.string(), "--out", bad.string()});
+  CHECK(r.code == 1);
+  CHECK(r.err.find("would overwrite its input") != std::string::npos);
+}

@@ -3,6 +3,7 @@
 //
 //   tapegrad oracle --config C.json --weights W.safetensors --tokens T.txt --out O.safetensors
 //                   [--dtype f64|f32]
+//   tapegrad oracle ... --hvp V.safetensors       (also the Hessian-vector product along V)
 //   tapegrad oracle --model DIR --tokens T.txt --out O.safetensors      (a Hugging Face folder,
 //                   nn/hf_folder.hpp: config.json + model.safetensors or sharded with an index)
 //
@@ -16,6 +17,12 @@
 //   aux_loss, z_loss            []   MoE models only (means over the MoE layers)
 //   grad.<parameter name>       d loss / d parameter, for every parameter (zeros for one
 //                                    the loss does not reach, e.g. an expert no token chose)
+//   hvp.<parameter name>        with --hvp V.safetensors (a direction v: one tensor per
+//                                    parameter, named and shaped like the weights): the
+//                                    Hessian-vector product H v of the loss with respect to
+//                                    all parameters (autograd/functional.hpp hvp: two reverse
+//                                    passes, the first with create_graph), so another
+//                                    implementation can check its second order against it
 // The computation itself runs in that dtype too. Nothing is written if anything fails
 // (the file is written last, atomically: an existing --out file is either replaced
 // whole or left untouched).
@@ -28,6 +35,8 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <set>
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -99,8 +108,48 @@ Index read_token_file(const std::string& path, std::size_t vocab) {
 }
 
 struct OracleArgs {
-  std::string config, weights, model, tokens, out, dtype = "f64";
+  std::string config, weights, model, tokens, out, hvp, dtype = "f64";
 };
+
+// --hvp: the direction, one tensor per parameter of `model` with its name and shape, and
+// nothing else; every mismatch is listed in one error naming the file.
+template <class T>
+std::vector<Tensor<T>> read_direction(const nn::CausalLM<T>& model, const st::SafeTensorsFile& v, const std::string& path) {
+  std::vector<std::string> problems;
+  std::set<std::string> wanted;
+  std::vector<Tensor<T>> dirs;
+  for (const auto& [name, p] : model.named_parameters()) {
+    wanted.insert(name);
+    if (!v.contains(name)) {
+      problems.push_back("no tensor '" + name + "' " + p.shape_str());
+      continue;
+    }
+    if (v.shape(name) != p.shape()) {
+      problems.push_back("'" + name + "' has shape " + shape_to_string(v.shape(name)) + ", the parameter " + p.shape_str());
+      continue;
+    }
+    try {
+      v.check_float(name);
+    } catch (const std::exception& e) {
+      problems.push_back(e.what());
+      continue;
+    }
+    dirs.push_back(Tensor<T>(v.get<T>(name)));
+  }
+  for (const auto& n : v.names())
+    if (!wanted.count(n)) problems.push_back("'" + n + "' is not a parameter of the model");
+  if (!problems.empty()) {
+    std::string m = "--hvp " + path + ": the direction must hold one tensor per parameter, named and shaped like it: ";
+    for (std::size_t i = 0; i < problems.size() && i < 8; ++i) m += (i ? "; " : "") + problems[i];
+    if (problems.size() > 8) m += "; and " + std::to_string(problems.size() - 8) + " more";
+    throw std::runtime_error(m);
+  }
+  for (std::size_t i = 0; i < dirs.size(); ++i)
+    for (const T x : dirs[i].value())
+      if (!std::isfinite(static_cast<double>(x)))
+        throw std::runtime_error("--hvp " + path + ": '" + model.named_parameters()[i].first + "' holds NaN or Inf");
+  return dirs;
+}
 
 // Exactly one of `weights` (--config + --weights) and `folder` (--model) is given.
 template <class T>
@@ -110,6 +159,8 @@ void run_oracle_as(const OracleArgs& a, const nn::ModelConfig& config, const Ind
   if (folder) folder->load_into(model);
   else model.load_from(*weights, "weights file " + a.weights);
   model.eval();
+  std::vector<Tensor<T>> direction;
+  if (!a.hvp.empty()) direction = read_direction(model, st::SafeTensorsFile::load(a.hvp), a.hvp);  // before any work
   model.zero_grad();
   nn::LossOutput<T> out = model.loss(tokens);
   out.loss.backward();
@@ -130,6 +181,15 @@ void run_oracle_as(const OracleArgs& a, const nn::ModelConfig& config, const Ind
     else w.add("grad." + name, xt::xarray<T>(xt::zeros<T>(p.shape())));
     ++n_params;
   }
+  if (!direction.empty()) {
+    // H v of the same loss with respect to every parameter (fresh passes; .grad untouched).
+    const auto named = model.named_parameters();
+    std::vector<Tensor<T>> params;
+    for (const auto& [name, p] : named) params.push_back(p);
+    const std::vector<Tensor<T>> hv =
+        hvp<T>([&](const std::vector<Tensor<T>>&) { return model.loss(tokens).loss; }, params, direction);
+    for (std::size_t i = 0; i < named.size(); ++i) w.add("hvp." + named[i].first, hv[i].value());
+  }
   w.write(a.out);
   std::cout << "tapegrad oracle: B=" << tokens.shape()[0] << " T=" << tokens.shape()[1] << ", " << n_params
             << " parameters (" << model.num_parameters() << " values), loss "
@@ -141,7 +201,8 @@ int run_oracle(int argc, char** argv) {
   OracleArgs a;
   CLI::App app{
       "Writes a model's logits, loss (MoE: aux_loss, z_loss) and the gradient of the loss with respect to every "
-      "parameter (grad.<name>) to a safetensors file: the reference other implementations check themselves against.",
+      "parameter (grad.<name>), and with --hvp the Hessian-vector product along a direction (hvp.<name>), to a "
+      "safetensors file: the reference other implementations check themselves against.",
       "tapegrad oracle"};
   app.add_option("--config", a.config, "config.json of the model (Hugging Face Qwen3 style; with --weights)");
   app.add_option("--weights", a.weights, "safetensors file holding every parameter, Hugging Face names");
@@ -153,6 +214,9 @@ int run_oracle(int argc, char** argv) {
                  "all lines of one length >= 2")
       ->required();
   app.add_option("--out", a.out, "output safetensors file (written atomically; untouched on any error)")->required();
+  app.add_option("--hvp", a.hvp,
+                 "also write hvp.<name>: the Hessian-vector product of the loss along this direction (a safetensors "
+                 "file with one tensor per parameter, named and shaped like the weights)");
   app.add_option("--dtype", a.dtype,
                  "computation and output dtype: f64 (the default, as an oracle should be) or f32")
       ->check(CLI::IsMember({"f64", "f32"}))
@@ -184,6 +248,10 @@ int run_oracle(int argc, char** argv) {
       inputs.emplace_back("--weights", a.weights);
     }
     io::check_regular_file(a.tokens, "--tokens");
+    if (!a.hvp.empty()) {
+      io::check_regular_file(a.hvp, "--hvp");
+      inputs.emplace_back("--hvp", a.hvp);
+    }
     for (const auto& [flag, in] : inputs)
       if (io::same_file(a.out, in) || fs::absolute(a.out).lexically_normal() == fs::absolute(in).lexically_normal())
         throw std::runtime_error("--out " + a.out + " is the " + flag + " file " + in +
