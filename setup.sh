@@ -19,6 +19,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin          # data-parallel training (mpirun -np N tapegrad train)
   python3 python3-numpy python3-torch # reference scripts (golden files, cross-checks)
   gnuplot-nox                         # loss-curve and study plots (PNG)
+  graphviz                            # drawings of the tape (tapegrad demo --dot, autograd/dot.hpp)
   bible-kjv                           # the default training corpus
 )
 missing=()
