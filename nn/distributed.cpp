@@ -14,6 +14,8 @@
 // final weight to 1e-10 relative; in float32 the losses to 1e-4 over the same steps.
 #include "nn/distributed.hpp"
 
+#include <thread>
+
 #include <unistd.h>
 
 #include <chrono>
@@ -151,6 +153,23 @@ void Group::barrier() const {
   if (size_ == 1) return;
 #ifdef TAPEGRAD_HAVE_MPI
   check(MPI_Barrier(comm_of(comm_)), "MPI_Barrier");
+#endif
+}
+
+bool Group::wait_all(const std::function<bool()>& stop, int poll_ms) const {
+  if (size_ == 1) return !(stop && stop());
+#ifdef TAPEGRAD_HAVE_MPI
+  MPI_Request req;
+  check(MPI_Ibarrier(comm_of(comm_), &req), "MPI_Ibarrier");
+  for (;;) {
+    int done = 0;
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (done) return true;
+    if (stop && stop()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
+  }
+#else
+  return true;
 #endif
 }
 

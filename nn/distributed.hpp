@@ -81,6 +81,10 @@ class Group {
   Group split(int color) const;
 
   void barrier() const;
+  // A barrier that sleeps while it waits (MPI_Ibarrier polled every poll_ms; MPI_Barrier
+  // spins a core at 100%, which a rank waiting for another's hour-long run must not do).
+  // Returns false as soon as stop() is true (the barrier is then left pending: end the job).
+  bool wait_all(const std::function<bool()>& stop, int poll_ms = 100) const;
   // Every rank's `v`, in rank order (MPI_Allgather).
   std::vector<double> all_gather(double v) const;
   std::vector<std::uint64_t> all_gather(std::uint64_t v) const;

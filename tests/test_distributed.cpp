@@ -119,6 +119,9 @@ TEST_SUITE("ranks") {
     CHECK(w.any(w.rank() == w.size() - 1));
     CHECK_FALSE(w.any(false));
     CHECK(w.broadcast(w.root() ? std::string("from rank 0") : std::string()) == "from rank 0");
+    // the sleeping barrier: every rank leaves it, and a stop request leaves it at once
+    CHECK(w.wait_all([] { return false; }, 5));
+    if (w.size() == 1) CHECK_FALSE(w.wait_all([] { return true; }));
     CHECK(THROW_MSG(dist::check_same(w, 42, "weights")) == "");
     const std::string m = THROW_MSG(dist::check_same(w, std::uint64_t(w.rank() == 1), "weights at step 3"));
     if (w.size() > 1) CHECK(m.find("rank 1's weights at step 3 differ from rank 0's") != std::string::npos);
@@ -394,13 +397,37 @@ TEST_CASE("distributed: Ctrl-C on mpirun stops every rank at one step with one c
 #endif
 
 #ifdef TAPEGRAD_MPIEXEC
-TEST_CASE("distributed: study under mpirun is refused with a clear error, nothing written") {
+TEST_CASE("distributed: mpirun -np 2 tapegrad study gives the one-process study's results, bit for bit") {
   if (!standalone()) return;
   const fs::path d = tg::testing::scratch_dir("distributed_study");
-  auto r = run(2, {"study", "--out", (d / "study").string()}, d);
-  INFO(r.output);
-  CHECK(r.status != 0);
-  CHECK(r.output.find("study does not run under mpirun yet (2 ranks)") != std::string::npos);
-  CHECK_FALSE(fs::exists(d / "study"));
+  std::ofstream(d / "text.txt") << corpus(30000);
+  auto study = [&](const fs::path& out) {
+    return std::vector<std::string>{"study", "--size", "tiny", "--presets", "baseline,g1_elementwise,g1_headwise",
+                                    "--steps", "8", "--batch", "2", "--seq-len", "16", "--data",
+                                    (d / "text.txt").string(), "--out", out.string(), "--threads", "1", "--mode",
+                                    "main", "--eval-batches", "2", "--timing-rounds", "0"};
+  };
+  const auto one = run(0, study(d / "one"), d);
+  INFO(one.output);
+  REQUIRE(one.status == 0);
+  const auto two = run(2, study(d / "two"), d);
+  INFO(two.output);
+  REQUIRE(two.status == 0);
+  CHECK(two.output.find("on 2 ranks") != std::string::npos);
+  CHECK(two.output.find("rank 1: study 2/3") != std::string::npos);  // run i on rank i mod 2
+  CHECK(two.output.find("rank 0: study 3/3") != std::string::npos);
+  CHECK(fs::exists(d / "two" / "report.md"));
+  std::size_t n = 0;
+  for (const auto& e : fs::directory_iterator(d / "one" / "results")) {
+    const fs::path other = d / "two" / "results" / e.path().filename();
+    CAPTURE(e.path().filename().string());
+    REQUIRE(fs::exists(other));
+    CHECK(tg::testing::read_all(e.path()) == tg::testing::read_all(other));
+    ++n;
+  }
+  CHECK(n == 3);
+  // and the runs' own losses
+  for (const auto& e : fs::directory_iterator(d / "one" / "runs"))
+    CHECK(column(e.path(), 2) == column(d / "two" / "runs" / e.path().filename(), 2));
 }
 #endif

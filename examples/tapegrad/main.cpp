@@ -50,9 +50,11 @@ int main(int argc, char** argv) {
   tg::keep_freed_memory();
   try {
     // Under mpirun: MPI starts here (nn/distributed.hpp); only rank 0 prints (errors are
-    // printed by the rank that has them, then end the whole job).
+    // printed by the rank that has them, then end the whole job) — except in a study,
+    // whose ranks run runs of their own and report them (Note [Study on many ranks]).
     tg::dist::init(&argc, &argv);
-    if (!tg::dist::Group::world().root()) {
+    const bool study = argc >= 2 && !std::strcmp(argv[1], "study");
+    if (!tg::dist::Group::world().root() && !study) {
       std::cout.rdbuf(nullptr);
       std::cerr.rdbuf(nullptr);
     }

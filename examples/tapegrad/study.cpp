@@ -59,6 +59,7 @@
 #include "flags.hpp"
 #include "nn/data.hpp"
 #include "nn/distributed.hpp"
+#include <optional>
 #include "nn/model.hpp"
 #include "nn/plot.hpp"
 #include "nn/signals.hpp"
@@ -277,7 +278,18 @@ ChildExit run_child(const std::string& exe, const std::vector<std::string>& args
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);  // its own process group (see kStopMessage)
   posix_spawnattr_setpgroup(&attr, 0);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, exe.c_str(), &fa, &attr, argv.data(), environ);
+  // Under mpirun a run is a one-process `train` of its own (Note [Study on many ranks]):
+  // it must not see the launcher's variables, or it would take itself for a rank of the job.
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    const std::string v = *e;
+    if (v.rfind("OMPI_", 0) == 0 || v.rfind("PMIX_", 0) == 0 || v.rfind("PMI_", 0) == 0) continue;
+    env_strings.push_back(v);
+  }
+  std::vector<char*> envp;
+  for (auto& v : env_strings) envp.push_back(v.data());
+  envp.push_back(nullptr);
+  const int rc = posix_spawn(&pid, exe.c_str(), &fa, &attr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   ::close(fds[1]);
@@ -355,10 +367,16 @@ class Progress {
 enum class Outcome { Finished, Diverged, Stopped, Interrupted };
 
 // Trains one run (or continues it, or finds it finished).
+// "rank 1: " under mpirun with more than one rank (Note [Study on many ranks]), else "".
+std::string rank_prefix() {
+  const dist::Group w = dist::Group::world();
+  return w.size() > 1 ? "rank " + std::to_string(w.rank()) + ": " : std::string();
+}
+
 Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::size_t total, Progress& progress) {
   const Settings& s = o.s;
   const std::string dir = run_dir(o, r);
-  const std::string label = "study " + std::to_string(index) + "/" + std::to_string(total) + " " + r.name();
+  const std::string label = rank_prefix() + "study " + std::to_string(index) + "/" + std::to_string(total) + " " + r.name();
   std::error_code ec;
   bool resume = fs::exists(cli::run::join(dir, cli::run::kTrainFile), ec);
   if (resume) {
@@ -1159,22 +1177,9 @@ class InvocationClock {
   json previous_ = json::array();
 };
 
-int run_study_impl(Options& o) {
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  Settings& s = o.s;
-  tg::set_num_threads(o.threads);
-  const data::Corpus corpus = data::Corpus::open(s.data);
-  s.data_bytes = corpus.size();
-  s.fingerprint = hex64(corpus.fingerprint());
-  {
-    const std::size_t longest = static_cast<std::size_t>(s.seq_len) *
-                                    static_cast<std::size_t>(o.length_mode() ? *std::max_element(o.length_factors.begin(), o.length_factors.end()) : 1) +
-                                1;
-    data::split(corpus, s.val_fraction, longest);  // throws with the sizes if the text is too short
-  }
-
-  // ---- the folder and its settings ----
+// The study folder: created, its study.json written (or checked against these settings:
+// a folder of another study is refused), base_config.json and results/.
+void setup_folder(const Options& o, const Settings& s) {
   std::error_code ec;
   fs::create_directories(o.out, ec);
   if (ec) throw std::runtime_error("cannot create " + o.out + ": " + ec.message());
@@ -1193,24 +1198,72 @@ int run_study_impl(Options& o) {
     cli::run::write_file_atomic(sj, want.dump(2) + "\n");
   }
   s.base.save(cli::run::join(o.out, "base_config.json"));
-  const InvocationClock invocation(cli::run::join(o.out, "time.json"));
   fs::create_directories(cli::run::join(o.out, "results"), ec);
+}
+
+// Note [Study on many ranks]
+// `mpirun -np N tapegrad study ...` runs the study's independent runs side by side: run i
+// (in plan_runs order) on rank i mod N, each as the one-process `tapegrad train` child it is
+// without MPI (its environment stripped of the launcher's OMPI_/PMIX_/PMI_ variables, so it
+// does not take itself for a rank), with --threads threads. Rank 0 alone writes the folder's
+// settings before any run starts (an error there ends every rank with its message); a rank
+// done with its share waits for the others asleep (Group::wait_all, not a spinning
+// MPI_Barrier, since the others' runs need the cores); then rank 0 reads every result from
+// disk and writes the length evaluation, the timing and the report, exactly as one process
+// does. Each run is the same deterministic child at the same thread count either way, so
+// the report's numbers are the same bits as a one-process study's (tests/test_distributed).
+// A rank interrupted (Ctrl-C: mpirun passes it on) has its child checkpoint and exits 130,
+// which ends the job; rerunning the same command continues every run.
+int run_study_impl(Options& o) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  Settings& s = o.s;
+  tg::set_num_threads(o.threads);
+  const data::Corpus corpus = data::Corpus::open(s.data);
+  s.data_bytes = corpus.size();
+  s.fingerprint = hex64(corpus.fingerprint());
+  {
+    const std::size_t longest = static_cast<std::size_t>(s.seq_len) *
+                                    static_cast<std::size_t>(o.length_mode() ? *std::max_element(o.length_factors.begin(), o.length_factors.end()) : 1) +
+                                1;
+    data::split(corpus, s.val_fraction, longest);  // throws with the sizes if the text is too short
+  }
+
+  // ---- the folder and its settings (rank 0 alone; Note [Study on many ranks]) ----
+  const dist::Group world = dist::Group::world();
+  const int ranks = world.size(), me = world.rank();
+  std::string setup_error;
+  std::optional<InvocationClock> invocation;
+  if (world.root()) {
+    try {
+      setup_folder(o, s);
+      invocation.emplace(cli::run::join(o.out, "time.json"));
+    } catch (const std::exception& e) {
+      setup_error = e.what();
+    }
+  }
+  setup_error = world.broadcast(setup_error);
+  if (!setup_error.empty()) throw std::runtime_error(setup_error);
 
   install_signal_handlers();
   Progress progress;
   const auto runs = plan_runs(o);
-  std::cout << "tapegrad study: " << runs.size() << " run" << (runs.size() == 1 ? "" : "s") << " (mode " << o.mode
-            << ") of " << s.steps << " steps, " << s.batch << " x " << s.seq_len << " tokens each, into " << o.out
-            << "\n"
-            << std::flush;
-
+  if (world.root())
+    std::cout << "tapegrad study: " << runs.size() << " run" << (runs.size() == 1 ? "" : "s") << " (mode " << o.mode
+              << ") of " << s.steps << " steps, " << s.batch << " x " << s.seq_len << " tokens each, into " << o.out
+              << (ranks > 1 ? ", on " + std::to_string(ranks) + " ranks (run i on rank i mod " + std::to_string(ranks) + ")"
+                            : std::string())
+              << "\n"
+              << std::flush;
   // ---- train (or continue, or reuse) and evaluate every run ----
   std::vector<RunResult> results;
-  for (std::size_t i = 0; i < runs.size(); ++i) {
+  // Run i: trained (or continued) if unfinished, evaluated, its result read; returns an exit
+  // code when the study must stop here.
+  auto process = [&](std::size_t i) -> std::optional<int> {
     const RunSpec& r = runs[i];
     RunResult rr;
     rr.spec = r;
-    const std::string label = "study " + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + " " + r.name();
+    const std::string label = rank_prefix() + "study " + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + " " + r.name();
     json cached = read_json_or_null(result_path(o, r));
     const json want_key = {{"eval_batches", o.eval_batches}, {"eval_seed", eval_seed(s)}, {"hist_batches", kHistBatches},
                            {"hist_bins", kHistBins}, {"steps", s.steps}};
@@ -1255,8 +1308,20 @@ int run_study_impl(Options& o) {
     }
     rr.spikes = study::count_spikes(losses, s.warmup);
     results.push_back(std::move(rr));
+    return std::nullopt;
+  };
+  if (ranks > 1) {
+    // Each rank its share, then every rank waits (asleep) for the others; rank 0 goes on
+    // with every result on disk, the others are done.
+    for (std::size_t i = std::size_t(me); i < runs.size(); i += std::size_t(ranks))
+      if (auto code = process(i)) return *code;
+    progress.line("rank " + std::to_string(me) + ": its runs are done; waiting for the other ranks");
+    if (!world.wait_all([] { return signals::stop_signal() != 0; })) return 130;
+    if (!world.root()) return 0;
+    results.clear();
   }
-
+  for (std::size_t i = 0; i < runs.size(); ++i)
+    if (auto code = process(i)) return *code;
   // ---- length extrapolation ----
   if (o.length_mode()) {
     const json want_key = {{"factors", o.length_factors}, {"eval_batches", o.eval_batches}, {"length_seed", eval_seed(s)}};
@@ -1295,8 +1360,8 @@ int run_study_impl(Options& o) {
   }
 
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
-  write_report(o, results, corpus, step_time, wall, invocation.all_seconds(), invocation.invocations());
-  std::cout << "tapegrad study: done in " << cli::run::format_duration(invocation.seconds()) << "; report: "
+  write_report(o, results, corpus, step_time, wall, invocation->all_seconds(), invocation->invocations());
+  std::cout << "tapegrad study: done in " << cli::run::format_duration(invocation->seconds()) << "; report: "
             << cli::run::join(o.out, "report.md") << "\n";
   return 0;
 }
@@ -1370,11 +1435,6 @@ int run_study(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
   tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
-  // Its runs are child processes; under mpirun each rank would run the whole study into the
-  // same folder (and the children would inherit the launcher's environment).
-  if (dist::Group::world().size() > 1)
-    throw std::runtime_error("study does not run under mpirun yet (" + std::to_string(dist::Group::world().size()) +
-                             " ranks): run `tapegrad study` as one process");
 
   o.command = "tapegrad study";
   for (int i = 1; i < argc; ++i) o.command += " " + shell_quote(argv[i]);
