@@ -60,6 +60,22 @@ GradcheckResult check_module(Module<double>& m, std::vector<Tensor<double>> extr
       inputs, opt);
 }
 
+// The same for second order: gradgradcheck of f with respect to the extra inputs and the
+// parameters (the derivatives of its vector-Jacobian product, through every op's vjp).
+template <class F>
+GradcheckResult gradgrad_module(Module<double>& m, std::vector<Tensor<double>> extra, F f,
+                                GradcheckOptions opt = {}) {
+  const std::size_t n_extra = extra.size();
+  std::vector<Tensor<double>> inputs = extra;
+  for (auto& p : m.parameters()) inputs.push_back(p);
+  return gradgradcheck(
+      [&](const std::vector<Tensor<double>>& in) {
+        m.bind_parameters(std::vector<Tensor<double>>(in.begin() + n_extra, in.end()));
+        return f(std::vector<Tensor<double>>(in.begin(), in.begin() + n_extra));
+      },
+      inputs, opt);
+}
+
 double max_abs_diff(const xt::xarray<double>& a, const xt::xarray<double>& b) {
   REQUIRE(a.shape() == b.shape());
   return xt::amax(xt::abs(a - b))();
@@ -496,5 +512,90 @@ TEST_CASE("attention: the G1 gate rows sit in q_proj in the released-code layout
     const auto rope = rope_table<double>(16, D, base.rope_theta);
     Tensor<double> x = Tensor<double>::randn({2, 6, C}, gen);
     CHECK(max_abs_diff(a1.forward(x, rope).value(), a0.forward(x, rope).value()) < 1e-12);
+  }
+}
+
+// ---- second order: gradgradcheck of every module -----------------------------------------
+
+TEST_CASE("gradgradcheck: Linear, Embedding, RMSNorm, LayerNorm, MLP, MoE") {
+  SingleThread single_thread;
+  Generator gen(17);
+  Tensor<double> x = Tensor<double>::randn({2, 3, 5}, gen, 0.0, 1.0, true);
+  Tensor<double> v = Tensor<double>::randn({2, 3, 4}, gen);
+  GradcheckOptions opt;  // projections plus sampled coordinates
+  opt.full_limit = 0, opt.projections = 3, opt.coordinates = 8;
+  {
+    Linear<double> m(5, 4, true, gen, 0.5);
+    randomize(m, 171);
+    auto r = gradgrad_module(m, {x}, [&](auto in) { return sum(tanh(m.forward(in[0])) * v); }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+  {
+    Embedding<double> m(7, 3, gen, 1.0);
+    Index ids = {{1, 6, 1}, {0, 2, 6}};
+    auto r = gradgrad_module(m, {}, [&](auto) { Tensor<double> e = m.forward(ids); return sum(e * e * e); }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+  {
+    RMSNorm<double> m(5, 1e-6);
+    randomize(m, 172);
+    auto r = gradgrad_module(m, {x}, [&](auto in) { return sum(m.forward(in[0]) * x.detach()); }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+  {
+    LayerNorm<double> m(5, 1e-5);
+    randomize(m, 173);
+    auto r = gradgrad_module(m, {x}, [&](auto in) { return sum(m.forward(in[0]) * x.detach()); }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+  {
+    MLP<double> m(5, 6, gen, 0.5);
+    auto r = gradgrad_module(m, {x}, [&](auto in) { Tensor<double> y = m.forward(in[0]); return sum(y * y); }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+  {
+    MoE<double> m(5, 3, 4, 2, true, gen, 0.6);
+    Tensor<double> w = Tensor<double>::randn({2, 3, 5}, gen);
+    auto r = gradgrad_module(m, {x}, [&](auto in) {
+      MoEOutput<double> o = m.forward(in[0]);
+      return sum(o.y * o.y * w) + o.aux * 0.7 + o.z * 0.3;
+    }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+}
+
+TEST_CASE("gradgradcheck: Attention under every gate configuration, DecoderLayer, CausalLM") {
+  SingleThread single_thread;
+  GradcheckOptions opt;
+  opt.full_limit = 0, opt.projections = 2, opt.coordinates = 4;
+  for (auto& [name, cfg] : attention_configs()) {
+    INFO(name << ": " << cfg.gate.describe());
+    Generator gen(19);
+    Attention<double> att(cfg, gen);
+    randomize(att, 191);
+    const auto rope = rope_table<double>(16, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
+    Tensor<double> x = Tensor<double>::randn({1, 4, cfg.hidden_size}, gen, 0.0, 1.0, true);
+    Tensor<double> v = Tensor<double>::randn({1, 4, cfg.hidden_size}, gen);
+    auto r = gradgrad_module(att, {x}, [&](auto in) { Tensor<double> y = att.forward(in[0], rope); return sum(y * y * v); }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+  }
+  ModelConfig moe = micro();
+  moe.num_experts = 4, moe.num_experts_per_tok = 2, moe.moe_intermediate_size = 4;
+  const std::vector<std::pair<std::string, ModelConfig>> models = {
+      {"baseline", micro()}, {"g1_elementwise", with_preset(micro(), "g1_elementwise")}, {"moe", moe}};
+  for (const auto& [name, c] : models) {
+    INFO(name);
+    CausalLM<double> model(c, 23);
+    randomize(model, 231);
+    const Index tokens = {{1, 5, 2, 7, 3}, {0, 9, 9, 4, 1}};
+    auto r = gradgrad_module(model, {}, [&](auto) { return model.loss(tokens).loss; }, opt);
+    CHECK_MESSAGE(r.ok, r.summary());
+    const DecoderLayer<double>& layer = *model.model().layers()[0];
+    const auto rope = rope_table<double>(16, c.head_dim, c.rope_theta, c.rope_scaling);
+    Generator gen(29);
+    Tensor<double> h = Tensor<double>::randn({1, 4, c.hidden_size}, gen, 0.0, 1.0, true);
+    auto& lm = const_cast<DecoderLayer<double>&>(layer);
+    auto rl = gradgrad_module(lm, {h}, [&](auto in) { Tensor<double> y = lm.forward(in[0], rope).h; return sum(y * y); }, opt);
+    CHECK_MESSAGE(rl.ok, rl.summary());
   }
 }
