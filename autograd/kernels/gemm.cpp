@@ -17,6 +17,9 @@
 // place]). Edge tiles (M or N not a multiple of MR / NR) use zero-padded
 // panels and a masked write-back.
 //
+// The naive twin (gemm_naive, gemm_batched_naive) is in gemm_naive.cpp, the argument
+// checks both share in gemm_checks.hpp.
+//
 // What it is not: a tuner. Block sizes are constants chosen by measurement on
 // the reference machine (see Note [GEMM block sizes]); there is no run-time
 // CPU dispatch, the instruction set is the one the library is compiled for.
@@ -38,6 +41,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "autograd/kernels/gemm_bf16.hpp"
+#include "autograd/kernels/gemm_checks.hpp"
 #include "autograd/kernels/gemm_team.hpp"
 #include "autograd/kernels/parallel.hpp"
 
@@ -547,50 +551,6 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   run_team(nt, body);
 }
 
-// ---- argument checks ------------------------------------------------------------
-std::string sizes_str(bool transA, bool transB, int64_t M, int64_t N, int64_t K, int64_t lda,
-                      int64_t ldb, int64_t ldc) {
-  return "(transA=" + std::to_string(transA) + ", transB=" + std::to_string(transB) +
-         ", M=" + std::to_string(M) + ", N=" + std::to_string(N) + ", K=" + std::to_string(K) +
-         ", lda=" + std::to_string(lda) + ", ldb=" + std::to_string(ldb) +
-         ", ldc=" + std::to_string(ldc) + ")";
-}
-
-template <class T>
-void check_args(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
-                const T* A, int64_t lda, const T* B, int64_t ldb, const T* C, int64_t ldc) {
-  auto fail = [&](const std::string& why) {
-    throw std::invalid_argument(std::string(name) + ": " + why + " " +
-                                sizes_str(transA, transB, M, N, K, lda, ldb, ldc));
-  };
-  if (M < 0 || N < 0 || K < 0) fail("negative size");
-  const int64_t a_cols = transA ? M : K, b_cols = transB ? K : N;
-  if (lda < std::max<int64_t>(1, a_cols)) fail("lda too small");
-  if (ldb < std::max<int64_t>(1, b_cols)) fail("ldb too small");
-  if (ldc < std::max<int64_t>(1, N)) fail("ldc too small");
-  if (M > 0 && N > 0 && !C) fail("C is null");
-  if (M > 0 && N > 0 && K > 0 && (!A || !B)) fail("A or B is null");
-}
-
-template <class T>
-void check_batched(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
-                   const T* A, int64_t lda, int64_t strideA, const T* B, int64_t ldb,
-                   int64_t strideB, const T* C, int64_t ldc, int64_t strideC, int64_t batch) {
-  check_args(name, transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
-  auto fail = [&](const std::string& why) {
-    throw std::invalid_argument(std::string(name) + ": " + why + " " +
-                                sizes_str(transA, transB, M, N, K, lda, ldb, ldc) +
-                                " strideA=" + std::to_string(strideA) +
-                                " strideB=" + std::to_string(strideB) +
-                                " strideC=" + std::to_string(strideC) +
-                                " batch=" + std::to_string(batch));
-  };
-  if (batch < 0) fail("negative batch");
-  if (strideA < 0 || strideB < 0) fail("negative stride");
-  // The C blocks must not overlap (each is written by one thread).
-  if (batch > 1 && M > 0 && N > 0 && strideC < (M - 1) * ldc + N) fail("strideC too small");
-}
-
 int threads_here() {
   return omp_in_parallel() ? 1 : threads_to_use(std::max(1, tg::num_threads()));
 }
@@ -616,26 +576,6 @@ void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, co
     if (gemm_bf16_enabled() && K > 0) return gemm_bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   check_args("gemm", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
   gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads_here());
-}
-
-template <class T>
-void gemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    if (gemm_bf16_enabled()) return gemm_bf16_naive(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  check_args("gemm_naive", transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t n = 0; n < N; ++n) {
-      T sum = T(0);
-      for (int64_t k = 0; k < K; ++k) {
-        const T a = transA ? A[k * lda + m] : A[m * lda + k];
-        const T b = transB ? B[n * ldb + k] : B[k * ldb + n];
-        sum += a * b;
-      }
-      T& c = C[m * ldc + n];
-      c = beta == T(0) ? alpha * sum : alpha * sum + beta * c;
-    }
-  }
 }
 
 template <class T>
@@ -675,29 +615,12 @@ void gemm_batched(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T a
   }
 }
 
-template <class T>
-void gemm_batched_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T alpha,
-                        const T* A, int64_t lda, int64_t strideA, const T* B, int64_t ldb,
-                        int64_t strideB, T beta, T* C, int64_t ldc, int64_t strideC,
-                        int64_t batch) {
-  check_batched("gemm_batched_naive", transA, transB, M, N, K, A, lda, strideA, B, ldb, strideB, C,
-                ldc, strideC, batch);
-  for (int64_t b = 0; b < batch; ++b)
-    gemm_naive(transA, transB, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
-               C + b * strideC, ldc);
-}
-
 #define TG_GEMM_INSTANTIATE(T)                                                                   \
   template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,   \
                         int64_t, T, T*, int64_t);                                                \
-  template void gemm_naive<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,       \
-                              const T*, int64_t, T, T*, int64_t);                                \
   template void gemm_batched<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,     \
                                 int64_t, const T*, int64_t, int64_t, T, T*, int64_t, int64_t,    \
-                                int64_t);                                                        \
-  template void gemm_batched_naive<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*,        \
-                                      int64_t, int64_t, const T*, int64_t, int64_t, T, T*,       \
-                                      int64_t, int64_t, int64_t);
+                                int64_t);
 
 TG_GEMM_INSTANTIATE(float)
 TG_GEMM_INSTANTIATE(double)
