@@ -145,7 +145,7 @@ def main():
     print("\nscaling model: G = %.1f MB of gradients, t = %.0f ms/step (1 rank x %d threads, B %d per machine), "
           "%d buckets, latency %.0f us per message" % (G / 1e6, t * 1e3, args.model_threads, args.batch, buckets,
                                                       args.latency_us))
-    print("bandwidth per machine for 90%% efficiency without overlap: "
+    print("bandwidth per machine for 90% efficiency without overlap: "
           "W >= 2(N-1)/N * G / (t/9 - 2(N-1) * buckets * latency)")
     print("%-6s %-5s %14s %10s %10s" % ("size", "N", "bytes/step", "GB/s", "Gbit/s"))
     for N in (2, 8, 64):
