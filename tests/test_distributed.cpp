@@ -417,6 +417,7 @@ TEST_CASE("distributed: mpirun -np 2 tapegrad study gives the one-process study'
   CHECK(two.output.find("rank 1: study 2/3") != std::string::npos);  // run i on rank i mod 2
   CHECK(two.output.find("rank 0: study 3/3") != std::string::npos);
   CHECK(fs::exists(d / "two" / "report.md"));
+  CHECK(tg::testing::read_all(d / "two" / "report.md").find("mpirun -np 2 tapegrad study --size tiny") != std::string::npos);
   std::size_t n = 0;
   for (const auto& e : fs::directory_iterator(d / "one" / "results")) {
     const fs::path other = d / "two" / "results" / e.path().filename();

@@ -363,7 +363,9 @@ int run_study(int argc, char** argv) {
   tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
 
-  o.command = "tapegrad study";
+  // The report's "Made by" line; under mpirun, with the launcher (Note [Study on many ranks]).
+  const int world_ranks = dist::Group::world().size();
+  o.command = (world_ranks > 1 ? "mpirun -np " + std::to_string(world_ranks) + " " : std::string()) + "tapegrad study";
   for (int i = 1; i < argc; ++i) o.command += " " + shell_quote(argv[i]);
   o.presets = split_list(presets);
   o.pair = split_list(pair);

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/data.hpp"
+#include "nn/distributed.hpp"
 #include "nn/model.hpp"
 #include "run_folder.hpp"
 #include "study_analysis.hpp"
@@ -95,7 +96,9 @@ void install_signal_handlers();
 
 class Progress {
  public:
-  Progress() : tty_(::isatty(STDOUT_FILENO) == 1) {}
+  // Under mpirun (OpenMPI gives each rank a pseudo-terminal) several ranks write one stream:
+  // lines only, no overwriting.
+  Progress() : tty_(::isatty(STDOUT_FILENO) == 1 && dist::Group::world().size() == 1) {}
   // A progress update: overwritten on a terminal, every `every`-th update otherwise.
   void update(const std::string& text, bool print_anyway) {
     if (tty_) {
