@@ -94,8 +94,8 @@ std::string corpus_text(std::size_t bytes) {
   return s;
 }
 
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<std::string> full = {program()};
+pid_t spawn(const std::vector<std::string>& args, const std::string& log, const std::string& exe = "") {
+  std::vector<std::string> full = {exe.empty() ? program() : exe};
   full.insert(full.end(), args.begin(), args.end());
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
@@ -504,4 +504,31 @@ TEST_CASE("study: SIGTERM stops the study with a checkpoint - the same command c
   CHECK(last_step(out + "/runs/baseline-lr0.003") == 400);
   CHECK(last_step(out + "/runs/g1_elementwise-lr0.003") == 400);
   CHECK(fs::exists(out + "/report.md"));
+}
+
+TEST_CASE("study: the program rebuilt while a study runs - the next runs start the new file") {
+  // /proc/self/exe of a program whose file was replaced reads "<path> (deleted)"; the study
+  // starts its runs from the file now at that path (cli::run::executable_path).
+  if (!have_program()) return;
+  TempDir tmp;
+  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  const fs::path exe = tmp.path / "tapegrad";
+  fs::copy_file(program(), exe);
+  const std::string log = tmp / "log";
+  auto args = tiny_study(tmp / "text.txt", tmp / "study", "main", 1500);
+  args.erase(args.end() - 2, args.end());  // no timing rounds
+  args.insert(args.end(), {"--timing-rounds", "0"});
+  const pid_t pid = spawn(args, log, exe.string());
+  // while the first run trains, replace the file (as a rebuild does: a new file at the path)
+  for (int i = 0; i < 400 && !contains(read(log), "study 1/2 baseline-lr0.003: training into"); ++i) ::usleep(10000);
+  fs::remove(exe);
+  fs::copy_file(program(), exe);
+  const bool replaced_before_run_2 = !contains(read(log), "study 2/2");  // 1,500 steps take seconds
+  const int st = wait_status(pid);
+  CHECK(replaced_before_run_2);
+  const std::string out = read(log);
+  INFO(out);
+  CHECK(st == 0);
+  CHECK(contains(out, "study 2/2 g1_elementwise-lr0.003"));
+  CHECK(fs::exists(tmp.path / "study" / "report.md"));
 }

@@ -159,7 +159,16 @@ std::string format_duration(double s) {
 std::string executable_path() {
   std::error_code ec;
   auto p = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string() : p.string();
+  if (ec) return {};
+  // Rebuilt while running (a study's parent outlives its build): the kernel names the old
+  // file "<path> (deleted)"; the new file at the same path is the program to start.
+  std::string s = p.string();
+  const std::string deleted = " (deleted)";
+  if (s.size() > deleted.size() && s.compare(s.size() - deleted.size(), deleted.size(), deleted) == 0) {
+    const std::string fresh = s.substr(0, s.size() - deleted.size());
+    if (fs::is_regular_file(fresh, ec)) return fresh;
+  }
+  return s;
 }
 
 }  // namespace tg::cli::run
