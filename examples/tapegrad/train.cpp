@@ -262,13 +262,19 @@ int run_train(int argc, char** argv) {
     if (given("--diag-every")) r.diag_every = a.diag_every;
     if (given("--diag-batches")) r.diag_batches = a.diag_batches;
     if (given("--data")) r.data = fs::absolute(a.data).lexically_normal().string();
+    // A warning as one write, after what stdout holds: under mpirun both streams reach the
+    // terminal through the launcher, and a line written in pieces comes out interleaved.
+    auto warn = [](const std::string& line) {
+      std::cout << std::flush;
+      std::cerr << ("tapegrad train: warning: " + line + "\n") << std::flush;
+    };
     if (tg::num_threads() != stored.threads)
-      std::cerr << "tapegrad train: warning: this run used " << stored.threads << " thread(s), now "
-                << tg::num_threads() << ": the losses may differ from an uninterrupted run in the last bits\n";
+      warn("this run used " + std::to_string(stored.threads) + " thread(s), now " + std::to_string(tg::num_threads()) +
+           ": the losses may differ from an uninterrupted run in the last bits");
     if (dist::Group::world().size() != stored.ranks)
-      std::cerr << "tapegrad train: warning: this run used " << stored.ranks << " rank(s), now "
-                << dist::Group::world().size()
-                << " (the same global --batch): the losses may differ from an uninterrupted run in the last bits\n";
+      warn("this run used " + std::to_string(stored.ranks) + " rank(s), now " +
+           std::to_string(dist::Group::world().size()) +
+           " (the same global --batch): the losses may differ from an uninterrupted run in the last bits");
     if (r.warmup > r.steps) throw std::runtime_error("--steps " + std::to_string(r.steps) + " is less than the run's warm-up");
     inv.args = r;
     const auto spec = cli::run::load_model_spec(cli::run::join(inv.out, cli::run::kConfigFile));
