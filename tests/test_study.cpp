@@ -519,10 +519,12 @@ TEST_CASE("study: the program rebuilt while a study runs - the next runs start t
   args.erase(args.end() - 2, args.end());  // no timing rounds
   args.insert(args.end(), {"--timing-rounds", "0"});
   const pid_t pid = spawn(args, log, exe.string());
-  // while the first run trains, replace the file (as a rebuild does: a new file at the path)
-  for (int i = 0; i < 400 && !contains(read(log), "study 1/2 baseline-lr0.003: training into"); ++i) ::usleep(10000);
-  fs::remove(exe);
-  fs::copy_file(program(), exe);
+  // while the first run trains (its progress reached the log), replace the file: a new file
+  // renamed over the path, so no exec can meet it half written
+  for (int i = 0; i < 1000 && !contains(read(log), "baseline-lr0.003: step "); ++i) ::usleep(10000);
+  const fs::path fresh = tmp.path / "tapegrad.new";
+  fs::copy_file(program(), fresh);
+  fs::rename(fresh, exe);
   const bool replaced_before_run_2 = !contains(read(log), "study 2/2");  // 1,500 steps take seconds
   const int st = wait_status(pid);
   CHECK(replaced_before_run_2);
