@@ -1,6 +1,7 @@
 // nn/config.cpp — see config.hpp. Parsing, validation and writing of config.json (the
 // named sizes, the presets and parameter counts: nn/presets.cpp).
 #include "nn/config.hpp"
+#include "nn/config_detail.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -17,13 +18,8 @@ namespace tg::nn {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-
-std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
-  std::string r;
-  for (std::size_t i = 0; i < v.size(); ++i) r += (i ? sep : "") + v[i];
-  return r;
-}
+using detail::fail;
+using detail::join;
 
 // A tiny two-way table between an enum and its config.json spellings.
 template <class E>

@@ -9,18 +9,14 @@
 #include <vector>
 
 #include "nn/config.hpp"
+#include "nn/config_detail.hpp"
 
 namespace tg::nn {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-
-std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
-  std::string r;
-  for (std::size_t i = 0; i < v.size(); ++i) r += (i ? sep : "") + v[i];
-  return r;
-}
+using detail::fail;
+using detail::join;
 
 }  // namespace
 
