@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "autograd/hooks_detail.hpp"
 #include "autograd/ops.hpp"
 
 namespace tg {
@@ -39,17 +40,7 @@ using GradMap = std::unordered_map<const TensorImpl<T>*, Acc<T>>;
 // on, so what a hook computes is recorded and differentiated with the rest.
 template <class T>
 Tensor<T> run_hooks(const TensorImpl<T>& t, Tensor<T> g) {
-  const auto hooks = t.hooks;  // a copy: a hook may remove itself
-  for (const auto& [id, fn] : hooks) {
-    Tensor<T> r = fn(g);
-    if (!r.defined()) continue;
-    if (!std::equal(r.value().shape().begin(), r.value().shape().end(), t.value.shape().begin(), t.value.shape().end()))
-      throw std::logic_error("gradient hook " + std::to_string(id) + " on tensor " +
-                             (t.name.empty() ? std::string() : "'" + t.name + "' ") + "of shape " +
-                             shape_to_string(t.value.shape()) + " returned a gradient of shape " + r.shape_str());
-    g = r;
-  }
-  return g;
+  return detail::run_grad_hooks(t, std::move(g));
 }
 
 // `hooks`: run the tensors' gradient hooks (the user-facing walks; not vjp_of, whose walk is

@@ -2,6 +2,7 @@
 #include "autograd/tape.hpp"
 
 #include "autograd/functional.hpp"
+#include "autograd/hooks_detail.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -141,17 +142,7 @@ namespace {
 template <class T>
 void run_hooks(const TensorImpl<T>& t, xt::xarray<T>& g) {
   NoGrad off;
-  const auto hooks = t.hooks;  // a copy: a hook may remove itself
-  for (const auto& [id, fn] : hooks) {
-    Tensor<T> r = fn(Tensor<T>(xt::xarray<T>(g)));
-    if (!r.defined()) continue;
-    if (!std::equal(r.value().shape().begin(), r.value().shape().end(), t.value.shape().begin(), t.value.shape().end()))
-      throw std::logic_error("gradient hook " + std::to_string(id) + " on tensor " +
-                             (t.name.empty() ? std::string() : "'" + t.name + "' ") + "of shape " +
-                             shape_to_string(t.value.shape()) + " returned a gradient of shape " +
-                             shape_to_string(r.value().shape()));
-    g = r.value();
-  }
+  g = detail::run_grad_hooks(t, Tensor<T>(xt::xarray<T>(g))).value();
 }
 }  // namespace
 
