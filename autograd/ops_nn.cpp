@@ -372,10 +372,15 @@ Tensor<T> sigmoid_gate(const Tensor<T>& x, const Tensor<T>& s) {
   detail::check_forward(out, "sigmoid_gate", {&x, &s});
   if (needs_grad<T>({&x, &s}))
     attach<T>(out, "sigmoid_gate", {x, s}, [x, s, n](const xt::xarray<T>& dy) {
-      // dx = dy * σ(s),  ds = dy * x * σ(s)(1 - σ(s)); added straight into the grad buffers
-      T* dx = x.requires_grad() ? x.grad_for_accumulation().data() : nullptr;
-      T* ds = s.requires_grad() ? s.grad_for_accumulation().data() : nullptr;
-      TG_KERNEL(sigmoid_gate_backward)(n, x.value().data(), s.value().data(), dy.data(), dx, ds);
+      // dx = dy * σ(s),  ds = dy * x * σ(s)(1 - σ(s)); the kernel adds into zeroed buffers
+      // (Note [Gradient buffers] in tensor.cpp)
+      xt::xarray<T> dx, ds;
+      if (x.requires_grad()) dx = xt::zeros<T>(x.value().shape());
+      if (s.requires_grad()) ds = xt::zeros<T>(s.value().shape());
+      TG_KERNEL(sigmoid_gate_backward)(n, x.value().data(), s.value().data(), dy.data(),
+                                       x.requires_grad() ? dx.data() : nullptr, s.requires_grad() ? ds.data() : nullptr);
+      if (x.requires_grad()) x.accumulate_grad(std::move(dx), "sigmoid_gate");
+      if (s.requires_grad()) s.accumulate_grad(std::move(ds), "sigmoid_gate");
     }).vjp = [x, s](const Tensor<T>&, const Tensor<T>& dy) -> Grads<T> {
       Tensor<T> sg = sigmoid(s);
       return {grad_if(x, [&] { return dy * sg; }), grad_if(s, [&] { return dy * x * (sg * (1.0 - sg)); })};

@@ -154,7 +154,8 @@ Tensor<T> slice(const Tensor<T>& x, int axis_in, std::int64_t start, std::int64_
   if (needs_grad<T>({&x}))
     attach<T>(out, "slice", {x}, [x, outer, inner, n, m, start](const xt::xarray<T>& dy) {
       // dx = zeros with dy placed at [start, stop). Added straight into x's gradient
-      // buffer: the pieces of a split each fill their own rows of one buffer.
+      // buffer: the pieces of a split each fill their own rows of one buffer (the one
+      // exception to Note [Gradient buffers] in tensor.cpp).
       T* dx = x.grad_for_accumulation().data();
       for (std::size_t o = 0; o < outer; ++o) {
         T* d = dx + (o * n + start) * inner;

@@ -252,6 +252,15 @@ void Tensor<T>::accumulate_grad(array&& g, const char* op) const {
   }
 }
 
+// Note [Gradient buffers]
+// The fast `backward` of every op fills its inputs' gradients one way: each gradient is
+// built in a buffer of its own (xarray::from_shape when the kernel writes every element,
+// xt::zeros when the kernel adds into it) and handed over with
+// input.accumulate_grad(std::move(buffer), "op"), which moves the buffer in when the input
+// has no gradient yet (the usual case: no copy) and adds it when it has one (an input used
+// twice). One op alone writes into the input's gradient itself: slice, through
+// Tensor::grad_for_accumulation(), because the pieces of a split fill disjoint rows of one
+// buffer and buffers of their own would be one full-size array of zeros per piece.
 template <class T>
 typename Tensor<T>::array& Tensor<T>::grad_for_accumulation() const {
   auto& i = checked("grad_for_accumulation");
