@@ -534,3 +534,100 @@ TEST_CASE("study: the program rebuilt while a study runs - the next runs start t
   CHECK(contains(out, "study 2/2 g1_elementwise-lr0.003"));
   CHECK(fs::exists(tmp.path / "study" / "report.md"));
 }
+
+// The sinks mode (Note [Sinks mode] in examples/tapegrad/study_sinks.cpp): the pilot grid,
+// the choice by the rule (recomputed here from the pilot's diagnostics.csv files), the full
+// runs in the chosen setting, the gate histograms at position 0 and elsewhere, and a rerun
+// that reuses every run.
+TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone setting, then the full runs") {
+  if (!have_program()) return;
+  TempDir tmp;
+  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  const std::string out = tmp / "sinks";
+  const std::vector<std::string> cmd = {"study", "--mode", "sinks", "--size", "tiny", "--pilot-steps", "6",
+                                        "--full-steps", "8", "--pilot-lrs", "1e-2", "--pilot-wds", "0.1,0.5",
+                                        "--pilot-bos", "on,off", "--sink-presets", "baseline,g1_elementwise",
+                                        "--batch", "2", "--seq-len", "16", "--data", tmp / "text.txt",
+                                        "--out", out, "--threads", "1", "--eval-batches", "2"};
+  Result r = run(cmd);
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  // The pilot: every setting of the grid, the baseline, with diagnostics; the BOS in the
+  // vocabulary only where it is on.
+  std::string best;
+  double best_f = -1;
+  for (const char* bos : {"bos", "nobos"})
+    for (const char* wd : {"0.1", "0.5"}) {
+      const std::string name = std::string("pilot-baseline-") + bos + "-lr0.01-wd" + wd;
+      CAPTURE(name);
+      const std::string dir = out + "/runs/" + name;
+      CHECK(last_step(dir) == 6);
+      const auto train = nlohmann::json::parse(read(dir + "/train.json"));
+      CHECK(train["weight_decay"].get<double>() == std::stod(wd));
+      const auto config = nlohmann::json::parse(read(dir + "/config.json"));
+      CHECK(config["vocab_size"].get<long>() == (std::string(bos) == "bos" ? 257 : 256));
+      // The rule: the largest f_attn_max_head in the last diagnostics row; ties to the earlier.
+      std::istringstream in(read(dir + "/diagnostics.csv"));
+      std::string header, line, last;
+      std::getline(in, header);
+      while (std::getline(in, line))
+        if (!line.empty()) last = line;
+      std::vector<std::string> h, v;
+      for (auto* pair : {&h, &v}) {
+        std::stringstream ss(pair == &h ? header : last);
+        std::string cell;
+        while (std::getline(ss, cell, ',')) pair->push_back(cell);
+      }
+      const auto col = std::find(h.begin(), h.end(), "f_attn_max_head") - h.begin();
+      REQUIRE(std::size_t(col) < v.size());
+      CHECK(std::stol(v[0]) == 6);  // a row at the last step
+      const double f = std::stod(v[std::size_t(col)]);
+      if (f > best_f) best_f = f, best = name;
+    }
+  REQUIRE(!best.empty());
+  const std::string setting = best.substr(std::string("pilot-baseline-").size());  // "bos-lr0.01-wd0.5"
+  CHECK(contains(r.output, "the pilot's most sink-prone setting: " + best));
+  for (const char* p : {"baseline", "g1_elementwise"}) {
+    const std::string dir = out + "/runs/full-" + std::string(p) + "-" + setting;
+    CAPTURE(dir);
+    CHECK(last_step(dir) == 8);
+    CHECK(fs::exists(dir + "/diagnostics.csv"));
+  }
+  // The gate histograms: every score of 2 batches, every layer; position 0 apart.
+  const auto g = nlohmann::json::parse(read(out + "/results/full-g1_elementwise-" + setting + ".json"));
+  const nn::ModelConfig tiny = nn::named_size("tiny");
+  const double per_position = 2.0 * 2.0 * double(tiny.num_hidden_layers * tiny.num_attention_heads * tiny.head_dim);
+  double first = 0, rest = 0;
+  for (double c : g["gate_hist_first"].get<std::vector<double>>()) first += c;
+  for (double c : g["gate_hist_rest"].get<std::vector<double>>()) rest += c;
+  CHECK(first == per_position);
+  CHECK(rest == per_position * 15);
+  CHECK(g["gate_hist_first"].size() == 100);
+  const auto b = nlohmann::json::parse(read(out + "/results/full-baseline-" + setting + ".json"));
+  CHECK_FALSE(b.contains("gate_hist_first"));
+  CHECK(b["f_attn_uniform"].get<double>() > 0);
+  const std::string md = read(out + "/report.md");
+  CHECK(contains(md, "## Pilot"));
+  CHECK(contains(md, "## Full runs"));
+  CHECK(contains(md, "tapegrad study --mode sinks"));
+  CHECK(table_row(md, "baseline").size() >= 12);
+  CHECK(table_row(md, "g1\\_elementwise").size() >= 12);
+  if (std::system("command -v gnuplot > /dev/null 2>&1") == 0)
+    for (const char* png : {"pilot.png", "sink_max_head.png", "f_attn.png", "max_h.png", "gate_hist.png", "layers.png",
+                            "attention_heatmap.png"}) {
+      CAPTURE(png);
+      CHECK(fs::exists(out + "/" + png));
+    }
+  // The same command again: nothing is retrained.
+  r = run(cmd);
+  REQUIRE(r.status == 0);
+  CHECK(count_of(r.output, "finished earlier, reused") == 6);
+  CHECK_FALSE(contains(r.output, "training into"));
+  // Flags of the other modes are refused in this one, and the other way round.
+  const Result bad = run(plus(cmd, {"--steps", "5"}));
+  CHECK(bad.status != 0);
+  CHECK(contains(bad.output, "--steps does not apply to --mode sinks"));
+  const Result bad2 = run(plus(tiny_study(tmp / "text.txt", tmp / "other", "main"), {"--pilot-steps", "5"}));
+  CHECK(bad2.status != 0);
+  CHECK(contains(bad2.output, "--pilot-steps applies to --mode sinks only"));
+}

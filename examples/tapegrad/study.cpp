@@ -150,7 +150,7 @@ int run_study_impl(Options& o) {
   s.data_bytes = corpus.size();
   s.fingerprint = hex64(corpus.fingerprint());
   {
-    const std::size_t longest = static_cast<std::size_t>(s.seq_len) *
+    const std::size_t longest = static_cast<std::size_t>(std::max(s.seq_len, o.full_seq_len)) *
                                     static_cast<std::size_t>(o.length_mode() ? *std::max_element(o.length_factors.begin(), o.length_factors.end()) : 1) +
                                 1;
     data::split(corpus, s.val_fraction, longest);  // throws with the sizes if the text is too short
@@ -174,14 +174,20 @@ int run_study_impl(Options& o) {
 
   install_signal_handlers();
   Progress progress;
-  const auto runs = plan_runs(o);
-  if (world.root())
-    std::cout << "tapegrad study: " << runs.size() << " run" << (runs.size() == 1 ? "" : "s") << " (mode " << o.mode
-              << ") of " << s.steps << " steps, " << s.batch << " x " << s.seq_len << " tokens each, into " << o.out
+  // The runs come in phases: one for the main, lr and length modes; the sinks mode's pilot,
+  // then its full runs, which depend on the pilot's results (Note [Sinks mode]).
+  std::vector<RunSpec> runs = o.sinks_mode() ? plan_pilot_runs(o) : plan_runs(o);
+  std::optional<SinkChoice> choice;
+  if (world.root()) {
+    const std::int64_t steps = o.sinks_mode() ? o.pilot_steps : s.steps;
+    std::cout << "tapegrad study: " << runs.size() << " run" << (runs.size() == 1 ? "" : "s")
+              << (o.sinks_mode() ? " of the sinks pilot" : " (mode " + o.mode + ")") << " of " << steps << " steps, "
+              << s.batch << " x " << s.seq_len << " tokens each, into " << o.out
               << (ranks > 1 ? ", on " + std::to_string(ranks) + " ranks (run i on rank i mod " + std::to_string(ranks) + ")"
                             : std::string())
               << "\n"
               << std::flush;
+  }
   // ---- train (or continue, or reuse) and evaluate every run ----
   std::vector<RunResult> results;
   // Run i: trained (or continued) if unfinished, evaluated, its result read; returns an exit
@@ -193,7 +199,7 @@ int run_study_impl(Options& o) {
     const std::string label = rank_prefix() + "study " + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + " " + r.name();
     json cached = read_json_or_null(result_path(o, r));
     const json want_key = {{"eval_batches", o.eval_batches}, {"eval_seed", eval_seed(s)}, {"hist_batches", kHistBatches},
-                           {"hist_bins", kHistBins}, {"steps", s.steps}};
+                           {"hist_bins", kHistBins}, {"steps", steps_of(s, r)}};
     const bool done = cached.is_object() && (cached.value("status", "") == "diverged" ||
                                              (cached.value("status", "") == "finished" && cached["key"] == want_key));
     if (done) {
@@ -214,6 +220,13 @@ int run_study_impl(Options& o) {
       if (rr.outcome == Outcome::Diverged) {
         cached = {{"status", "diverged"}, {"preset", r.preset}, {"lr", r.lr}};
         progress.line(label + ": diverged (NaN loss); recorded");
+      } else if (r.sinks()) {
+        progress.line(label + ": evaluating");
+        cached = evaluate_sink_run(o, r, corpus);
+        progress.line(label + ": val loss " + fixed(jnum(cached, "val_loss"), 4) + ", Sink_1^0.3 " +
+                      fixed(jnum(cached, "sink_rate"), 3) + ", F-Attn " + fixed(jnum(cached, "f_attn"), 4) +
+                      ", largest head " + fixed(jnum(cached, "f_attn_max_head"), 4) + ", max |h| " +
+                      sig3(jnum(cached, "max_h_rest")));
       } else {
         progress.line(label + ": evaluating");
         cached = evaluate_run(o, r, corpus);
@@ -233,22 +246,44 @@ int run_study_impl(Options& o) {
       rr.nan_step = (rr.metrics.empty() ? 0 : rr.metrics.back().step) + 1;
       losses.push_back(study::kNaN);
     }
-    rr.spikes = study::count_spikes(losses, s.warmup);
+    rr.spikes = study::count_spikes(losses, warmup_of(s, r));
     results.push_back(std::move(rr));
     return std::nullopt;
   };
-  if (ranks > 1) {
-    // Each rank its share, then every rank waits (asleep) for the others; rank 0 goes on
-    // with every result on disk, the others are done.
-    for (std::size_t i = std::size_t(me); i < runs.size(); i += std::size_t(ranks))
-      if (auto code = process(i)) return *code;
+  // One phase: with several ranks each its share, then every rank waits (asleep) for the
+  // others; rank 0 later reads every result from disk (the others' runs are cached).
+  const std::size_t first_full = runs.size();
+  auto run_phase = [&](std::size_t begin) -> std::optional<int> {
+    if (ranks == 1) {
+      for (std::size_t i = begin; i < runs.size(); ++i)
+        if (auto code = process(i)) return code;
+      return std::nullopt;
+    }
+    for (std::size_t i = begin + std::size_t(me); i < runs.size(); i += std::size_t(ranks))
+      if (auto code = process(i)) return code;
     progress.line("rank " + std::to_string(me) + ": its runs are done; waiting for the other ranks");
     if (!world.wait_all([] { return signals::stop_signal() != 0; })) return 130;
+    return std::nullopt;
+  };
+  if (auto code = run_phase(0)) return *code;
+  if (o.sinks_mode()) {
+    if (world.root()) write_full_config(o);  // written before the others read it: the choice needs every rank
+    choice = choose_sink_setting(o);        // the same on every rank: the same files
+    world.wait_all([] { return false; });
+    const auto full = plan_full_runs(o, *choice);
+    if (world.root())
+      progress.line("tapegrad study: the pilot's most sink-prone setting: " + choice->pilot.name() + " (largest head F-Attn " +
+                    fixed(choice->f_attn_max_head, 4) + "); " + std::to_string(full.size()) + " full runs of " +
+                    std::to_string(o.full_steps) + " steps");
+    runs.insert(runs.end(), full.begin(), full.end());
+    if (auto code = run_phase(first_full)) return *code;
+  }
+  if (ranks > 1) {
     if (!world.root()) return 0;
     results.clear();
+    for (std::size_t i = 0; i < runs.size(); ++i)
+      if (auto code = process(i)) return *code;
   }
-  for (std::size_t i = 0; i < runs.size(); ++i)
-    if (auto code = process(i)) return *code;
   // ---- length extrapolation ----
   if (o.length_mode()) {
     const json want_key = {{"factors", o.length_factors}, {"eval_batches", o.eval_batches}, {"length_seed", eval_seed(s)}};
@@ -287,6 +322,12 @@ int run_study_impl(Options& o) {
   }
 
   const double wall = std::chrono::duration<double>(clock::now() - t0).count();
+  if (o.sinks_mode()) {
+    write_sinks_report(o, results, *choice, corpus, wall, invocation->all_seconds(), invocation->invocations());
+    std::cout << "tapegrad study: done in " << cli::run::format_duration(invocation->seconds()) << "; report: "
+              << cli::run::join(o.out, "report.md") << "\n";
+    return 0;
+  }
   write_report(o, results, corpus, step_time, wall, invocation->all_seconds(), invocation->invocations());
   std::cout << "tapegrad study: done in " << cli::run::format_duration(invocation->seconds()) << "; report: "
             << cli::run::join(o.out, "report.md") << "\n";
@@ -333,9 +374,11 @@ int run_study(int argc, char** argv) {
   pair = "baseline,g1_elementwise";
   lrs = "3e-3,1e-2,3e-2,1e-1";
   lengths = "1,2,4";
-  app.add_option("--mode", o.mode, "main, lr (learning-rate stability), length (extrapolation) or all")
+  app.add_option("--mode", o.mode,
+                 "main, lr (learning-rate stability), length (extrapolation), all (the three), or sinks (attention "
+                 "sinks: a pilot grid, then the presets in its most sink-prone setting; Note [Sinks mode])")
       ->capture_default_str()
-      ->check(CLI::IsMember({"main", "lr", "length", "all"}));
+      ->check(CLI::IsMember({"main", "lr", "length", "all", "sinks"}));
   app.add_option("--presets", presets, "comma list of presets for the main table")->capture_default_str();
   app.add_option("--pair", pair, "the two presets the lr and length modes compare")->capture_default_str();
   app.add_option("--lrs", lrs, "learning rates of the lr mode")->capture_default_str();
@@ -360,8 +403,39 @@ int run_study(int argc, char** argv) {
       ->check(CLI::Range(0, 1000));
   app.add_option("--stop-at", o.stop_at, "stop the first unfinished run after this step, as if interrupted (tests)")
       ->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 40));
+  // The sinks mode (study_sinks.cpp, Note [Sinks mode]).
+  std::string sink_presets = "baseline,g1_elementwise,g1_headwise", pilot_lrs = "3e-3,1e-2", pilot_wds = "0.1,0.5",
+              pilot_bos = "on,off";
+  auto* sinks = app.add_option_group("sinks mode", "--mode sinks (defaults there: --seq-len 512 --batch 8 --out runs/sinks)");
+  sinks->add_option("--sink-presets", sink_presets, "the presets of the full runs")->capture_default_str();
+  sinks->add_option("--pilot-steps", o.pilot_steps, "steps of each pilot run (the baseline)")
+      ->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 40));
+  sinks->add_option("--pilot-lrs", pilot_lrs, "the pilot's learning rates")->capture_default_str();
+  sinks->add_option("--pilot-wds", pilot_wds, "the pilot's weight decays")->capture_default_str();
+  sinks->add_option("--pilot-bos", pilot_bos, "the pilot's BOS settings (on, off)")->capture_default_str();
+  sinks->add_option("--full-steps", o.full_steps, "steps of each full run")
+      ->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 40));
+  sinks->add_option("--full-size", o.full_size, "a named size for the full runs (default: the pilot's model)")
+      ->check(CLI::IsMember(nn::size_names()));
+  sinks->add_option("--full-seq-len", o.full_seq_len, "T of the full runs (default: --seq-len)")
+      ->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 20));
+  sinks->add_option("--diag-batches", o.diag_batches, "validation batches of each sink diagnostic")
+      ->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 20));
   tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   CLI11_PARSE(app, argc, argv);
+  if (o.sinks_mode()) {
+    for (const char* f : {"--steps", "--lr", "--warmup", "--presets", "--pair", "--lrs", "--length-factors"})
+      if (app.count(f))
+        throw std::runtime_error(std::string(f) + " does not apply to --mode sinks (it has --pilot-steps, --full-steps, "
+                                 "--pilot-lrs, --pilot-wds, --pilot-bos and --sink-presets)");
+    if (!app.count("--seq-len")) s.seq_len = 512;
+    if (!app.count("--batch")) s.batch = 8;
+    if (!app.count("--out")) o.out = "runs/sinks";
+  } else {
+    for (auto* opt : sinks->get_options())
+      if (opt->count())
+        throw std::runtime_error(opt->get_name() + " applies to --mode sinks only");
+  }
 
   // The report's "Made by" line; under mpirun, with the launcher (Note [Study on many ranks]).
   const int world_ranks = dist::Group::world().size();
@@ -369,10 +443,17 @@ int run_study(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) o.command += " " + shell_quote(argv[i]);
   o.presets = split_list(presets);
   o.pair = split_list(pair);
+  o.sink_presets = split_list(sink_presets);
+  if (o.sink_presets.empty()) throw std::runtime_error("--sink-presets is empty");
+  o.pilot_bos.clear();
+  for (auto& x : split_list(pilot_bos)) {
+    if (x != "on" && x != "off") throw std::runtime_error("--pilot-bos: '" + x + "' is neither on nor off");
+    o.pilot_bos.push_back(x == "on");
+  }
   if (o.presets.empty()) throw std::runtime_error("--presets is empty");
   if (o.pair.size() != 2) throw std::runtime_error("--pair needs exactly two presets, got '" + pair + "'");
   const auto known = nn::list_presets();
-  for (const auto* list : {&o.presets, &o.pair})
+  for (const auto* list : {&o.presets, &o.pair, &o.sink_presets})
     for (auto& p : *list)
       if (std::find(known.begin(), known.end(), p) == known.end())
         throw std::runtime_error("unknown preset '" + p + "' (see nn/MODEL.md \"Presets\")");
@@ -391,6 +472,15 @@ int run_study(int argc, char** argv) {
     return v;
   };
   for (auto& x : split_list(lrs)) o.lrs.push_back(number("--lrs", x, false));
+  o.pilot_lrs.clear();
+  for (auto& x : split_list(pilot_lrs)) o.pilot_lrs.push_back(number("--pilot-lrs", x, false));
+  o.pilot_wds.clear();
+  for (auto& x : split_list(pilot_wds)) {  // weight decay 0 is a setting too
+    if (x == "0") o.pilot_wds.push_back(0.0);
+    else o.pilot_wds.push_back(number("--pilot-wds", x, false));
+  }
+  if (o.pilot_lrs.empty() || o.pilot_wds.empty() || o.pilot_bos.empty())
+    throw std::runtime_error("--pilot-lrs, --pilot-wds and --pilot-bos need values");
   o.length_factors.clear();
   for (auto& x : split_list(lengths)) o.length_factors.push_back(static_cast<std::int64_t>(number("--length-factors", x, true)));
   if (o.lrs.empty() || o.length_factors.empty()) throw std::runtime_error("--lrs and --length-factors need values");
@@ -413,6 +503,14 @@ int run_study(int argc, char** argv) {
   s.eval_every = std::max<std::int64_t>(1, s.steps / 20);
   s.save_every = std::max<std::int64_t>(1, s.steps / 5);
   s.data = s.data.empty() ? default_data_path() : fs::absolute(s.data).lexically_normal().string();
+  if (o.sinks_mode()) {
+    s.base.max_position_embeddings = std::max<std::size_t>(s.base.max_position_embeddings, static_cast<std::size_t>(std::max(s.seq_len, o.full_seq_len)) + 1);
+    s.steps = o.full_steps;
+    s.sinks = {{"sink_presets", o.sink_presets}, {"pilot_steps", o.pilot_steps}, {"pilot_lrs", o.pilot_lrs},
+               {"pilot_wds", o.pilot_wds},       {"pilot_bos", o.pilot_bos},     {"full_steps", o.full_steps},
+               {"full_size", o.full_size},       {"full_seq_len", o.full_seq_len}, {"diag_batches", o.diag_batches},
+               {"warmup", "min(100, steps / 10)"}, {"weight_decay", "the run's"}};
+  }
   o.out = fs::absolute(o.out).lexically_normal().string();
   return run_study_impl(o);
 }

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "nn/data.hpp"
 #include "nn/distributed.hpp"
 #include "nn/model.hpp"
+#include "nn/plot.hpp"
 #include "run_folder.hpp"
 #include "study_analysis.hpp"
 
@@ -49,6 +51,7 @@ struct Settings {
   double lr = 3e-3, weight_decay = 0.1, clip = 1.0;
   std::uint64_t seed = 1;
   std::int64_t eval_every = 50, train_eval_batches = 8, save_every = 200;
+  ojson sinks;  // the sinks mode's own settings (null in the other modes; Note [Sinks mode])
 };
 
 ojson to_json(const Settings& s);
@@ -65,12 +68,20 @@ struct Options {
   int threads = 0;
   std::int64_t eval_batches = 16;  // validation batches of the final evaluation
   std::int64_t timing_rounds = 10;
+  // The sinks mode (study_sinks.cpp, Note [Sinks mode]).
+  std::vector<std::string> sink_presets = {"baseline", "g1_elementwise", "g1_headwise"};
+  std::int64_t pilot_steps = 250, full_steps = 4000, diag_batches = 2;
+  std::vector<double> pilot_lrs = {3e-3, 1e-2}, pilot_wds = {0.1, 0.5};
+  std::vector<int> pilot_bos = {1, 0};
+  std::string full_size;  // "": the pilot's size
+  std::int64_t full_seq_len = 0;  // 0: the pilot's
   std::int64_t stop_at = 0;  // tests: stop every run at this step
   std::string command;       // this invocation, for the report
 
   bool main_mode() const { return mode == "main" || mode == "all"; }
   bool lr_mode() const { return mode == "lr" || mode == "all"; }
   bool length_mode() const { return mode == "length" || mode == "all"; }
+  bool sinks_mode() const { return mode == "sinks"; }
 };
 
 std::uint64_t mix(std::uint64_t seed, std::uint64_t stream);  // splitmix64 of seed and stream
@@ -83,8 +94,22 @@ std::string default_data_path();
 struct RunSpec {
   std::string preset;
   double lr = 0;
-  std::string name() const { return study::run_name(preset, lr); }
+  // The sinks mode's runs (phase "pilot" or "full") carry their own settings; the other
+  // modes' (phase "") take the study's.
+  std::string phase;
+  double weight_decay = 0;
+  bool bos = false;
+  std::int64_t steps = 0, seq_len = 0, warmup = 0, diag_every = 0;
+  std::string config;  // the base config.json of the run (a file in the study folder)
+  // "g1_elementwise-lr0.003", or "full-g1_elementwise-bos-lr0.01-wd0.5" in the sinks mode.
+  std::string name() const;
+  bool sinks() const { return !phase.empty(); }
 };
+// The run's steps, T, warm-up and weight decay: its own in the sinks mode, else the study's.
+std::int64_t steps_of(const Settings& s, const RunSpec& r);
+std::int64_t seq_len_of(const Settings& s, const RunSpec& r);
+std::int64_t warmup_of(const Settings& s, const RunSpec& r);
+double weight_decay_of(const Settings& s, const RunSpec& r);
 
 std::vector<RunSpec> plan_runs(const Options& o);
 std::string runs_dir(const Options& o);
@@ -139,6 +164,8 @@ nn::CausalLM<float> load_run_model(const std::string& dir, const nn::ModelConfig
 // Validation loss, the pooled Diagnostics and the gate-score histogram of a finished run.
 json evaluate_run(const Options& o, const RunSpec& r, const data::Corpus& corpus);
 json evaluate_length(const Options& o, const RunSpec& r, const data::Corpus& corpus);
+// The windows a run was trained on (its train.json's BOS and document separator).
+data::WindowOptions run_windows(const std::string& dir);
 
 
 // Median seconds of one training step per preset, by the wall clock and by the process's
@@ -150,6 +177,24 @@ struct StepTimes {
 };
 double median(std::vector<double> v);
 StepTimes time_steps(const Options& o, const data::Corpus& corpus);
+
+// ---- the sinks mode (study_sinks.cpp, Note [Sinks mode]) ----
+std::vector<RunSpec> plan_pilot_runs(const Options& o);
+// The pilot's most sink-prone setting (largest f_attn_max_head in the last diagnostics row)
+// and the full runs in it; throws if a pilot run has no diagnostics.
+struct SinkChoice {
+  RunSpec pilot;  // the chosen pilot run
+  double f_attn_max_head = 0;
+  std::string why;  // every pilot's value, for the report
+};
+SinkChoice choose_sink_setting(const Options& o);
+std::vector<RunSpec> plan_full_runs(const Options& o, const SinkChoice& c);
+// A size's config for the sinks mode's full runs (the study's sizes).
+void write_full_config(const Options& o);
+json evaluate_sink_run(const Options& o, const RunSpec& r, const data::Corpus& corpus);
+struct RunResult;
+void write_sinks_report(const Options& o, std::vector<RunResult>& results, const SinkChoice& choice,
+                        const data::Corpus& corpus, double wall_s, double all_wall_s, std::size_t invocations);
 
 // ---- the report (study_report.cpp) ----
 struct RunResult {
@@ -164,6 +209,64 @@ struct RunResult {
 };
 
 std::string now_utc();
+
+// What the report writers share: the markdown and the plots (gnuplot; a missing gnuplot
+// is one warning and a line in the report).
+using plot::datablock;
+using plot::gnuplot_png;
+inline std::string gp_quote(const std::string& s) { return plot::quote(s); }
+inline std::string color(std::size_t i) {
+  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+                                  "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
+  return std::string("rgb '") + kColors[i % 10] + "'";
+}
+inline std::string md_escape(const std::string& s) {
+  std::string r;
+  for (char c : s) r += c == '_' ? std::string("\\_") : std::string(1, c);
+  return r;
+}
+struct Report {
+  std::ostringstream md;
+  std::vector<std::string> plots_failed;
+  bool warned = false;
+  void plot(const std::string& body, const std::string& png, int w, int h) {
+    std::string why;
+    if (gnuplot_png(body, png, w, h, &why)) return;
+    if (!warned) std::cerr << "tapegrad study: warning: no plots: " << why << "\n";
+    warned = true;
+    plots_failed.push_back(fs::path(png).filename().string());
+  }
+  // A histogram of fractions in [0, 1] (gate scores): the caller's datablocks and plot
+  // command on these axes.
+  void histogram(const std::string& blocks, const std::string& plot_command, const std::string& title,
+                 const std::string& png) {
+    plot(blocks + "set title " + gp_quote(title) +
+             "\nset xlabel 'gate score'\nset ylabel 'fraction of scores'\nset grid\nset key top right "
+             "noenhanced\nset xrange [0:1]\nset yrange [0:*]\n" + plot_command + "\n",
+         png, 800, 450);
+  }
+  // The report: the list of plots not drawn, then the file (atomically).
+  void write(const std::string& path) {
+    if (!plots_failed.empty()) {
+      md << "_Plots not drawn (gnuplot missing or failed):";
+      for (auto& p : plots_failed) md << " " << p;
+      md << "._\n";
+    }
+    cli::run::write_file_atomic(path, md.str());
+  }
+};
+// Histogram counts as rows (bin centre, fraction of all counts) for a datablock.
+inline std::vector<std::vector<double>> histogram_rows(const std::vector<double>& counts) {
+  double total = 0;
+  for (double c : counts) total += c;
+  std::vector<std::vector<double>> rows;
+  for (std::size_t b = 0; b < counts.size(); ++b)
+    rows.push_back({(double(b) + 0.5) / double(counts.size()), total ? counts[b] / total : 0.0});
+  return rows;
+}
+// The attention maps of two runs, the same layer and head (study_report.cpp).
+void write_heatmap(const Options& o, const RunSpec& base_spec, const RunSpec& gate_spec, const data::Corpus& corpus,
+                   Report& rep);
 void write_report(const Options& o, std::vector<RunResult>& results, const data::Corpus& corpus,
                   const StepTimes& step_time, double wall_s, double all_wall_s, std::size_t invocations);
 

@@ -62,6 +62,15 @@ nn::CausalLM<float> load_run_model(const std::string& dir, const nn::ModelConfig
   return model;
 }
 
+data::WindowOptions run_windows(const std::string& dir) {
+  const std::string tj = cli::run::join(dir, cli::run::kTrainFile);
+  const cli::run::TrainArgs a = cli::run::train_args_from_json(cli::run::read_json(tj), tj);
+  data::WindowOptions w;
+  w.bos_id = a.bos_id;
+  w.doc_sep = a.doc_sep;
+  return w;
+}
+
 // Validation loss, the pooled Diagnostics and the gate-score histogram of a finished run.
 json evaluate_run(const Options& o, const RunSpec& r, const data::Corpus& corpus) {
   const Settings& s = o.s;

@@ -38,16 +38,6 @@
 
 namespace tg::studycmd {
 
-// ---- plots -------------------------------------------------------------------------------------
-
-using plot::datablock;
-using plot::gnuplot_png;
-std::string gp_quote(const std::string& s) { return plot::quote(s); }
-
-const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-                         "#7f7f7f", "#bcbd22"};
-std::string color(std::size_t i) { return std::string("rgb '") + kColors[i % 10] + "'"; }
-
 // ---- the report --------------------------------------------------------------------------------
 
 // The paper's values (15B MoE, nn/MODEL.md "Diagnostics").
@@ -59,25 +49,6 @@ const PaperRow kPaper[] = {{"baseline", 0.467, 1053, study::kNaN},
                            {"g1_elementwise", 0.048, 94, 0.116},
                            {"g1_headwise", 0.073, 98, 0.172}};
 
-
-struct Report {
-  std::ostringstream md;
-  std::vector<std::string> plots_failed;
-  bool warned = false;
-  void plot(const std::string& body, const std::string& png, int w, int h) {
-    std::string why;
-    if (gnuplot_png(body, png, w, h, &why)) return;
-    if (!warned) std::cerr << "tapegrad study: warning: no plots: " << why << "\n";
-    warned = true;
-    plots_failed.push_back(fs::path(png).filename().string());
-  }
-};
-
-std::string md_escape(const std::string& s) {
-  std::string r;
-  for (char c : s) r += c == '_' ? std::string("\\_") : std::string(1, c);
-  return r;
-}
 
 void write_main_section(const Options& o, const std::map<std::string, RunResult*>& by_preset, Report& rep,
                         const StepTimes& step_time) {
@@ -220,41 +191,30 @@ void write_main_section(const Options& o, const std::map<std::string, RunResult*
     for (const auto& p : o.presets) {
       const RunResult* r = by_preset.count(p) ? by_preset.at(p) : nullptr;
       if (!r || !r->ok() || !r->eval.contains("gate_hist")) continue;
-      const auto counts = r->eval["gate_hist"].get<std::vector<double>>();
-      double total = 0;
-      for (double c : counts) total += c;
-      std::vector<std::vector<double>> rows;
-      for (std::size_t b = 0; b < counts.size(); ++b)
-        rows.push_back({(double(b) + 0.5) / double(counts.size()), total ? counts[b] / total : 0.0});
+      const auto rows = histogram_rows(r->eval["gate_hist"].get<std::vector<double>>());
       gp << datablock("d" + std::to_string(i), rows);
       plot << (plot.tellp() ? ", " : "plot ") << "$d" << i << " using 1:2 with histeps lw 2 lc " << color(i)
            << " title " << gp_quote(p);
       ++i;
     }
-    if (i) {
-      gp << "set title 'gate scores (all layers, " << kHistBatches
-         << " validation batches; bins of 0.01)'\nset xlabel 'gate score'\nset ylabel 'fraction of scores'\nset "
-            "grid\nset key top right noenhanced\nset xrange [0:1]\nset yrange [0:*]\n"
-         << plot.str() << "\n";
-      rep.plot(gp.str(), cli::run::join(o.out, "gate_hist.png"), 800, 450);
-    }
+    if (i)
+      rep.histogram(gp.str(), plot.str(),
+                    "gate scores (all layers, " + std::to_string(kHistBatches) + " validation batches; bins of 0.01)",
+                    cli::run::join(o.out, "gate_hist.png"));
   }
 }
 
-// The heat map: baseline vs g1_elementwise, the same layer and head (the baseline's most
-// first-token-heavy head), on the first validation sequence.
-void write_heatmap(const Options& o, const std::map<std::string, RunResult*>& by_preset, const data::Corpus& corpus,
+// The heat map: base_spec's run vs gate_spec's, the same layer and head (the base run's most
+// first-token-heavy head), on the first validation sequence (with the runs' BOS, if any).
+void write_heatmap(const Options& o, const RunSpec& base_spec, const RunSpec& gate_spec, const data::Corpus& corpus,
                    Report& rep) {
   const Settings& s = o.s;
   auto& md = rep.md;
-  if (!by_preset.count("baseline") || !by_preset.count("g1_elementwise") || !by_preset.at("baseline")->ok() ||
-      !by_preset.at("g1_elementwise")->ok())
-    return;
-  const data::Split parts = data::split(corpus, s.val_fraction, static_cast<std::size_t>(s.seq_len) + 1);
-  const data::BatchSampler one(parts.val, 1, static_cast<std::size_t>(s.seq_len), "the validation split");
+  const std::size_t Tn = static_cast<std::size_t>(seq_len_of(s, base_spec));
+  const data::Split parts = data::split(corpus, s.val_fraction, Tn + 1);
+  const data::BatchSampler one(parts.val, 1, Tn, "the validation split", run_windows(run_dir(o, base_spec)));
   Generator gen(eval_seed(s));
   const Index seq = one.next(gen);  // (1, T+1)
-  const RunSpec base_spec{"baseline", s.lr}, gate_spec{"g1_elementwise", s.lr};
   nn::CausalLM<float> base = load_run_model(run_dir(o, base_spec));
   nn::CausalLM<float> gated = load_run_model(run_dir(o, gate_spec));
   std::size_t best_layer = 0;
@@ -286,15 +246,17 @@ void write_heatmap(const Options& o, const std::map<std::string, RunResult*>& by
      << "set multiplot layout 1,2\nset xlabel 'key position'\nset ylabel 'query position'\nset yrange [" << n
      << "-0.5:-0.5]\nset xrange [-0.5:" << n << "-0.5]\nset cbrange [0:1]\nset palette defined (0 'white', 0.15 "
      << "'#9ecae1', 0.5 '#3182bd', 1 '#08306b')\nset size ratio -1\n"
-     << "set title 'baseline, layer " << best_layer << " head " << best_head << " (F-Attn " << fixed(best, 2)
+     << "set title '" << base_spec.preset << ", layer " << best_layer << " head " << best_head << " (F-Attn " << fixed(best, 2)
      << ")'\nplot $a matrix with image notitle\n"
-     << "set title 'g1\\_elementwise, layer " << best_layer << " head " << best_head << " (F-Attn "
+     << "set title '" << gate_spec.preset << ", layer " << best_layer << " head " << best_head << " (F-Attn "
      << fixed(gated_f, 2) << ")'\nplot $b matrix with image notitle\nunset multiplot\n";
   rep.plot(gp.str(), cli::run::join(o.out, "attention_heatmap.png"), 1000, 460);
+  const std::string bn = md_escape(base_spec.preset), gn = md_escape(gate_spec.preset);
   md << "### Attention maps\n\nLayer " << best_layer << ", head " << best_head
      << " (the baseline head with the most attention on the first token), first " << n
-     << " positions of one validation sequence; F-Attn of this head on the whole sequence: baseline " << fixed(best, 3)
-     << ", g1\\_elementwise " << fixed(gated_f, 3) << ".\n\n![attention maps](attention_heatmap.png)\n\n";
+     << " positions of one validation sequence" << (base_spec.bos ? " (position 0: the BOS)" : "")
+     << "; F-Attn of this head on the whole sequence: " << bn << " " << fixed(best, 3) << ", " << gn << " "
+     << fixed(gated_f, 3) << ".\n\n![attention maps](attention_heatmap.png)\n\n";
 }
 
 void write_lr_section(const Options& o, const std::vector<RunResult>& results, Report& rep) {
@@ -503,17 +465,14 @@ void write_report(const Options& o, std::vector<RunResult>& results, const data:
     write_main_section(o, by_preset, rep, step_time);
     md << "![validation loss](val_loss.png)\n\n![F-Attn and M-Act per layer](layers.png)\n\n"
        << "![gate-score histogram](gate_hist.png)\n\n";
-    write_heatmap(o, by_preset, corpus, rep);
+    if (by_preset.count("baseline") && by_preset.count("g1_elementwise") && by_preset.at("baseline")->ok() &&
+        by_preset.at("g1_elementwise")->ok())
+      write_heatmap(o, by_preset.at("baseline")->spec, by_preset.at("g1_elementwise")->spec, corpus, rep);
   }
   if (o.lr_mode()) write_lr_section(o, results, rep);
   if (o.length_mode()) write_length_section(o, results, rep);
   if (o.main_mode()) write_paper_section(o, by_preset, results, rep);
-  if (!rep.plots_failed.empty()) {
-    md << "_Plots not drawn (gnuplot missing or failed):";
-    for (auto& p : rep.plots_failed) md << " " << p;
-    md << "._\n";
-  }
-  cli::run::write_file_atomic(cli::run::join(o.out, "report.md"), md.str());
+  rep.write(cli::run::join(o.out, "report.md"));
 }
 
 

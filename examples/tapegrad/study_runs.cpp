@@ -89,6 +89,7 @@ ojson to_json(const Settings& s) {
   j["eval_every"] = s.eval_every;
   j["train_eval_batches"] = s.train_eval_batches;
   j["save_every"] = s.save_every;
+  if (!s.sinks.is_null()) j["sinks"] = s.sinks;
   return j;
 }
 
@@ -121,6 +122,16 @@ std::string default_data_path() {
 }
 
 // ---- the runs --------------------------------------------------------------------------------
+
+std::string RunSpec::name() const {
+  if (!sinks()) return study::run_name(preset, lr);
+  return phase + "-" + preset + (bos ? "-bos" : "-nobos") + "-lr" + study::format_lr(lr) + "-wd" +
+         study::format_lr(weight_decay);
+}
+std::int64_t steps_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.steps : s.steps; }
+std::int64_t seq_len_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.seq_len : s.seq_len; }
+std::int64_t warmup_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.warmup : s.warmup; }
+double weight_decay_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.weight_decay : s.weight_decay; }
 
 
 std::vector<RunSpec> plan_runs(const Options& o) {
@@ -285,10 +296,12 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
     };
     check("preset", a.preset == r.preset);
     check("lr", a.lr == r.lr);
-    check("steps", a.steps == s.steps);
+    check("steps", a.steps == steps_of(s, r));
     check("batch", a.batch == s.batch);
-    check("seq-len", a.seq_len == s.seq_len);
-    check("warmup", a.warmup == s.warmup);
+    check("seq-len", a.seq_len == seq_len_of(s, r));
+    check("warmup", a.warmup == warmup_of(s, r));
+    check("weight-decay", a.weight_decay == weight_decay_of(s, r));
+    check("bos", (a.bos_id >= 0) == r.bos);
     check("seed", a.seed == s.seed);
     check("data", a.data_fingerprint == s.fingerprint);
     if (!diff.empty())
@@ -315,22 +328,29 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
     add("--resume", dir);
   } else {
     fs::create_directories(runs_dir(o), ec);
-    add("--config", cli::run::join(o.out, "base_config.json"));
+    const std::int64_t steps = steps_of(s, r);
+    add("--config", r.config.empty() ? cli::run::join(o.out, "base_config.json") : r.config);
     add("--preset", r.preset);
     add("--data", s.data);
     add("--val-fraction", num(s.val_fraction));
-    add("--steps", std::to_string(s.steps));
+    add("--steps", std::to_string(steps));
     add("--batch", std::to_string(s.batch));
-    add("--seq-len", std::to_string(s.seq_len));
+    add("--seq-len", std::to_string(seq_len_of(s, r)));
     add("--lr", num(r.lr));
     add("--min-lr", num(r.lr / 10));
-    add("--warmup", std::to_string(s.warmup));
-    add("--weight-decay", num(s.weight_decay));
+    add("--warmup", std::to_string(warmup_of(s, r)));
+    add("--weight-decay", num(weight_decay_of(s, r)));
     add("--clip", num(s.clip));
     add("--seed", std::to_string(s.seed));
-    add("--eval-every", std::to_string(s.eval_every));
+    // The sinks mode's runs: evaluations and checkpoints as often per run as the others'.
+    add("--eval-every", std::to_string(r.sinks() ? std::max<std::int64_t>(1, steps / 20) : s.eval_every));
     add("--eval-batches", std::to_string(s.train_eval_batches));
-    add("--save-every", std::to_string(s.save_every));
+    add("--save-every", std::to_string(r.sinks() ? std::max<std::int64_t>(1, steps / 5) : s.save_every));
+    if (r.sinks()) {
+      if (r.bos) args.push_back("--bos");
+      add("--diag-every", std::to_string(r.diag_every));
+      add("--diag-batches", std::to_string(o.diag_batches));
+    }
     add("--out", dir);
   }
   add("--threads", std::to_string(o.threads));
@@ -339,7 +359,7 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
   if (o.stop_at > 0) add("--stop-at", std::to_string(o.stop_at));
 
   progress.line(label + ": " + (resume ? "continuing the run in " : "training into ") + dir);
-  const std::int64_t every = std::max<std::int64_t>(1, s.steps / 10);
+  const std::int64_t every = std::max<std::int64_t>(1, steps_of(s, r) / 10);
   auto on_line = [&](const std::string& l) {
     long long step = 0, steps = 0;
     if (l.rfind("step ", 0) == 0 && std::sscanf(l.c_str(), "step %lld/%lld", &step, &steps) == 2) {
@@ -368,7 +388,7 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
                                            : "killed by signal " + std::to_string(ce.signal)) +
                              "); its last lines:\n" + ce.tail + "full log: " + log_path(o, r));
   const auto rows = read_metrics(dir);
-  if (rows.empty() || rows.back().step < s.steps) return Outcome::Stopped;
+  if (rows.empty() || rows.back().step < steps_of(s, r)) return Outcome::Stopped;
   return Outcome::Finished;
 }
 
