@@ -1,5 +1,6 @@
 // nn/tokenizer.cpp — see tokenizer.hpp: reading tokenizer.json, encoding, decoding.
 #include "nn/tokenizer.hpp"
+#include "nn/tokenizer_detail.hpp"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -79,25 +80,6 @@ bool unicode_to_bytes(const std::string& token, std::string& out) {
   return true;
 }
 
-// The length of the valid UTF-8 sequence at s[i], or 0 if the bytes there are not one.
-std::size_t valid_utf8_at(std::string_view s, std::size_t i) {
-  const unsigned char c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return 1;
-  std::size_t len = 0;
-  std::uint32_t cp = 0, min_cp = 0;
-  if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min_cp = 0x80;
-  else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min_cp = 0x800;
-  else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min_cp = 0x10000;
-  else return 0;
-  if (i + len > s.size()) return 0;
-  for (std::size_t k = 1; k < len; ++k) {
-    const unsigned char cc = static_cast<unsigned char>(s[i + k]);
-    if ((cc & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (cc & 0x3F);
-  }
-  if (cp < min_cp || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return len;
-}
 
 struct Regex {
   pcre2_code* code = nullptr;
@@ -216,7 +198,7 @@ struct Tokenizer::Impl {
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       const std::size_t s = ov[0], e = ov[1];
       if (e == s) {  // an empty match: step over one character (or one invalid byte)
-        const std::size_t len = valid_utf8_at(text, s);
+        const std::size_t len = detail::valid_utf8_at(text, s);
         pos = s + std::max<std::size_t>(len, 1);
         continue;
       }
@@ -235,7 +217,7 @@ struct Tokenizer::Impl {
     while (i < s.size()) {
       std::size_t j = i;
       while (j < s.size()) {
-        const std::size_t len = valid_utf8_at(s, j);
+        const std::size_t len = detail::valid_utf8_at(s, j);
         if (len == 0) break;
         j += len;
       }
@@ -255,7 +237,7 @@ struct Tokenizer::Impl {
         }
         i = j;
       }
-      while (i < s.size() && valid_utf8_at(s, i) == 0) out += s[i++];
+      while (i < s.size() && detail::valid_utf8_at(s, i) == 0) out += s[i++];
     }
     return out;
   }

@@ -22,28 +22,12 @@
 #include <vector>
 
 #include "nn/tokenizer.hpp"
+#include "nn/tokenizer_detail.hpp"
 
 namespace tg::text {
 
 namespace {
 
-std::size_t valid_utf8_len(std::string_view s, std::size_t i) {
-  const unsigned char c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return 1;
-  std::size_t len = 0;
-  std::uint32_t cp = 0, min_cp = 0;
-  if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min_cp = 0x80;
-  else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min_cp = 0x800;
-  else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min_cp = 0x10000;
-  else return 0;
-  if (i + len > s.size()) return 0;
-  for (std::size_t k = 1; k < len; ++k) {
-    const unsigned char cc = static_cast<unsigned char>(s[i + k]);
-    if ((cc & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (cc & 0x3F);
-  }
-  return (cp < min_cp || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) ? 0 : len;
-}
 
 // Pre-tokens of `text` under GPT-2's regex, counted.
 std::unordered_map<std::string, std::int64_t> count_words(std::string_view text) {
@@ -62,7 +46,7 @@ std::unordered_map<std::string, std::int64_t> count_words(std::string_view text)
     if (rc < 0) break;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     if (ov[1] == ov[0]) {
-      pos = ov[0] + std::max<std::size_t>(valid_utf8_len(text, ov[0]), 1);
+      pos = ov[0] + std::max<std::size_t>(detail::valid_utf8_at(text, ov[0]), 1);
       continue;
     }
     if (ov[0] > gap) ++words[std::string(text.substr(gap, ov[0] - gap))];
