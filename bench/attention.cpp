@@ -40,12 +40,17 @@
 
 #include "autograd/kernels/attention.hpp"
 #include "autograd/kernels/parallel.hpp"
+#include "bench/bench_util.hpp"
 
 namespace K = tg::kernels;
 using K::AttnDims;
 using K::AttnStrides;
 
 namespace {
+
+using tg::bench::median;
+using tg::bench::reset_hwm;
+using tg::bench::status_kib;
 
 struct Case {
   const char* heads;  // "mha" or "gqa"
@@ -58,29 +63,6 @@ struct Measurement {
   double peak_kib = 0;                           // rise of VmHWM across one forward+backward
   int hwm_reset = 0;                             // 1 if clear_refs reset the high-water mark
 };
-
-long status_kib(const char* key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::size_t n = std::strlen(key);
-  while (std::getline(f, line))
-    if (line.compare(0, n, key) == 0) return std::atol(line.c_str() + n + 1);
-  return -1;
-}
-
-bool reset_hwm() {
-  std::ofstream f("/proc/self/clear_refs");
-  if (!f) return false;
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // The buffers of one problem in (B,T,H,D) layout.
 struct Buffers {

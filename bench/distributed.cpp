@@ -46,6 +46,8 @@
 #include <mpi.h>
 #endif
 
+#include <CLI/CLI.hpp>
+
 #include "autograd/kernels/parallel.hpp"
 #include "autograd/memory.hpp"
 #include "nn/config.hpp"
@@ -53,18 +55,14 @@
 #include "nn/model.hpp"
 #include "nn/train_step.hpp"
 #include "optim/optim.hpp"
+#include "bench/bench_util.hpp"
 
 namespace {
 
+using tg::bench::median;
+
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  if (n == 0) return NAN;
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 struct Args {
   std::string size = "baby";
@@ -74,59 +72,27 @@ struct Args {
   std::uint64_t seed = 0;
 };
 
-[[noreturn]] void usage(int code) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: bench_distributed [--size NAME] [--batch B] [--seq-len T] [--threads N]\n"
-               "                         [--steps N] [--warmup-steps N] [--overlap on|off] [--ar-reps N]\n"
-               "                         [--seed S]\n");
-  std::exit(code);
-}
-
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench_distributed: %s needs a value\n", s.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto whole = [&](const std::string& v) -> std::int64_t {
-      char* end = nullptr;
-      const long long x = std::strtoll(v.c_str(), &end, 10);
-      if (!end || *end || x < 0) {
-        std::fprintf(stderr, "bench_distributed: %s wants a whole number >= 0, got '%s'\n", s.c_str(), v.c_str());
-        std::exit(2);
-      }
-      return x;
-    };
-    if (s == "--size") a.size = next();
-    else if (s == "--seq-len") a.seq_len = whole(next());
-    else if (s == "--batch") a.batch = whole(next());
-    else if (s == "--threads") a.threads = int(whole(next()));
-    else if (s == "--steps") a.steps = whole(next());
-    else if (s == "--warmup-steps") a.warmup = whole(next());
-    else if (s == "--ar-reps") a.ar_reps = whole(next());
-    else if (s == "--seed") a.seed = std::uint64_t(whole(next()));
-    else if (s == "--overlap") {
-      const std::string v = next();
-      if (v != "on" && v != "off") {
-        std::fprintf(stderr, "bench_distributed: --overlap wants on or off, got '%s'\n", v.c_str());
-        std::exit(2);
-      }
-      a.overlap = v == "on";
-    } else if (s == "--help" || s == "-h") usage(0);
-    else {
-      std::fprintf(stderr, "bench_distributed: unknown flag %s\n", s.c_str());
-      usage(2);
-    }
+  std::string overlap = "on";
+  CLI::App app{"Training steps as one process or under mpirun, the gradients summed by dist::GradReducer; "
+               "bench/distributed.py drives it"};
+  app.name("bench_distributed");
+  app.add_option("--size", a.size, "named model size")->capture_default_str();
+  app.add_option("--seq-len", a.seq_len, "T")->capture_default_str()->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 20));
+  app.add_option("--batch", a.batch, "global B")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 20));
+  app.add_option("--threads", a.threads, "threads per rank")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--steps", a.steps, "timed steps")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 30));
+  app.add_option("--warmup-steps", a.warmup, "untimed steps first")->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 30));
+  app.add_option("--overlap", overlap, "sum buckets during backward")->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--ar-reps", a.ar_reps, "repetitions of the reducer-alone timing")->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 20));
+  app.add_option("--seed", a.seed, "seed of the weights and tokens")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
-  if (a.seq_len < 2 || a.batch < 1 || a.steps < 1 || a.threads < 1) {
-    std::fprintf(stderr, "bench_distributed: need --seq-len >= 2, --batch >= 1, --steps >= 1, --threads >= 1\n");
-    std::exit(2);
-  }
+  a.overlap = overlap == "on";
   return a;
 }
 

@@ -40,8 +40,11 @@
 #include "autograd/kernels/gemm.hpp"
 #include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
+#include "bench/bench_util.hpp"
 
 namespace {
+
+using tg::bench::median;
 
 struct Case {
   std::string name;
@@ -111,12 +114,6 @@ void cblas_call(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha,
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 struct Row {

@@ -23,16 +23,14 @@
 
 #include "autograd/kernels/norm.hpp"
 #include "autograd/kernels/parallel.hpp"
+#include "bench/bench_util.hpp"
 #include "autograd/kernels/softmax.hpp"
 
 namespace K = tg::kernels;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using tg::bench::median;
 
 double time_ms(const std::function<void()>& f) {
   auto t0 = std::chrono::steady_clock::now();

@@ -61,6 +61,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "autograd/memory.hpp"
@@ -68,33 +70,13 @@
 #include "nn/config.hpp"
 #include "nn/model.hpp"
 #include "optim/optim.hpp"
+#include "bench/bench_util.hpp"
 
 namespace {
 
-long status_kib(const char* key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::size_t n = std::strlen(key);
-  while (std::getline(f, line))
-    if (line.compare(0, n, key) == 0) return std::atol(line.c_str() + n + 1);
-  return -1;
-}
-
-// Resets VmHWM to the current resident set (Linux >= 4.0); false if not allowed.
-bool reset_hwm() {
-  std::ofstream f("/proc/self/clear_refs");
-  if (!f) return false;
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  if (n == 0) return NAN;
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using tg::bench::median;
+using tg::bench::reset_hwm;
+using tg::bench::status_kib;
 
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
@@ -126,58 +108,29 @@ struct Args {
   bool malloc_default = false;  // --malloc-default: skip tg::keep_freed_memory()
 };
 
-[[noreturn]] void usage(int code) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: bench_train_step [--preset NAME] [--size NAME] [--seq-len T] [--batch B]\n"
-               "                        [--threads N] [--steps N] [--warmup-steps N] [--seed S]\n"
-               "                        [--lr LR] [--op-profile] [--malloc-default]\n"
-               "                        [--dump-config PATH] [--bf16] [--checkpoint-activations]\n");
-  std::exit(code);
-}
-
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench_train_step: %s needs a value\n", s.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto positive = [&](const std::string& v) -> std::int64_t {
-      char* end = nullptr;
-      const long long x = std::strtoll(v.c_str(), &end, 10);
-      if (!end || *end || x < 0) {
-        std::fprintf(stderr, "bench_train_step: %s wants a whole number >= 0, got '%s'\n", s.c_str(), v.c_str());
-        std::exit(2);
-      }
-      return x;
-    };
-    if (s == "--preset") a.preset = next();
-    else if (s == "--size") a.size = next();
-    else if (s == "--seq-len") a.seq_len = positive(next());
-    else if (s == "--batch") a.batch = positive(next());
-    else if (s == "--threads") a.threads = int(positive(next()));
-    else if (s == "--steps") a.steps = positive(next());
-    else if (s == "--warmup-steps") a.warmup = positive(next());
-    else if (s == "--seed") a.seed = std::uint64_t(positive(next()));
-    else if (s == "--lr") a.lr = std::atof(next().c_str());
-    else if (s == "--op-profile") a.op_profile = true;
-    else if (s == "--bf16") a.bf16 = true;
-    else if (s == "--checkpoint-activations") a.checkpoint = true;
-    else if (s == "--malloc-default") a.malloc_default = true;
-    else if (s == "--dump-config") a.dump_config = next();
-    else if (s == "--help" || s == "-h") usage(0);
-    else {
-      std::fprintf(stderr, "bench_train_step: unknown flag %s\n", s.c_str());
-      usage(2);
-    }
-  }
-  if (a.seq_len < 2 || a.batch < 1 || a.steps < 1 || a.threads < 1) {
-    std::fprintf(stderr, "bench_train_step: need --seq-len >= 2, --batch >= 1, --steps >= 1, --threads >= 1\n");
-    std::exit(2);
+  CLI::App app{"One configuration of the training step (forward, backward, AdamW), timed step by step; "
+               "bench/train_step.py drives it against PyTorch"};
+  app.name("bench_train_step");
+  app.add_option("--preset", a.preset, "preset of the gating zoo")->capture_default_str();
+  app.add_option("--size", a.size, "named model size")->capture_default_str();
+  app.add_option("--seq-len", a.seq_len, "T")->capture_default_str()->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 20));
+  app.add_option("--batch", a.batch, "B")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 20));
+  app.add_option("--threads", a.threads, "threads")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--steps", a.steps, "timed steps")->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 30));
+  app.add_option("--warmup-steps", a.warmup, "untimed steps first")->capture_default_str()->check(CLI::Range(std::int64_t(0), std::int64_t(1) << 30));
+  app.add_option("--seed", a.seed, "seed of the weights and tokens")->capture_default_str();
+  app.add_option("--lr", a.lr, "AdamW learning rate")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  app.add_flag("--op-profile", a.op_profile, "time the backward per op");
+  app.add_flag("--malloc-default", a.malloc_default, "glibc's malloc policy (no tg::keep_freed_memory())");
+  app.add_option("--dump-config", a.dump_config, "write the model's config.json here (for the PyTorch side)");
+  app.add_flag("--bf16", a.bf16, "matmuls in bf16 (autograd/kernels/gemm_bf16.hpp)");
+  app.add_flag("--checkpoint-activations", a.checkpoint, "recompute each layer in backward");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
   return a;
 }
