@@ -36,13 +36,12 @@ std::vector<ParamGroup<T>> one_group(const NamedParameters<T>& params) {
 template <class T>
 AdamW<T>::AdamW(std::vector<ParamGroup<T>> groups, AdamWOptions options)
     : Optimizer<T>("AdamW", std::move(groups), checked(options).lr), options_(options) {
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      State s;
-      s.exp_avg = xt::zeros<T>(p.shape());
-      s.exp_avg_sq = xt::zeros<T>(p.shape());
-      state_.push_back(std::move(s));
-    }
+  this->for_each_param([&](const ParamGroup<T>&, const std::string&, const Tensor<T>& p, std::size_t) {
+    State s;
+    s.exp_avg = xt::zeros<T>(p.shape());
+    s.exp_avg_sq = xt::zeros<T>(p.shape());
+    state_.push_back(std::move(s));
+  });
 }
 
 template <class T>
@@ -52,17 +51,15 @@ AdamW<T>::AdamW(const NamedParameters<T>& params, AdamWOptions options)
 template <class T>
 void AdamW<T>::step() {
   // Check every shape first, so a mistake leaves all parameters untouched.
+  this->for_each_param([&](const ParamGroup<T>&, const std::string& name, const Tensor<T>& p, std::size_t k) {
+    const State& s = state_[k];
+    if (!p.has_grad()) return;
+    if (p.grad().shape() != p.value().shape() || p.value().shape() != s.exp_avg.shape())
+      throw std::invalid_argument("AdamW::step: parameter '" + name + "' is " + p.shape_str() + ", its gradient " +
+                                  shape_to_string(p.grad().shape()) + ", its state " +
+                                  shape_to_string(s.exp_avg.shape()));
+  });
   std::size_t k = 0;
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      const State& s = state_[k++];
-      if (!p.has_grad()) continue;
-      if (p.grad().shape() != p.value().shape() || p.value().shape() != s.exp_avg.shape())
-        throw std::invalid_argument("AdamW::step: parameter '" + name + "' is " + p.shape_str() +
-                                    ", its gradient " + shape_to_string(p.grad().shape()) + ", its state " +
-                                    shape_to_string(s.exp_avg.shape()));
-    }
-  k = 0;
   for (auto& g : this->groups_) {
     const double lr = this->lr_ * g.lr_scale;
     const double wd = g.weight_decay.value_or(options_.weight_decay);
@@ -81,35 +78,23 @@ void AdamW<T>::step() {
 
 template <class T>
 StateDict<T> AdamW<T>::state_dict() const {
-  StateDict<T> out;
-  std::size_t k = 0;
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      const State& s = state_[k++];
-      out.emplace_back("exp_avg." + name, s.exp_avg);
-      out.emplace_back("exp_avg_sq." + name, s.exp_avg_sq);
-      out.emplace_back("step." + name, detail::step_array<T>(s.step));
-    }
-  out.emplace_back("step", detail::step_array<T>(this->step_count_));
-  return out;
+  return this->per_param_state_dict(state_, [](const std::string& name, const State& s, StateDict<T>& out) {
+    out.emplace_back("exp_avg." + name, s.exp_avg);
+    out.emplace_back("exp_avg_sq." + name, s.exp_avg_sq);
+    out.emplace_back("step." + name, detail::step_array<T>(s.step));
+  });
 }
 
 template <class T>
 void AdamW<T>::load_state_dict(const StateDict<T>& state, bool strict) {
-  detail::StateReader<T> in("AdamW", state);
-  std::vector<State> loaded;
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      State s;
-      s.exp_avg = in.get("exp_avg." + name, p.shape());
-      s.exp_avg_sq = in.get("exp_avg_sq." + name, p.shape());
-      s.step = in.get_step("step." + name);
-      loaded.push_back(std::move(s));
-    }
-  const std::int64_t steps = in.get_step("step");
-  in.finish(strict);
-  state_ = std::move(loaded);
-  this->step_count_ = steps;
+  this->load_per_param_state(state, strict, state_,
+                             [](const std::string& name, const Tensor<T>& p, detail::StateReader<T>& in) {
+                               State s;
+                               s.exp_avg = in.get("exp_avg." + name, p.shape());
+                               s.exp_avg_sq = in.get("exp_avg_sq." + name, p.shape());
+                               s.step = in.get_step("step." + name);
+                               return s;
+                             });
 }
 
 template class AdamW<float>;

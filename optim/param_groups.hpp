@@ -108,6 +108,24 @@ class Optimizer {
  protected:
   // Checks the groups (see detail::check_groups) and lr; `who` names the optimizer in errors.
   Optimizer(const char* who, std::vector<ParamGroup<T>> groups, double lr);
+
+  // f(group, name, param, k) for every parameter, in group order; k counts them (the index
+  // of the parameter's own state, for the optimizers that keep one State per parameter).
+  template <class F>
+  void for_each_param(F&& f) const {
+    std::size_t k = 0;
+    for (const auto& g : groups_)
+      for (const auto& [name, p] : g.params) f(g, name, p, k++);
+  }
+  // state_dict() of such an optimizer: put(name, state, out) adds one parameter's entries,
+  // then "step" is the step count.
+  template <class State, class Put>
+  StateDict<T> per_param_state_dict(const std::vector<State>& states, Put put) const;
+  // load_state_dict() of such an optimizer: get(name, param, reader) reads one parameter's
+  // State; nothing changes unless every entry is right.
+  template <class State, class Get>
+  void load_per_param_state(const StateDict<T>& state, bool strict, std::vector<State>& states, Get get);
+
   std::string who_;
   std::vector<ParamGroup<T>> groups_;
   double lr_ = 0.0;
@@ -150,5 +168,30 @@ template <class T>
 xt::xarray<T> step_array(std::int64_t step);
 
 }  // namespace detail
+
+template <class T>
+template <class State, class Put>
+StateDict<T> Optimizer<T>::per_param_state_dict(const std::vector<State>& states, Put put) const {
+  StateDict<T> out;
+  for_each_param([&](const ParamGroup<T>&, const std::string& name, const Tensor<T>&, std::size_t k) {
+    put(name, states[k], out);
+  });
+  out.emplace_back("step", detail::step_array<T>(step_count_));
+  return out;
+}
+
+template <class T>
+template <class State, class Get>
+void Optimizer<T>::load_per_param_state(const StateDict<T>& state, bool strict, std::vector<State>& states, Get get) {
+  detail::StateReader<T> in(who_.c_str(), state);
+  std::vector<State> loaded;
+  for_each_param([&](const ParamGroup<T>&, const std::string& name, const Tensor<T>& p, std::size_t) {
+    loaded.push_back(get(name, p, in));
+  });
+  const std::int64_t steps = in.get_step("step");
+  in.finish(strict);
+  states = std::move(loaded);
+  step_count_ = steps;
+}
 
 }  // namespace tg::optim

@@ -33,12 +33,11 @@ SGDOptions checked(const SGDOptions& o) {
 template <class T>
 SGD<T>::SGD(std::vector<ParamGroup<T>> groups, SGDOptions options)
     : Optimizer<T>("SGD", std::move(groups), checked(options).lr), options_(options) {
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      State s;
-      if (has_momentum()) s.momentum_buffer = xt::zeros<T>(p.shape());
-      state_.push_back(std::move(s));
-    }
+  this->for_each_param([&](const ParamGroup<T>&, const std::string&, const Tensor<T>& p, std::size_t) {
+    State s;
+    if (has_momentum()) s.momentum_buffer = xt::zeros<T>(p.shape());
+    state_.push_back(std::move(s));
+  });
 }
 
 template <class T>
@@ -48,18 +47,16 @@ SGD<T>::SGD(const NamedParameters<T>& params, SGDOptions options)
 template <class T>
 void SGD<T>::step() {
   // Check every shape first, so a mistake leaves all parameters untouched.
+  this->for_each_param([&](const ParamGroup<T>&, const std::string& name, const Tensor<T>& p, std::size_t k) {
+    const State& s = state_[k];
+    if (!p.has_grad()) return;
+    const bool bad_buf = has_momentum() && s.momentum_buffer.shape() != p.value().shape();
+    if (p.grad().shape() != p.value().shape() || bad_buf)
+      throw std::invalid_argument("SGD::step: parameter '" + name + "' is " + p.shape_str() + ", its gradient " +
+                                  shape_to_string(p.grad().shape()) + ", its momentum buffer " +
+                                  shape_to_string(s.momentum_buffer.shape()));
+  });
   std::size_t k = 0;
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      const State& s = state_[k++];
-      if (!p.has_grad()) continue;
-      const bool bad_buf = has_momentum() && s.momentum_buffer.shape() != p.value().shape();
-      if (p.grad().shape() != p.value().shape() || bad_buf)
-        throw std::invalid_argument("SGD::step: parameter '" + name + "' is " + p.shape_str() + ", its gradient " +
-                                    shape_to_string(p.grad().shape()) + ", its momentum buffer " +
-                                    shape_to_string(s.momentum_buffer.shape()));
-    }
-  k = 0;
   for (auto& g : this->groups_) {
     const double lr = this->lr_ * g.lr_scale;
     const double wd = g.weight_decay.value_or(options_.weight_decay);
@@ -78,33 +75,21 @@ void SGD<T>::step() {
 
 template <class T>
 StateDict<T> SGD<T>::state_dict() const {
-  StateDict<T> out;
-  std::size_t k = 0;
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      const State& s = state_[k++];
-      if (has_momentum()) out.emplace_back("momentum_buffer." + name, s.momentum_buffer);
-      out.emplace_back("step." + name, detail::step_array<T>(s.step));
-    }
-  out.emplace_back("step", detail::step_array<T>(this->step_count_));
-  return out;
+  return this->per_param_state_dict(state_, [this](const std::string& name, const State& s, StateDict<T>& out) {
+    if (has_momentum()) out.emplace_back("momentum_buffer." + name, s.momentum_buffer);
+    out.emplace_back("step." + name, detail::step_array<T>(s.step));
+  });
 }
 
 template <class T>
 void SGD<T>::load_state_dict(const StateDict<T>& state, bool strict) {
-  detail::StateReader<T> in("SGD", state);
-  std::vector<State> loaded;
-  for (const auto& g : this->groups_)
-    for (const auto& [name, p] : g.params) {
-      State s;
-      if (has_momentum()) s.momentum_buffer = in.get("momentum_buffer." + name, p.shape());
-      s.step = in.get_step("step." + name);
-      loaded.push_back(std::move(s));
-    }
-  const std::int64_t steps = in.get_step("step");
-  in.finish(strict);
-  state_ = std::move(loaded);
-  this->step_count_ = steps;
+  this->load_per_param_state(state, strict, state_,
+                             [this](const std::string& name, const Tensor<T>& p, detail::StateReader<T>& in) {
+                               State s;
+                               if (has_momentum()) s.momentum_buffer = in.get("momentum_buffer." + name, p.shape());
+                               s.step = in.get_step("step." + name);
+                               return s;
+                             });
 }
 
 template class SGD<float>;
