@@ -548,7 +548,8 @@ TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone se
                                         "--full-steps", "8", "--pilot-lrs", "1e-2", "--pilot-wds", "0.1,0.5",
                                         "--pilot-bos", "on,off", "--sink-presets", "baseline,g1_elementwise",
                                         "--batch", "2", "--seq-len", "16", "--data", tmp / "text.txt",
-                                        "--out", out, "--threads", "1", "--eval-batches", "2"};
+                                        "--out", out, "--threads", "1", "--eval-batches", "2",
+                                        "--sweep-seq-lens", "8,16,32"};
   Result r = run(cmd);
   INFO(r.output);
   REQUIRE(r.status == 0);
@@ -566,22 +567,39 @@ TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone se
       CHECK(train["weight_decay"].get<double>() == std::stod(wd));
       const auto config = nlohmann::json::parse(read(dir + "/config.json"));
       CHECK(config["vocab_size"].get<long>() == (std::string(bos) == "bos" ? 257 : 256));
-      // The rule: the largest f_attn_max_head in the last diagnostics row; ties to the earlier.
+      // The rule: the line of f_attn_max_head against tokens through the rows of the second
+      // half of the tokens, at a full run's tokens (8 steps x 2 x 16); the largest wins, ties
+      // to the earlier.
       std::istringstream in(read(dir + "/diagnostics.csv"));
-      std::string header, line, last;
+      std::string header, line;
       std::getline(in, header);
-      while (std::getline(in, line))
-        if (!line.empty()) last = line;
-      std::vector<std::string> h, v;
-      for (auto* pair : {&h, &v}) {
-        std::stringstream ss(pair == &h ? header : last);
+      std::vector<std::vector<std::string>> rows;
+      std::vector<std::string> h;
+      auto cells = [](const std::string& l) {
+        std::vector<std::string> v;
+        std::stringstream ss(l);
         std::string cell;
-        while (std::getline(ss, cell, ',')) pair->push_back(cell);
-      }
-      const auto col = std::find(h.begin(), h.end(), "f_attn_max_head") - h.begin();
-      REQUIRE(std::size_t(col) < v.size());
-      CHECK(std::stol(v[0]) == 6);  // a row at the last step
-      const double f = std::stod(v[std::size_t(col)]);
+        while (std::getline(ss, cell, ',')) v.push_back(cell);
+        return v;
+      };
+      h = cells(header);
+      while (std::getline(in, line))
+        if (!line.empty()) rows.push_back(cells(line));
+      const auto col = std::size_t(std::find(h.begin(), h.end(), "f_attn_max_head") - h.begin());
+      const auto tcol = std::size_t(std::find(h.begin(), h.end(), "tokens") - h.begin());
+      REQUIRE(!rows.empty());
+      REQUIRE(col < rows.back().size());
+      CHECK(std::stol(rows.back()[0]) == 6);  // a row at the last step
+      const double last_tokens = std::stod(rows.back()[tcol]);
+      CHECK(last_tokens == 6 * 2 * 16);
+      std::vector<double> x, y;
+      for (const auto& row : rows)
+        if (std::stod(row[tcol]) >= last_tokens / 2) x.push_back(std::stod(row[tcol])), y.push_back(std::stod(row[col]));
+      REQUIRE(x.size() >= 2);
+      double mx = 0, my = 0, sxy = 0, sxx = 0;
+      for (std::size_t i = 0; i < x.size(); ++i) mx += x[i] / double(x.size()), my += y[i] / double(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) sxy += (x[i] - mx) * (y[i] - my), sxx += (x[i] - mx) * (x[i] - mx);
+      const double f = my + sxy / sxx * (8 * 2 * 16 - mx);
       if (f > best_f) best_f = f, best = name;
     }
   REQUIRE(!best.empty());
@@ -593,6 +611,17 @@ TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone se
     CHECK(last_step(dir) == 8);
     CHECK(fs::exists(dir + "/diagnostics.csv"));
   }
+  // The T sweep: the baseline at T 8 and 32 with B x T = 32 kept (T 16 is the full run).
+  for (const auto& [T, B] : std::vector<std::pair<int, int>>{{8, 4}, {32, 1}}) {
+    const std::string dir = out + "/runs/sweep-baseline-" + setting + "-T" + std::to_string(T);
+    CAPTURE(dir);
+    CHECK(last_step(dir) == 8);
+    const auto train = nlohmann::json::parse(read(dir + "/train.json"));
+    CHECK(train["seq_len"].get<int>() == T);
+    CHECK(train["batch"].get<int>() == B);
+    CHECK(fs::exists(dir + "/diagnostics.csv"));
+  }
+  CHECK_FALSE(fs::exists(out + "/runs/sweep-baseline-" + setting + "-T16"));
   // The gate histograms: every score of 2 batches, every layer; position 0 apart.
   const auto g = nlohmann::json::parse(read(out + "/results/full-g1_elementwise-" + setting + ".json"));
   const nn::ModelConfig tiny = nn::named_size("tiny");
@@ -612,6 +641,11 @@ TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone se
   CHECK(contains(md, "tapegrad study --mode sinks"));
   CHECK(table_row(md, "baseline").size() >= 12);
   CHECK(table_row(md, "g1\\_elementwise").size() >= 12);
+  CHECK(contains(md, "## T sweep"));
+  for (const char* T : {"8", "16", "32"}) {
+    CAPTURE(T);
+    CHECK(table_row(md, T).size() >= 11);
+  }
   if (std::system("command -v gnuplot > /dev/null 2>&1") == 0)
     for (const char* png : {"pilot.png", "sink_max_head.png", "f_attn.png", "max_h.png", "gate_hist.png", "layers.png",
                             "attention_heatmap.png"}) {
@@ -621,8 +655,12 @@ TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone se
   // The same command again: nothing is retrained.
   r = run(cmd);
   REQUIRE(r.status == 0);
-  CHECK(count_of(r.output, "finished earlier, reused") == 6);
+  CHECK(count_of(r.output, "finished earlier, reused") == 8);
   CHECK_FALSE(contains(r.output, "training into"));
+  // A sweep T that does not divide B x T is refused, naming the flag and the product.
+  const Result bad_t = run(plus(cmd, {"--sweep-seq-lens", "12"}));
+  CHECK(bad_t.status != 0);
+  CHECK(contains(bad_t.output, "--sweep-seq-lens: T 12 does not divide B x T = 2 x 16 = 32"));
   // Flags of the other modes are refused in this one, and the other way round.
   const Result bad = run(plus(cmd, {"--steps", "5"}));
   CHECK(bad.status != 0);
@@ -630,4 +668,23 @@ TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone se
   const Result bad2 = run(plus(tiny_study(tmp / "text.txt", tmp / "other", "main"), {"--pilot-steps", "5"}));
   CHECK(bad2.status != 0);
   CHECK(contains(bad2.output, "--pilot-steps applies to --mode sinks only"));
+  // The rule judges the trend, not the last row: hand-made pilot diagnostics where the
+  // largest last value (flat at 0.5, BOS on, wd 0.1) loses to a head still rising (0.1 +
+  // 0.002 per token: 0.484 at the pilot's 192 tokens, 0.612 projected to a full run's 256).
+  auto fake = [&](const std::string& name, auto f) {
+    std::ofstream csv(out + "/runs/pilot-baseline-" + name + "/diagnostics.csv");
+    csv << "step,tokens,f_attn_max_head\n";
+    for (int step = 1; step <= 6; ++step) csv << step << "," << step * 32 << "," << f(step * 32.0) << "\n";
+  };
+  fake("bos-lr0.01-wd0.1", [](double) { return 0.5; });
+  fake("bos-lr0.01-wd0.5", [](double t) { return 0.1 + 0.002 * t; });
+  fake("nobos-lr0.01-wd0.1", [](double) { return 0.1; });
+  fake("nobos-lr0.01-wd0.5", [](double) { return 0.1; });
+  r = run(cmd);
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.output, "the pilot's most sink-prone setting: pilot-baseline-bos-lr0.01-wd0.5 (largest head F-Attn 0.4840, "
+                           "projected 0.6120)"));
+  CHECK(last_step(out + "/runs/full-baseline-bos-lr0.01-wd0.5") == 8);
+  CHECK(contains(read(out + "/report.md"), "| on | 0.01 | 0.5 |"));
 }

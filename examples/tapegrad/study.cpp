@@ -150,7 +150,9 @@ int run_study_impl(Options& o) {
   s.data_bytes = corpus.size();
   s.fingerprint = hex64(corpus.fingerprint());
   {
-    const std::size_t longest = static_cast<std::size_t>(std::max(s.seq_len, o.full_seq_len)) *
+    std::int64_t T = std::max(s.seq_len, o.full_seq_len);
+    for (std::int64_t t : o.sweep_seq_lens) T = std::max(T, t);
+    const std::size_t longest = static_cast<std::size_t>(T) *
                                     static_cast<std::size_t>(o.length_mode() ? *std::max_element(o.length_factors.begin(), o.length_factors.end()) : 1) +
                                 1;
     data::split(corpus, s.val_fraction, longest);  // throws with the sizes if the text is too short
@@ -271,11 +273,15 @@ int run_study_impl(Options& o) {
     choice = choose_sink_setting(o);        // the same on every rank: the same files
     world.wait_all([] { return false; });
     const auto full = plan_full_runs(o, *choice);
+    const auto sweep = plan_sweep_runs(o, *choice);
     if (world.root())
-      progress.line("tapegrad study: the pilot's most sink-prone setting: " + choice->pilot.name() + " (largest head F-Attn " +
-                    fixed(choice->f_attn_max_head, 4) + "); " + std::to_string(full.size()) + " full runs of " +
-                    std::to_string(o.full_steps) + " steps");
+      progress.line("tapegrad study: the pilot's most sink-prone setting: " + choice->pilot.name() +
+                    " (largest head F-Attn " + fixed(choice->trend.last, 4) + ", projected " +
+                    fixed(choice->trend.projected, 4) + "); " + std::to_string(full.size()) + " full runs" +
+                    (sweep.empty() ? "" : " and " + std::to_string(sweep.size()) + " of the T sweep") + ", " +
+                    std::to_string(o.full_steps) + " steps each");
     runs.insert(runs.end(), full.begin(), full.end());
+    runs.insert(runs.end(), sweep.begin(), sweep.end());
     if (auto code = run_phase(first_full)) return *code;
   }
   if (ranks > 1) {
@@ -419,6 +425,9 @@ int run_study(int argc, char** argv) {
       ->check(CLI::IsMember(nn::size_names()));
   sinks->add_option("--full-seq-len", o.full_seq_len, "T of the full runs (default: --seq-len)")
       ->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 20));
+  std::string sweep_seq_lens;
+  sinks->add_option("--sweep-seq-lens", sweep_seq_lens,
+                    "a T sweep of the baseline in the chosen setting, e.g. 256,512,1024 (B x T kept; default: none)");
   sinks->add_option("--diag-batches", o.diag_batches, "validation batches of each sink diagnostic")
       ->capture_default_str()->check(CLI::Range(std::int64_t(1), std::int64_t(1) << 20));
   tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
@@ -481,6 +490,18 @@ int run_study(int argc, char** argv) {
   }
   if (o.pilot_lrs.empty() || o.pilot_wds.empty() || o.pilot_bos.empty())
     throw std::runtime_error("--pilot-lrs, --pilot-wds and --pilot-bos need values");
+  o.sweep_seq_lens.clear();
+  for (auto& x : split_list(sweep_seq_lens)) {
+    const auto T = static_cast<std::int64_t>(number("--sweep-seq-lens", x, true));
+    const std::int64_t T0 = o.full_seq_len > 0 ? o.full_seq_len : s.seq_len, per_step = s.batch * T0;
+    if (T < 2 || per_step % T != 0)
+      throw std::runtime_error("--sweep-seq-lens: T " + x + " does not divide B x T = " + std::to_string(s.batch) + " x " +
+                               std::to_string(T0) + " = " + std::to_string(per_step) +
+                               " (the sweep keeps the tokens per step; choose T that divides it)");
+    if (std::find(o.sweep_seq_lens.begin(), o.sweep_seq_lens.end(), T) != o.sweep_seq_lens.end())
+      throw std::runtime_error("--sweep-seq-lens: T " + x + " is given twice");
+    o.sweep_seq_lens.push_back(T);
+  }
   o.length_factors.clear();
   for (auto& x : split_list(lengths)) o.length_factors.push_back(static_cast<std::int64_t>(number("--length-factors", x, true)));
   if (o.lrs.empty() || o.length_factors.empty()) throw std::runtime_error("--lrs and --length-factors need values");
@@ -509,7 +530,10 @@ int run_study(int argc, char** argv) {
     s.sinks = {{"sink_presets", o.sink_presets}, {"pilot_steps", o.pilot_steps}, {"pilot_lrs", o.pilot_lrs},
                {"pilot_wds", o.pilot_wds},       {"pilot_bos", o.pilot_bos},     {"full_steps", o.full_steps},
                {"full_size", o.full_size},       {"full_seq_len", o.full_seq_len}, {"diag_batches", o.diag_batches},
-               {"warmup", "min(100, steps / 10)"}, {"weight_decay", "the run's"}};
+               {"warmup", "min(100, steps / 10)"}, {"weight_decay", "the run's"},
+               {"choice", "the largest f_attn_max_head projected to a full run's tokens by the line through the "
+                          "pilot's second half"},
+               {"sweep_seq_lens", o.sweep_seq_lens}};
   }
   o.out = fs::absolute(o.out).lexically_normal().string();
   return run_study_impl(o);

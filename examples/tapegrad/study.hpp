@@ -70,11 +70,12 @@ struct Options {
   std::int64_t timing_rounds = 10;
   // The sinks mode (study_sinks.cpp, Note [Sinks mode]).
   std::vector<std::string> sink_presets = {"baseline", "g1_elementwise", "g1_headwise"};
-  std::int64_t pilot_steps = 250, full_steps = 4000, diag_batches = 2;
+  std::int64_t pilot_steps = 500, full_steps = 4000, diag_batches = 2;
   std::vector<double> pilot_lrs = {3e-3, 1e-2}, pilot_wds = {0.1, 0.5};
   std::vector<int> pilot_bos = {1, 0};
   std::string full_size;  // "": the pilot's size
   std::int64_t full_seq_len = 0;  // 0: the pilot's
+  std::vector<std::int64_t> sweep_seq_lens;  // the T sweep of the baseline (empty: none)
   std::int64_t stop_at = 0;  // tests: stop every run at this step
   std::string command;       // this invocation, for the report
 
@@ -100,13 +101,16 @@ struct RunSpec {
   double weight_decay = 0;
   bool bos = false;
   std::int64_t steps = 0, seq_len = 0, warmup = 0, diag_every = 0;
+  std::int64_t batch = 0;  // 0: the study's (the sinks mode's T sweep keeps B x T fixed)
   std::string config;  // the base config.json of the run (a file in the study folder)
-  // "g1_elementwise-lr0.003", or "full-g1_elementwise-bos-lr0.01-wd0.5" in the sinks mode.
+  // "g1_elementwise-lr0.003", or "full-g1_elementwise-bos-lr0.01-wd0.5" in the sinks mode,
+  // "sweep-baseline-bos-lr0.01-wd0.5-T1024" in its T sweep.
   std::string name() const;
   bool sinks() const { return !phase.empty(); }
 };
-// The run's steps, T, warm-up and weight decay: its own in the sinks mode, else the study's.
+// The run's steps, T, B, warm-up and weight decay: its own in the sinks mode, else the study's.
 std::int64_t steps_of(const Settings& s, const RunSpec& r);
+std::int64_t batch_of(const Settings& s, const RunSpec& r);
 std::int64_t seq_len_of(const Settings& s, const RunSpec& r);
 std::int64_t warmup_of(const Settings& s, const RunSpec& r);
 double weight_decay_of(const Settings& s, const RunSpec& r);
@@ -180,16 +184,33 @@ StepTimes time_steps(const Options& o, const data::Corpus& corpus);
 
 // ---- the sinks mode (study_sinks.cpp, Note [Sinks mode]) ----
 std::vector<RunSpec> plan_pilot_runs(const Options& o);
-// The pilot's most sink-prone setting (largest f_attn_max_head in the last diagnostics row)
-// and the full runs in it; throws if a pilot run has no diagnostics.
+// The trend of a pilot run's largest per-head F-Attn (Note [Sinks mode]): the least-squares
+// line through its diagnostics rows in the second half of the run's tokens, and that line's
+// value at `at_tokens` (the full runs' length).
+struct SinkTrend {
+  double last = 0;        // f_attn_max_head in the last row
+  double per_million = 0;  // the line's slope per million tokens
+  double projected = 0;    // the line at at_tokens
+  std::size_t rows = 0;    // rows the line went through
+};
+SinkTrend sink_trend(const std::vector<double>& tokens, const std::vector<double>& f_attn_max_head, double at_tokens);
+// The pilot's most sink-prone setting (the largest projected trend) and the full runs in it;
+// throws if a pilot run has no diagnostics.
 struct SinkChoice {
   RunSpec pilot;  // the chosen pilot run
-  double f_attn_max_head = 0;
+  SinkTrend trend;
+  double full_tokens = 0;  // the tokens of a full run (where the trends are projected to)
   std::string why;  // every pilot's value, for the report
 };
 SinkChoice choose_sink_setting(const Options& o);
+std::int64_t full_seq_len_of(const Options& o);
 std::vector<RunSpec> plan_full_runs(const Options& o, const SinkChoice& c);
-// A size's config for the sinks mode's full runs (the study's sizes).
+// The T sweep: the baseline in the chosen setting at every --sweep-seq-lens T other than
+// the full runs' (that one is the full baseline run), B scaled so that B x T is the full
+// runs' (the same tokens per step and per run).
+std::vector<RunSpec> plan_sweep_runs(const Options& o, const SinkChoice& c);
+// The configs of the full runs (a named --full-size) and of the T sweep (positions for
+// its longest T), in the study folder.
 void write_full_config(const Options& o);
 json evaluate_sink_run(const Options& o, const RunSpec& r, const data::Corpus& corpus);
 struct RunResult;

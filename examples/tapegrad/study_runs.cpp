@@ -126,8 +126,9 @@ std::string default_data_path() {
 std::string RunSpec::name() const {
   if (!sinks()) return study::run_name(preset, lr);
   return phase + "-" + preset + (bos ? "-bos" : "-nobos") + "-lr" + study::format_lr(lr) + "-wd" +
-         study::format_lr(weight_decay);
+         study::format_lr(weight_decay) + (phase == "sweep" ? "-T" + std::to_string(seq_len) : "");
 }
+std::int64_t batch_of(const Settings& s, const RunSpec& r) { return r.batch > 0 ? r.batch : s.batch; }
 std::int64_t steps_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.steps : s.steps; }
 std::int64_t seq_len_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.seq_len : s.seq_len; }
 std::int64_t warmup_of(const Settings& s, const RunSpec& r) { return r.sinks() ? r.warmup : s.warmup; }
@@ -297,7 +298,7 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
     check("preset", a.preset == r.preset);
     check("lr", a.lr == r.lr);
     check("steps", a.steps == steps_of(s, r));
-    check("batch", a.batch == s.batch);
+    check("batch", a.batch == batch_of(s, r));
     check("seq-len", a.seq_len == seq_len_of(s, r));
     check("warmup", a.warmup == warmup_of(s, r));
     check("weight-decay", a.weight_decay == weight_decay_of(s, r));
@@ -334,7 +335,7 @@ Outcome train_run(const Options& o, const RunSpec& r, std::size_t index, std::si
     add("--data", s.data);
     add("--val-fraction", num(s.val_fraction));
     add("--steps", std::to_string(steps));
-    add("--batch", std::to_string(s.batch));
+    add("--batch", std::to_string(batch_of(s, r)));
     add("--seq-len", std::to_string(seq_len_of(s, r)));
     add("--lr", num(r.lr));
     add("--min-lr", num(r.lr / 10));

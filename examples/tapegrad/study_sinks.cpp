@@ -14,8 +14,18 @@
 //   2. the full runs: the sink presets (baseline, g1_elementwise, g1_headwise) in the pilot's
 //      most sink-prone setting, at full_steps steps (optionally a larger size and T), with
 //      diagnostics every full_steps/40 steps, so the emergence of a sink is a curve.
-// The choice is a rule fixed before any run: the pilot run whose last diagnostics row has the
-// largest per-head F-Attn (f_attn_max_head); ties go to the earlier run of the grid.
+//   3. optionally (--sweep-seq-lens) the T sweep: the baseline in the same setting at other
+//      T, B scaled so that B x T, the tokens per step and per run, and the schedule stay the
+//      full runs'; the one variable is T (the number of BOS tokens per token seen moves with it).
+// The choice is a rule fixed before any run: a sink grows over millions of tokens, so the
+// pilot is judged by its trend, not by its last row (the first runs of the mode picked a
+// setting whose largest head peaked early and then stayed flat, while the one that kept
+// rising looked weaker at 1 M tokens; docs/sinks/report.md). For each pilot run, the
+// least-squares line of f_attn_max_head against tokens through its diagnostics rows in the
+// second half of its tokens, evaluated at the full runs' tokens: the largest projection wins;
+// ties go to the earlier run of the grid. The projection ranks settings; it is not a
+// forecast (a line through 1-2 M tokens says little about 16 M), and the report prints the
+// slope and the projection beside the last value.
 // Every run is a `tapegrad train` child, resumable and cached exactly like the other modes'
 // (study.cpp). Under mpirun the pilot's runs are shared out, every rank waits for all of
 // them, computes the same choice from the files, and the full runs are shared out in turn
@@ -28,6 +38,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -130,34 +141,104 @@ std::vector<RunSpec> plan_pilot_runs(const Options& o) {
   return v;
 }
 
+SinkTrend sink_trend(const std::vector<double>& tokens, const std::vector<double>& f, double at_tokens) {
+  SinkTrend t;
+  if (tokens.size() != f.size()) throw std::invalid_argument("sink_trend: tokens and values differ in length");
+  if (f.empty()) {
+    t.last = t.per_million = t.projected = study::kNaN;
+    return t;
+  }
+  t.last = f.back();
+  const double half = tokens.back() / 2;
+  double n = 0, mx = 0, my = 0;
+  for (std::size_t i = 0; i < f.size(); ++i)
+    if (tokens[i] >= half && std::isfinite(f[i])) n += 1, mx += tokens[i], my += f[i];
+  t.rows = static_cast<std::size_t>(n);
+  if (n < 2) {  // no line through fewer than two points: the level alone
+    t.per_million = 0;
+    t.projected = t.last;
+    return t;
+  }
+  mx /= n, my /= n;
+  double sxy = 0, sxx = 0;
+  for (std::size_t i = 0; i < f.size(); ++i)
+    if (tokens[i] >= half && std::isfinite(f[i])) sxy += (tokens[i] - mx) * (f[i] - my), sxx += (tokens[i] - mx) * (tokens[i] - mx);
+  const double slope = sxx > 0 ? sxy / sxx : 0;  // per token
+  t.per_million = slope * 1e6;
+  t.projected = my + slope * (at_tokens - mx);
+  return t;
+}
+
+namespace {
+SinkTrend pilot_trend(const Options& o, const RunSpec& r, double at_tokens) {
+  const DiagTable d = read_diag(run_dir(o, r));
+  const int c = d.col("f_attn_max_head"), t = d.col("tokens");
+  std::vector<double> x, y;
+  for (const auto& row : d.rows) x.push_back(row[std::size_t(t)]), y.push_back(row[std::size_t(c)]);
+  return sink_trend(x, y, at_tokens);
+}
+}  // namespace
+
+std::int64_t full_seq_len_of(const Options& o) { return o.full_seq_len > 0 ? o.full_seq_len : o.s.seq_len; }
+
 SinkChoice choose_sink_setting(const Options& o) {
   SinkChoice c;
-  c.f_attn_max_head = -1;
+  c.full_tokens = double(o.full_steps) * double(o.s.batch) * double(full_seq_len_of(o));
+  double best = -std::numeric_limits<double>::infinity();
   for (const RunSpec& r : plan_pilot_runs(o)) {
-    const double f = read_diag(run_dir(o, r)).last("f_attn_max_head");
-    c.why += (c.why.empty() ? "" : ", ") + r.name() + " " + fixed(f, 4);
-    if (std::isfinite(f) && f > c.f_attn_max_head) c.f_attn_max_head = f, c.pilot = r;
+    const SinkTrend t = pilot_trend(o, r, c.full_tokens);
+    c.why += (c.why.empty() ? "" : ", ") + r.name() + " " + fixed(t.projected, 4);
+    if (std::isfinite(t.projected) && t.projected > best) best = t.projected, c.trend = t, c.pilot = r;
   }
   if (c.pilot.preset.empty()) throw std::runtime_error("the sinks pilot has no finite f_attn_max_head: " + c.why);
   return c;
 }
 
 void write_full_config(const Options& o) {
-  if (o.full_size.empty()) return;
-  nn::ModelConfig c = base_config(o.full_size);
-  const std::int64_t T = o.full_seq_len > 0 ? o.full_seq_len : o.s.seq_len;
+  const std::int64_t T = full_seq_len_of(o);
+  nn::ModelConfig c = o.full_size.empty() ? o.s.base : base_config(o.full_size);
   c.max_position_embeddings = std::max<std::size_t>(c.max_position_embeddings, static_cast<std::size_t>(T) + 1);
-  c.save(cli::run::join(o.out, "full_config.json"));
+  if (!o.full_size.empty()) c.save(cli::run::join(o.out, "full_config.json"));
+  if (o.sweep_seq_lens.empty()) return;
+  const std::int64_t longest = *std::max_element(o.sweep_seq_lens.begin(), o.sweep_seq_lens.end());
+  c.max_position_embeddings = std::max<std::size_t>(c.max_position_embeddings, static_cast<std::size_t>(longest) + 1);
+  c.save(cli::run::join(o.out, "sweep_config.json"));
 }
 
 std::vector<RunSpec> plan_full_runs(const Options& o, const SinkChoice& c) {
   std::vector<RunSpec> v;
-  const std::int64_t T = o.full_seq_len > 0 ? o.full_seq_len : o.s.seq_len;
   const std::string config = o.full_size.empty() ? "" : cli::run::join(o.out, "full_config.json");
   for (const auto& p : o.sink_presets)
-    v.push_back(sink_run("full", p, c.pilot.bos, c.pilot.lr, c.pilot.weight_decay, o.full_steps, T, -1, 40, config));
+    v.push_back(sink_run("full", p, c.pilot.bos, c.pilot.lr, c.pilot.weight_decay, o.full_steps, full_seq_len_of(o), -1,
+                         40, config));
   return v;
 }
+
+std::vector<RunSpec> plan_sweep_runs(const Options& o, const SinkChoice& c) {
+  std::vector<RunSpec> v;
+  const std::int64_t T0 = full_seq_len_of(o), per_step = o.s.batch * T0;
+  const bool full_has_baseline =
+      std::find(o.sink_presets.begin(), o.sink_presets.end(), "baseline") != o.sink_presets.end();
+  for (std::int64_t T : o.sweep_seq_lens) {
+    if (T == T0 && full_has_baseline) continue;  // the full baseline run is this point of the sweep
+    RunSpec r = sink_run("sweep", "baseline", c.pilot.bos, c.pilot.lr, c.pilot.weight_decay, o.full_steps, T, -1, 40,
+                         cli::run::join(o.out, "sweep_config.json"));
+    r.batch = per_step / T;  // the flags were checked: T divides B x T of the full runs
+    v.push_back(r);
+  }
+  return v;
+}
+
+namespace {
+// The run of the sweep at T (the full baseline run at the full runs' T).
+RunSpec sweep_run_at(const Options& o, const SinkChoice& c, std::int64_t T) {
+  for (const RunSpec& r : plan_sweep_runs(o, c))
+    if (r.seq_len == T) return r;
+  for (const RunSpec& r : plan_full_runs(o, c))
+    if (r.preset == "baseline") return r;
+  throw std::logic_error("no sweep run at T " + std::to_string(T));
+}
+}  // namespace
 
 // Validation loss (o.eval_batches fixed batches, with the run's BOS) and the gate-score
 // histograms at position 0 and elsewhere (kHistBatches batches, every layer).
@@ -165,7 +246,7 @@ json evaluate_sink_run(const Options& o, const RunSpec& r, const data::Corpus& c
   const Settings& s = o.s;
   const std::string dir = run_dir(o, r);
   nn::CausalLM<float> model = load_run_model(dir);
-  const std::size_t Tn = static_cast<std::size_t>(r.seq_len), Bn = static_cast<std::size_t>(s.batch);
+  const std::size_t Tn = static_cast<std::size_t>(r.seq_len), Bn = static_cast<std::size_t>(batch_of(s, r));
   const data::Split parts = data::split(corpus, s.val_fraction, Tn + 1);
   const data::BatchSampler val(parts.val, Bn, Tn, "the validation split", run_windows(dir));
   NoGrad no_grad;
@@ -298,24 +379,30 @@ void write_sinks_report(const Options& o, std::vector<RunResult>& results, const
   // ---- the pilot ----
   md << "## Pilot\n\nThe baseline (" << model_text(s.base) << "), T " << s.seq_len << ", " << o.pilot_steps
      << " steps (" << o.pilot_steps * s.batch * s.seq_len
-     << " tokens) at every setting. The rule, fixed before the runs: the full runs take the setting whose last "
-        "diagnostics row has the largest per-head F-Attn.\n\n"
-     << "| BOS | lr | weight decay | val loss | Sink\\_1^0.3 | F-Attn | largest head F-Attn | max \\|h\\| at position 0 "
-        "| max \\|h\\| elsewhere |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << " tokens) at every setting. The rule, fixed before the runs (Note [Sinks mode]): the least-squares line of "
+        "the largest per-head F-Attn against tokens through the diagnostics rows of the pilot's second half, "
+        "evaluated at a full run's "
+     << fixed(choice.full_tokens / 1e6, 1)
+     << " M tokens; the largest projection wins. It ranks settings by how fast their strongest head rises; it is "
+        "not a forecast.\n\n"
+     << "| BOS | lr | weight decay | val loss | Sink\\_1^0.3 | F-Attn | largest head F-Attn (end) | its slope per M tokens "
+        "| projected | max \\|h\\| at position 0 | max \\|h\\| elsewhere |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   std::vector<const RunResult*> pilot_runs;
   std::vector<std::string> pilot_titles;
   for (const auto& p : pilots) {
     const RunResult* r = find_run(results, p);
     md << "| " << on_off(p.bos) << " | " << study::format_lr(p.lr) << " | " << study::format_lr(p.weight_decay) << " | ";
     if (!r || !r->ok()) {
-      md << (r && r->outcome == Outcome::Diverged ? "diverged" : "not run") << " | | | | | |\n";
+      md << (r && r->outcome == Outcome::Diverged ? "diverged" : "not run") << " | | | | | | | |\n";
       continue;
     }
     const json& e = r->eval;
     const bool chosen = p.name() == choice.pilot.name();
+    const SinkTrend t = pilot_trend(o, p, choice.full_tokens);
     md << fixed(jn(e, "val_loss"), 4) << " | " << fixed(jn(e, "sink_rate"), 3) << " | " << fixed(jn(e, "f_attn"), 4) << " | "
-       << (chosen ? "**" : "") << fixed(jn(e, "f_attn_max_head"), 4) << (chosen ? "**" : "") << " | "
-       << sig3(jn(e, "max_h_first")) << " | " << sig3(jn(e, "max_h_rest")) << " |\n";
+       << fixed(t.last, 4) << " | " << std::showpos << fixed(t.per_million, 4) << std::noshowpos << " | "
+       << (chosen ? "**" : "") << fixed(t.projected, 4) << (chosen ? "**" : "") << " | " << sig3(jn(e, "max_h_first"))
+       << " | " << sig3(jn(e, "max_h_rest")) << " |\n";
     pilot_runs.push_back(r);
     pilot_titles.push_back("BOS " + on_off(p.bos) + ", lr " + study::format_lr(p.lr) + ", wd " +
                            study::format_lr(p.weight_decay));
@@ -432,6 +519,50 @@ void write_sinks_report(const Options& o, std::vector<RunResult>& results, const
   }
   if (by_preset.count("baseline") && by_preset.count("g1_elementwise"))
     write_heatmap(o, by_preset.at("baseline")->spec, by_preset.at("g1_elementwise")->spec, corpus, rep);
+
+  // ---- the T sweep ----
+  if (!o.sweep_seq_lens.empty()) {
+    std::vector<std::int64_t> Ts = o.sweep_seq_lens;  // the runs in the flag's order, the table by T
+    std::sort(Ts.begin(), Ts.end());
+    std::string ts;
+    for (std::int64_t T : Ts) ts += (ts.empty() ? "" : ", ") + std::to_string(T);
+    md << "## T sweep\n\nThe baseline in the chosen setting at T " << ts << ": "
+       << o.full_steps << " steps of B x T = " << s.batch * f0.seq_len << " tokens at every T (B scaled), so every run "
+          "sees the same tokens with the same schedule; the run at T " << f0.seq_len
+       << " is the full baseline run. Uniform attention on the first token falls as 1/T; the ratio column is F-Attn "
+          "over it.\n\n"
+       << "| T | B | val loss | Sink\\_1^0.3 | F-Attn | uniform | F-Attn / uniform | largest head F-Attn "
+          "| attention on key 1 | max \\|h\\| at position 0 | max \\|h\\| elsewhere |\n"
+       << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    std::vector<const RunResult*> sw;
+    std::vector<std::string> sw_titles;
+    for (std::int64_t T : Ts) {
+      const RunSpec spec = sweep_run_at(o, choice, T);
+      const RunResult* r = find_run(results, spec);
+      md << "| " << T << " | " << batch_of(s, spec) << " | ";
+      if (!r || !r->ok()) {
+        md << (r && r->outcome == Outcome::Diverged ? "diverged" : "not run") << " | | | | | | | | |\n";
+        continue;
+      }
+      const json& e = r->eval;
+      const double u = nn::uniform_first_token_attention(static_cast<std::size_t>(T));
+      md << fixed(jn(e, "val_loss"), 4) << " | " << fixed(jn(e, "sink_rate"), 3) << " | " << fixed(jn(e, "f_attn"), 4)
+         << " | " << fixed(u, 4) << " | " << fixed(jn(e, "f_attn") / u, 2) << " | " << fixed(jn(e, "f_attn_max_head"), 4)
+         << " | " << fixed(jn(e, "key1_attn"), 4) << " | " << sig3(jn(e, "max_h_first")) << " | "
+         << sig3(jn(e, "max_h_rest")) << " |\n";
+      sw.push_back(r);
+      sw_titles.push_back("T " + std::to_string(T));
+    }
+    md << "\nAt the end of each run (the last diagnostics row).\n\n"
+       << "![the T sweep: the largest per-head F-Attn](sweep_max_head.png)\n\n![the T sweep: F-Attn](sweep_f_attn.png)\n\n"
+       << "![the T sweep: max |h|](sweep_max_h.png)\n\n";
+    curve_plot(rep, o, sw, sw_titles, "f_attn_max_head", "T sweep (baseline): the largest per-head F-Attn",
+               "attention on the first token", "sweep_max_head.png");
+    curve_plot(rep, o, sw, sw_titles, "f_attn", "T sweep (baseline): F-Attn (mean over heads and layers)",
+               "attention on the first token", "sweep_f_attn.png");
+    curve_plot(rep, o, sw, sw_titles, "max_h_rest", "T sweep (baseline): max |h| away from position 0", "max |h|",
+               "sweep_max_h.png");
+  }
 
   // ---- against the paper and the targets (mechanical; the verdict is the reader's) ----
   auto get = [&](const char* p, const char* k) {
