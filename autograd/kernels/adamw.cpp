@@ -21,7 +21,6 @@ namespace {
 constexpr int64_t kBlock = 4096;                    // elements per OpenMP work item
 constexpr int64_t kParallelMin = int64_t(1) << 15;  // below this, one thread
 
-int threads_for(int64_t n) { return simd::threads_for(n, (n + kBlock - 1) / kBlock, kParallelMin); }
 
 // Note [Exact rounding in the optimizer kernels]
 // To round exactly as PyTorch does, every multiply-add below must be fused where PyTorch
@@ -132,11 +131,7 @@ void adamw_step(int64_t n, T* p, const T* g, T* m, T* v, double lr, double beta1
   static_assert(kBlock % W == 0, "kBlock must be a multiple of the vector width");
   const B decay(c.decay), b1(c.b1), omb1(c.omb1), b2(c.b2), omb2(c.omb2), bc2s(c.bc2_sqrt),
       nss(c.neg_step_size), epsv(c.eps);
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+  simd::for_blocks(n, kBlock, kParallelMin, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + W <= i1; i += W) {
       const B gv = B::load_unaligned(g + i);
@@ -157,7 +152,7 @@ void adamw_step(int64_t n, T* p, const T* g, T* m, T* v, double lr, double beta1
       m[i] = mi;
       v[i] = vi;
     }
-  }
+  });
 }
 
 template <class T>
@@ -189,11 +184,7 @@ void sgd_step(int64_t n, T* p, const T* g, T* buf, double lr, double momentum,
   const T wd = T(weight_decay), mo = T(momentum), one_m_damp = T(1.0 - dampening),
           neg_lr = T(-lr);
   const B wdv(wd), momv(mo), odv(one_m_damp), nlrv(neg_lr);
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+  simd::for_blocks(n, kBlock, kParallelMin, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + W <= i1; i += W) {
       const B pv = B::load_unaligned(p + i);
@@ -216,7 +207,7 @@ void sgd_step(int64_t n, T* p, const T* g, T* buf, double lr, double momentum,
       }
       p[i] = std::fma(neg_lr, d, p[i]);
     }
-  }
+  });
 }
 
 template <class T>

@@ -149,9 +149,10 @@ void combine_partials(int64_t C, int nt, const std::vector<T>& part, T* dst) {
 // RMSNorm forward
 // ======================================================================================
 
+namespace {
+// The checks of both norms' forward.
 template <class T>
-void rmsnorm_forward(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* y, T* rstd) {
-  constexpr const char* K = "rmsnorm_forward";
+void check_norm_forward(const char* K, int64_t rows, int64_t C, const T* x, T eps, T* y) {
   check_sizes(K, rows, C);
   if (rows == 0) return;
   if (C == 0) throw std::invalid_argument(std::string(K) + ": C must be > 0, got " + sizes(rows, C));
@@ -159,14 +160,24 @@ void rmsnorm_forward(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* 
   check_ptr(K, y, "y", rows, C);
   if (!(eps >= T(0)))
     throw std::invalid_argument(std::string(K) + ": eps must be >= 0 (" + sizes(rows, C) + ")");
+}
+// body(r, xr, yr) for every row r of x and y (C each), the rows shared out over threads.
+template <class T, class F>
+void forward_rows(int64_t rows, int64_t C, const T* x, T* y, F&& body) {
+  const int nt = threads_for(rows * C, rows);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) body(r, x + r * C, y + r * C);  // xr, yr: (C)
+}
+}  // namespace
+
+template <class T>
+void rmsnorm_forward(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* y, T* rstd) {
+  check_norm_forward("rmsnorm_forward", rows, C, x, eps, y);
+  if (rows == 0) return;
 
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  const int nt = threads_for(rows * C, rows);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;  // (C)
-    T* yr = y + r * C;        // (C)
+  forward_rows(rows, C, x, y, [&](int64_t r, const T* xr, T* yr) {
     const T rs = T(1) / std::sqrt(dot(xr, xr, C) / T(C) + eps);
     if (rstd) rstd[r] = rs;
     const B rsv(rs);
@@ -179,20 +190,14 @@ void rmsnorm_forward(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* 
       for (; i + W <= C; i += W) (B::load_unaligned(xr + i) * rsv).store_unaligned(yr + i);
       for (; i < C; ++i) yr[i] = xr[i] * rs;
     }
-  }
+  });
 }
 
 template <class T>
 void rmsnorm_forward_naive(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* y,
                            T* rstd) {
-  constexpr const char* K = "rmsnorm_forward_naive";
-  check_sizes(K, rows, C);
+  check_norm_forward("rmsnorm_forward_naive", rows, C, x, eps, y);
   if (rows == 0) return;
-  if (C == 0) throw std::invalid_argument(std::string(K) + ": C must be > 0, got " + sizes(rows, C));
-  check_ptr(K, x, "x", rows, C);
-  check_ptr(K, y, "y", rows, C);
-  if (!(eps >= T(0)))
-    throw std::invalid_argument(std::string(K) + ": eps must be >= 0 (" + sizes(rows, C) + ")");
   for (int64_t r = 0; r < rows; ++r) {
     T ss = 0;
     for (int64_t i = 0; i < C; ++i) ss += x[r * C + i] * x[r * C + i];
@@ -210,12 +215,15 @@ void rmsnorm_forward_naive(int64_t rows, int64_t C, const T* x, const T* w, T ep
 // ======================================================================================
 
 namespace {
+// The checks of both norms' backward; mean is RMSNorm's nullptr (it has none) and checked
+// only for LayerNorm.
 template <class T>
-void check_rmsnorm_backward(const char* K, int64_t rows, int64_t C, const T* x, const T* w,
-                            const T* rstd, const T* dy, T* dx, T* dw) {
+void check_norm_backward(const char* K, int64_t rows, int64_t C, const T* x, const T* w, bool has_mean,
+                         const T* mean, const T* rstd, const T* dy, T* dw) {
   check_sizes(K, rows, C);
   if (rows == 0 || C == 0) return;
   check_ptr(K, x, "x", rows, C);
+  if (has_mean) check_ptr(K, mean, "mean", rows, C);
   check_ptr(K, rstd, "rstd", rows, C);
   check_ptr(K, dy, "dy", rows, C);
   if (dw && !w)
@@ -227,7 +235,7 @@ void check_rmsnorm_backward(const char* K, int64_t rows, int64_t C, const T* x, 
 template <class T>
 void rmsnorm_backward(int64_t rows, int64_t C, const T* x, const T* w, const T* rstd,
                       const T* dy, T* dx, T* dw) {
-  check_rmsnorm_backward("rmsnorm_backward", rows, C, x, w, rstd, dy, dx, dw);
+  check_norm_backward("rmsnorm_backward", rows, C, x, w, false, static_cast<const T*>(nullptr), rstd, dy, dw);
   if (rows == 0 || C == 0 || (!dx && !dw)) return;
 
   using B = xsimd::batch<T>;
@@ -279,7 +287,7 @@ void rmsnorm_backward(int64_t rows, int64_t C, const T* x, const T* w, const T* 
 template <class T>
 void rmsnorm_backward_naive(int64_t rows, int64_t C, const T* x, const T* w, const T* rstd,
                             const T* dy, T* dx, T* dw) {
-  check_rmsnorm_backward("rmsnorm_backward_naive", rows, C, x, w, rstd, dy, dx, dw);
+  check_norm_backward("rmsnorm_backward_naive", rows, C, x, w, false, static_cast<const T*>(nullptr), rstd, dy, dw);
   if (rows == 0 || C == 0) return;
   for (int64_t r = 0; r < rows; ++r) {
     const T rs = rstd[r];
@@ -300,32 +308,15 @@ void rmsnorm_backward_naive(int64_t rows, int64_t C, const T* x, const T* w, con
 // LayerNorm forward
 // ======================================================================================
 
-namespace {
-template <class T>
-void check_layernorm_forward(const char* K, int64_t rows, int64_t C, const T* x, T eps, T* y) {
-  check_sizes(K, rows, C);
-  if (rows == 0) return;
-  if (C == 0) throw std::invalid_argument(std::string(K) + ": C must be > 0, got " + sizes(rows, C));
-  check_ptr(K, x, "x", rows, C);
-  check_ptr(K, y, "y", rows, C);
-  if (!(eps >= T(0)))
-    throw std::invalid_argument(std::string(K) + ": eps must be >= 0 (" + sizes(rows, C) + ")");
-}
-}  // namespace
-
 template <class T>
 void layernorm_forward(int64_t rows, int64_t C, const T* x, const T* w, const T* b, T eps, T* y,
                        T* mean, T* rstd) {
-  check_layernorm_forward("layernorm_forward", rows, C, x, eps, y);
+  check_norm_forward("layernorm_forward", rows, C, x, eps, y);
   if (rows == 0) return;
 
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  const int nt = threads_for(rows * C, rows);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;  // (C)
-    T* yr = y + r * C;        // (C)
+  forward_rows(rows, C, x, y, [&](int64_t r, const T* xr, T* yr) {
     const T mu = sum(xr, C) / T(C);
     const T rs = T(1) / std::sqrt(sum_sq_dev(xr, mu, C) / T(C) + eps);
     if (mean) mean[r] = mu;
@@ -348,13 +339,13 @@ void layernorm_forward(int64_t rows, int64_t C, const T* x, const T* w, const T*
       if (b) v += b[i];
       yr[i] = v;
     }
-  }
+  });
 }
 
 template <class T>
 void layernorm_forward_naive(int64_t rows, int64_t C, const T* x, const T* w, const T* b, T eps,
                              T* y, T* mean, T* rstd) {
-  check_layernorm_forward("layernorm_forward_naive", rows, C, x, eps, y);
+  check_norm_forward("layernorm_forward_naive", rows, C, x, eps, y);
   for (int64_t r = 0; r < rows; ++r) {
     T s = 0;
     for (int64_t i = 0; i < C; ++i) s += x[r * C + i];
@@ -375,26 +366,10 @@ void layernorm_forward_naive(int64_t rows, int64_t C, const T* x, const T* w, co
 // LayerNorm backward
 // ======================================================================================
 
-namespace {
-template <class T>
-void check_layernorm_backward(const char* K, int64_t rows, int64_t C, const T* x, const T* w,
-                              const T* mean, const T* rstd, const T* dy, T* dw) {
-  check_sizes(K, rows, C);
-  if (rows == 0 || C == 0) return;
-  check_ptr(K, x, "x", rows, C);
-  check_ptr(K, mean, "mean", rows, C);
-  check_ptr(K, rstd, "rstd", rows, C);
-  check_ptr(K, dy, "dy", rows, C);
-  if (dw && !w)
-    throw std::invalid_argument(std::string(K) + ": dw given but w is nullptr (no weight) (" +
-                                sizes(rows, C) + ")");
-}
-}  // namespace
-
 template <class T>
 void layernorm_backward(int64_t rows, int64_t C, const T* x, const T* w, const T* mean,
                         const T* rstd, const T* dy, T* dx, T* dw, T* db) {
-  check_layernorm_backward("layernorm_backward", rows, C, x, w, mean, rstd, dy, dw);
+  check_norm_backward("layernorm_backward", rows, C, x, w, true, mean, rstd, dy, dw);
   if (rows == 0 || C == 0 || (!dx && !dw && !db)) return;
 
   using B = xsimd::batch<T>;
@@ -473,7 +448,7 @@ void layernorm_backward(int64_t rows, int64_t C, const T* x, const T* w, const T
 template <class T>
 void layernorm_backward_naive(int64_t rows, int64_t C, const T* x, const T* w, const T* mean,
                               const T* rstd, const T* dy, T* dx, T* dw, T* db) {
-  check_layernorm_backward("layernorm_backward_naive", rows, C, x, w, mean, rstd, dy, dw);
+  check_norm_backward("layernorm_backward_naive", rows, C, x, w, true, mean, rstd, dy, dw);
   if (rows == 0 || C == 0) return;
   for (int64_t r = 0; r < rows; ++r) {
     const T mu = mean[r], rs = rstd[r];

@@ -72,6 +72,17 @@ inline int threads_for(int64_t work, int64_t max_chunks, int64_t min_work) {
   return int(std::max<int64_t>(1, std::min<int64_t>(tg::num_threads(), max_chunks)));
 }
 
+// body(i0, i1) on every block [i0, i1) of `block` elements of [0, n), the blocks shared out
+// over threads_for(n, blocks, min_work) threads by a static schedule (so the split depends
+// only on n and the thread count; a block is never cut).
+template <class F>
+void for_blocks(int64_t n, int64_t block, int64_t min_work, F&& body) {
+  const int64_t nblocks = (n + block - 1) / block;
+  const int nt = threads_for(n, nblocks, min_work);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) body(blk * block, std::min(n, blk * block + block));
+}
+
 // Throws std::invalid_argument naming `kernel` if n < 0.
 inline void check_n(const char* kernel, int64_t n) {
   if (n < 0)

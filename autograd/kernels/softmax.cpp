@@ -77,6 +77,48 @@ bool all_neg_inf(const T* x, int64_t n) {
   return true;
 }
 
+// The naive twins' max: a plain loop (NaNs skipped, as in row_max).
+template <class T>
+T naive_max(const T* x, int64_t n) {
+  T m = kNegInf<T>;
+  for (int64_t j = 0; j < n; ++j)
+    if (x[j] > m) m = x[j];
+  return m;
+}
+
+// The row loop of softmax and log_softmax forward: row r of x and y and the row's max; a
+// fully masked row (every x = -inf) is filled with `masked` (Note [Fully masked rows]),
+// any other goes to body(xr, yr, m). Naive: one thread and naive_max, for the twins.
+template <bool Naive, class T, class F>
+void softmax_rows(int64_t rows, int64_t n, const T* x, T* y, T masked, F&& body) {
+  auto row = [&](int64_t r) {
+    const T* xr = x + r * n;
+    T* yr = y + r * n;
+    const T m = Naive ? naive_max(xr, n) : row_max(xr, n);
+    if (m == kNegInf<T> && all_neg_inf(xr, n)) {
+      std::fill_n(yr, n, masked);
+      return;
+    }
+    body(xr, yr, m);
+  };
+  if constexpr (Naive) {
+    for (int64_t r = 0; r < rows; ++r) row(r);
+  } else {
+    for_rows(rows, n, row);
+  }
+}
+
+// The row loop of the backward kernels: body(yr, dyr, dxr) for row r of y, dy and dx.
+template <bool Naive, class T, class F>
+void backward_rows(int64_t rows, int64_t n, const T* y, const T* dy, T* dx, F&& body) {
+  auto row = [&](int64_t r) { body(y + r * n, dy + r * n, dx + r * n); };
+  if constexpr (Naive) {
+    for (int64_t r = 0; r < rows; ++r) row(r);
+  } else {
+    for_rows(rows, n, row);
+  }
+}
+
 // Adds the T values p[0..W) to double accumulators (two for float, whose
 // vector holds twice as many lanes as a double vector).
 template <class T>
@@ -206,14 +248,7 @@ template <class T>
 void softmax_forward(int64_t rows, int64_t n, const T* x, T* y) {
   using V = xsimd::batch<T>;
   check_shape("softmax_forward", rows, n);
-  for_rows(rows, n, [&](int64_t r) {
-    const T* xr = x + r * n;
-    T* yr = y + r * n;
-    const T m = row_max(xr, n);
-    if (m == kNegInf<T> && all_neg_inf(xr, n)) {  // Note [Fully masked rows]
-      std::fill_n(yr, n, T(0));
-      return;
-    }
+  softmax_rows<false>(rows, n, x, y, T(0), [&](const T* xr, T* yr, T m) {
     const double s = exp_sum(xr, n, m, yr);  // yr holds exp(x - m)
     const V inv(T(1.0 / s));
     row_map(n, T(0), [=](V e) { return e * inv; }, yr, yr);
@@ -223,33 +258,21 @@ void softmax_forward(int64_t rows, int64_t n, const T* x, T* y) {
 template <class T>
 void softmax_forward_naive(int64_t rows, int64_t n, const T* x, T* y) {
   check_shape("softmax_forward_naive", rows, n);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * n;
-    T* yr = y + r * n;
-    T m = kNegInf<T>;
-    for (int64_t j = 0; j < n; ++j)
-      if (xr[j] > m) m = xr[j];
-    if (m == kNegInf<T> && all_neg_inf(xr, n)) {
-      for (int64_t j = 0; j < n; ++j) yr[j] = T(0);
-      continue;
-    }
+  softmax_rows<true>(rows, n, x, y, T(0), [&](const T* xr, T* yr, T m) {
     double s = 0.0;
     for (int64_t j = 0; j < n; ++j) {
       yr[j] = std::exp(xr[j] - m);
       s += double(yr[j]);
     }
     for (int64_t j = 0; j < n; ++j) yr[j] = T(double(yr[j]) / s);
-  }
+  });
 }
 
 template <class T>
 void softmax_backward(int64_t rows, int64_t n, const T* y, const T* dy, T* dx) {
   using V = xsimd::batch<T>;
   check_shape("softmax_backward", rows, n);
-  for_rows(rows, n, [&](int64_t r) {
-    const T* yr = y + r * n;
-    const T* dyr = dy + r * n;
-    T* dxr = dx + r * n;
+  backward_rows<false>(rows, n, y, dy, dx, [&](const T* yr, const T* dyr, T* dxr) {
     const V dot(T(dot_double(dyr, yr, n)));
     row_map(n, T(0), [=](V yv, V d, V acc) { return acc + yv * (d - dot); }, dxr, yr, dyr, dxr);
   });
@@ -258,14 +281,11 @@ void softmax_backward(int64_t rows, int64_t n, const T* y, const T* dy, T* dx) {
 template <class T>
 void softmax_backward_naive(int64_t rows, int64_t n, const T* y, const T* dy, T* dx) {
   check_shape("softmax_backward_naive", rows, n);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* yr = y + r * n;
-    const T* dyr = dy + r * n;
-    T* dxr = dx + r * n;
+  backward_rows<true>(rows, n, y, dy, dx, [&](const T* yr, const T* dyr, T* dxr) {
     double dot = 0.0;
     for (int64_t j = 0; j < n; ++j) dot += double(dyr[j]) * double(yr[j]);
     for (int64_t j = 0; j < n; ++j) dxr[j] += yr[j] * (dyr[j] - T(dot));
-  }
+  });
 }
 
 // ============================================================================
@@ -276,14 +296,7 @@ template <class T>
 void log_softmax_forward(int64_t rows, int64_t n, const T* x, T* y) {
   using V = xsimd::batch<T>;
   check_shape("log_softmax_forward", rows, n);
-  for_rows(rows, n, [&](int64_t r) {
-    const T* xr = x + r * n;
-    T* yr = y + r * n;
-    const T m = row_max(xr, n);
-    if (m == kNegInf<T> && all_neg_inf(xr, n)) {  // Note [Fully masked rows]
-      std::fill_n(yr, n, kNegInf<T>);
-      return;
-    }
+  softmax_rows<false>(rows, n, x, y, kNegInf<T>, [&](const T* xr, T* yr, T m) {
     const V mv(m), ls(T(std::log(exp_sum(xr, n, m, static_cast<T*>(nullptr)))));
     row_map(n, T(0), [=](V xv) { return (xv - mv) - ls; }, yr, xr);
   });
@@ -292,31 +305,19 @@ void log_softmax_forward(int64_t rows, int64_t n, const T* x, T* y) {
 template <class T>
 void log_softmax_forward_naive(int64_t rows, int64_t n, const T* x, T* y) {
   check_shape("log_softmax_forward_naive", rows, n);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * n;
-    T* yr = y + r * n;
-    T m = kNegInf<T>;
-    for (int64_t j = 0; j < n; ++j)
-      if (xr[j] > m) m = xr[j];
-    if (m == kNegInf<T> && all_neg_inf(xr, n)) {
-      for (int64_t j = 0; j < n; ++j) yr[j] = kNegInf<T>;
-      continue;
-    }
+  softmax_rows<true>(rows, n, x, y, kNegInf<T>, [&](const T* xr, T* yr, T m) {
     double s = 0.0;
     for (int64_t j = 0; j < n; ++j) s += double(std::exp(xr[j] - m));
     const T ls = T(std::log(s));
     for (int64_t j = 0; j < n; ++j) yr[j] = (xr[j] - m) - ls;
-  }
+  });
 }
 
 template <class T>
 void log_softmax_backward(int64_t rows, int64_t n, const T* y, const T* dy, T* dx) {
   using V = xsimd::batch<T>;
   check_shape("log_softmax_backward", rows, n);
-  for_rows(rows, n, [&](int64_t r) {
-    const T* yr = y + r * n;
-    const T* dyr = dy + r * n;
-    T* dxr = dx + r * n;
+  backward_rows<false>(rows, n, y, dy, dx, [&](const T* yr, const T* dyr, T* dxr) {
     if (row_max(yr, n) == kNegInf<T> && all_neg_inf(yr, n)) return;  // Note [Fully masked rows]
     const V sdy(T(sum_double(dyr, n)));
     row_map(n, T(0), [=](V yv, V d, V acc) { return acc + (d - xsimd::exp(yv) * sdy); }, dxr, yr,
@@ -327,15 +328,12 @@ void log_softmax_backward(int64_t rows, int64_t n, const T* y, const T* dy, T* d
 template <class T>
 void log_softmax_backward_naive(int64_t rows, int64_t n, const T* y, const T* dy, T* dx) {
   check_shape("log_softmax_backward_naive", rows, n);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* yr = y + r * n;
-    const T* dyr = dy + r * n;
-    T* dxr = dx + r * n;
-    if (all_neg_inf(yr, n)) continue;
+  backward_rows<true>(rows, n, y, dy, dx, [&](const T* yr, const T* dyr, T* dxr) {
+    if (all_neg_inf(yr, n)) return;
     double s = 0.0;
     for (int64_t j = 0; j < n; ++j) s += double(dyr[j]);
     for (int64_t j = 0; j < n; ++j) dxr[j] += dyr[j] - std::exp(yr[j]) * T(s);
-  }
+  });
 }
 
 // ============================================================================
@@ -374,9 +372,7 @@ int64_t cross_entropy_forward_naive(int64_t N, int64_t V, const T* logits, const
       continue;
     }
     const T* xr = logits + i * V;
-    T m = kNegInf<T>;
-    for (int64_t j = 0; j < V; ++j)
-      if (xr[j] > m) m = xr[j];
+    const T m = naive_max(xr, V);
     double s = 0.0;
     for (int64_t j = 0; j < V; ++j) s += double(std::exp(xr[j] - m));
     const double ls = std::log(s);
@@ -445,9 +441,7 @@ void cross_entropy_backward_naive(int64_t N, int64_t V, const T* logits, const i
     if (t == ignore_index) continue;
     const T* xr = logits + i * V;
     T* dxr = dlogits + i * V;
-    T m = kNegInf<T>;
-    for (int64_t j = 0; j < V; ++j)
-      if (xr[j] > m) m = xr[j];
+    const T m = naive_max(xr, V);
     double s = 0.0;
     for (int64_t j = 0; j < V; ++j) s += double(std::exp(xr[j] - m));
     for (int64_t j = 0; j < V; ++j) {

@@ -20,8 +20,6 @@ namespace {
 constexpr int64_t kBlock = 2048;                       // elements per OpenMP work item
 constexpr int64_t kParallelMin = int64_t(1) << 14;     // below this, one thread
 
-int threads_for(int64_t n) { return simd::threads_for(n, (n + kBlock - 1) / kBlock, kParallelMin); }
-
 void check(const char* K, int64_t n, const void* g, const void* u, const void* third,
            const char* third_name) {
   if (n < 0) throw std::invalid_argument(std::string(K) + ": n must be >= 0, got n=" + std::to_string(n));
@@ -30,14 +28,8 @@ void check(const char* K, int64_t n, const void* g, const void* u, const void* t
                                 " is nullptr (n=" + std::to_string(n) + ")");
 }
 
-// Runs body(i0, i1) on every block [i0, i1) of [0, n), the blocks shared by the threads.
 template <class F>
-void for_blocks(int64_t n, F&& body) {
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-  const int nt = threads_for(n);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) body(blk * kBlock, std::min(n, blk * kBlock + kBlock));
-}
+void for_blocks(int64_t n, F&& body) { simd::for_blocks(n, kBlock, kParallelMin, body); }
 
 template <class B>
 B sigmoid(const B& g) {
