@@ -1,5 +1,6 @@
 // bench/bench_util.hpp — what the benchmark programs of bench/ share: the median of a
-// set of timings and the process's memory readings from /proc (Linux).
+// set of timings and the process's memory readings from /proc (Linux); the random token batches
+// of the training benchmarks: bench/token_batches.hpp.
 #pragma once
 
 #include <algorithm>

@@ -56,6 +56,7 @@
 #include "nn/train_step.hpp"
 #include "optim/optim.hpp"
 #include "bench/bench_util.hpp"
+#include "bench/token_batches.hpp"
 
 namespace {
 
@@ -147,15 +148,10 @@ int main(int argc, char** argv) {
   }
 
   // Global token batches, uniform in [0, V), the same on every rank; each keeps its rows.
-  std::mt19937_64 gen(a.seed + 12345);
-  std::uniform_int_distribution<std::int64_t> tok(0, std::int64_t(cfg.vocab_size) - 1);
   const std::int64_t n_steps = a.warmup + a.steps;
   std::vector<tg::Index> shares;
-  for (std::int64_t s = 0; s < n_steps; ++s) {
-    tg::Index b = tg::Index::from_shape({B, std::size_t(a.seq_len)});
-    for (auto& v : b) v = tok(gen);
+  for (const tg::Index& b : tg::bench::random_token_batches(a.seed, cfg.vocab_size, n_steps, B, std::size_t(a.seq_len)))
     shares.push_back(tg::train::batch_share(b, world));
-  }
 
   std::vector<double> total, waits, comms;
   world.barrier();

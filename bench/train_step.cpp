@@ -71,6 +71,7 @@
 #include "nn/model.hpp"
 #include "optim/optim.hpp"
 #include "bench/bench_util.hpp"
+#include "bench/token_batches.hpp"
 
 namespace {
 
@@ -213,15 +214,9 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // Token batches, uniform in [0, V), one per step (made before the clock starts).
-  std::mt19937_64 gen(a.seed + 12345);
-  std::uniform_int_distribution<std::int64_t> tok(0, std::int64_t(cfg.vocab_size) - 1);
   const std::int64_t n_steps = a.warmup + a.steps;
-  std::vector<tg::Index> batches;
-  for (std::int64_t s = 0; s < n_steps; ++s) {
-    tg::Index b = tg::Index::from_shape({std::size_t(a.batch), std::size_t(a.seq_len)});
-    for (auto& v : b) v = tok(gen);
-    batches.push_back(std::move(b));
-  }
+  const std::vector<tg::Index> batches =
+      tg::bench::random_token_batches(a.seed, cfg.vocab_size, n_steps, std::size_t(a.batch), std::size_t(a.seq_len));
 
   const long rss_before = status_kib("VmRSS:");
   const long hwm_build = status_kib("VmHWM:");
