@@ -15,11 +15,7 @@
 
 namespace tg {
 
-using detail::constant;
-using detail::dims_of;
-using detail::fail;
-using detail::grad_if;
-using detail::prod;
+using namespace detail;  // the helpers of autograd/ops_common.hpp
 
 // ---- RoPE --------------------------------------------------------------------------------
 

@@ -14,10 +14,7 @@
 
 namespace tg {
 
-using detail::constant_of;
-using detail::fail;
-using detail::grad_if;
-using detail::to_shape;
+using namespace detail;  // the helpers of autograd/ops_common.hpp
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
   std::size_t n = std::max(a.size(), b.size());

@@ -12,11 +12,7 @@
 
 namespace tg {
 
-using detail::constant;
-using detail::dims_of;
-using detail::fail;
-using detail::grad_if;
-using detail::prod;
+using namespace detail;  // the helpers of autograd/ops_common.hpp
 
 // All products run on kernels::gemm (packed, blocked, xsimd + OpenMP) or, in reference
 // mode, on its naive twin; see autograd/kernels/gemm.hpp. Transposes are never

@@ -11,11 +11,7 @@
 
 namespace tg {
 
-using detail::constant;
-using detail::dims_of;
-using detail::fail;
-using detail::grad_if;
-using detail::prod;
+using namespace detail;  // the helpers of autograd/ops_common.hpp
 
 // ---- broadcasting as ops (the differentiable backward of every broadcasting op) ----
 
