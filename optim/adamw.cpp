@@ -59,20 +59,13 @@ void AdamW<T>::step() {
                                   shape_to_string(p.grad().shape()) + ", its state " +
                                   shape_to_string(s.exp_avg.shape()));
   });
-  std::size_t k = 0;
-  for (auto& g : this->groups_) {
-    const double lr = this->lr_ * g.lr_scale;
-    const double wd = g.weight_decay.value_or(options_.weight_decay);
-    for (auto& [name, p] : g.params) {
-      State& s = state_[k++];
-      if (!p.has_grad()) continue;  // as PyTorch: no .grad, no update, no step
-      ++s.step;
-      xt::xarray<T>& value = p.mutable_value();
-      TG_KERNEL(adamw_step)(std::int64_t(value.size()), value.data(), p.grad().data(), s.exp_avg.data(),
-                             s.exp_avg_sq.data(), T(lr), T(options_.beta1), T(options_.beta2), T(options_.eps),
-                             T(wd), s.step);
-    }
-  }
+  this->update_each(state_, options_.weight_decay, [&](Tensor<T>& p, State& s, double lr, double wd) {
+    ++s.step;  // only a parameter with a gradient steps (as PyTorch)
+    xt::xarray<T>& value = p.mutable_value();
+    TG_KERNEL(adamw_step)(std::int64_t(value.size()), value.data(), p.grad().data(), s.exp_avg.data(),
+                           s.exp_avg_sq.data(), T(lr), T(options_.beta1), T(options_.beta2), T(options_.eps), T(wd),
+                           s.step);
+  });
   ++this->step_count_;
 }
 

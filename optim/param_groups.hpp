@@ -117,6 +117,21 @@ class Optimizer {
     for (const auto& g : groups_)
       for (const auto& [name, p] : g.params) f(g, name, p, k++);
   }
+  // The update loop of step(): f(p, states[k], lr, weight_decay) for every parameter k that
+  // has a gradient (as PyTorch: no .grad, no update), with its group's lr and weight decay
+  // (default_wd where the group sets none).
+  template <class State, class F>
+  void update_each(std::vector<State>& states, double default_wd, F&& f) {
+    std::size_t k = 0;
+    for (auto& g : groups_) {
+      const double lr = lr_ * g.lr_scale;
+      const double wd = g.weight_decay.value_or(default_wd);
+      for (auto& [name, p] : g.params) {
+        State& s = states[k++];
+        if (p.has_grad()) f(p, s, lr, wd);
+      }
+    }
+  }
   // state_dict() of such an optimizer: put(name, state, out) adds one parameter's entries,
   // then "step" is the step count.
   template <class State, class Put>

@@ -56,20 +56,13 @@ void SGD<T>::step() {
                                   shape_to_string(p.grad().shape()) + ", its momentum buffer " +
                                   shape_to_string(s.momentum_buffer.shape()));
   });
-  std::size_t k = 0;
-  for (auto& g : this->groups_) {
-    const double lr = this->lr_ * g.lr_scale;
-    const double wd = g.weight_decay.value_or(options_.weight_decay);
-    for (auto& [name, p] : g.params) {
-      State& s = state_[k++];
-      if (!p.has_grad()) continue;  // as PyTorch: no .grad, no update
-      xt::xarray<T>& value = p.mutable_value();
-      TG_KERNEL(sgd_step)(std::int64_t(value.size()), value.data(), p.grad().data(),
-                           has_momentum() ? s.momentum_buffer.data() : nullptr, T(lr), T(options_.momentum),
-                           T(options_.dampening), T(wd), options_.nesterov, s.step == 0);
-      ++s.step;
-    }
-  }
+  this->update_each(state_, options_.weight_decay, [&](Tensor<T>& p, State& s, double lr, double wd) {
+    xt::xarray<T>& value = p.mutable_value();
+    TG_KERNEL(sgd_step)(std::int64_t(value.size()), value.data(), p.grad().data(),
+                         has_momentum() ? s.momentum_buffer.data() : nullptr, T(lr), T(options_.momentum),
+                         T(options_.dampening), T(wd), options_.nesterov, s.step == 0);
+    ++s.step;
+  });
   ++this->step_count_;
 }
 
