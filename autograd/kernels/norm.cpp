@@ -161,13 +161,6 @@ void check_norm_forward(const char* K, int64_t rows, int64_t C, const T* x, T ep
   if (!(eps >= T(0)))
     throw std::invalid_argument(std::string(K) + ": eps must be >= 0 (" + sizes(rows, C) + ")");
 }
-// body(r, xr, yr) for every row r of x and y (C each), the rows shared out over threads.
-template <class T, class F>
-void forward_rows(int64_t rows, int64_t C, const T* x, T* y, F&& body) {
-  const int nt = threads_for(rows * C, rows);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t r = 0; r < rows; ++r) body(r, x + r * C, y + r * C);  // xr, yr: (C)
-}
 }  // namespace
 
 template <class T>
@@ -177,7 +170,11 @@ void rmsnorm_forward(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* 
 
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  forward_rows(rows, C, x, y, [&](int64_t r, const T* xr, T* yr) {
+  const int nt = threads_for(rows * C, rows);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) {  // a plain loop, not a lambda: Note [Block bodies as functions] (adamw.cpp)
+    const T* xr = x + r * C;  // (C)
+    T* yr = y + r * C;        // (C)
     const T rs = T(1) / std::sqrt(dot(xr, xr, C) / T(C) + eps);
     if (rstd) rstd[r] = rs;
     const B rsv(rs);
@@ -190,7 +187,7 @@ void rmsnorm_forward(int64_t rows, int64_t C, const T* x, const T* w, T eps, T* 
       for (; i + W <= C; i += W) (B::load_unaligned(xr + i) * rsv).store_unaligned(yr + i);
       for (; i < C; ++i) yr[i] = xr[i] * rs;
     }
-  });
+  }
 }
 
 template <class T>
@@ -316,7 +313,11 @@ void layernorm_forward(int64_t rows, int64_t C, const T* x, const T* w, const T*
 
   using B = xsimd::batch<T>;
   constexpr int64_t W = B::size;
-  forward_rows(rows, C, x, y, [&](int64_t r, const T* xr, T* yr) {
+  const int nt = threads_for(rows * C, rows);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) {  // a plain loop, not a lambda: Note [Block bodies as functions] (adamw.cpp)
+    const T* xr = x + r * C;  // (C)
+    T* yr = y + r * C;        // (C)
     const T mu = sum(xr, C) / T(C);
     const T rs = T(1) / std::sqrt(sum_sq_dev(xr, mu, C) / T(C) + eps);
     if (mean) mean[r] = mu;
@@ -339,7 +340,7 @@ void layernorm_forward(int64_t rows, int64_t C, const T* x, const T* w, const T*
       if (b) v += b[i];
       yr[i] = v;
     }
-  });
+  }
 }
 
 template <class T>
