@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -35,8 +36,26 @@ namespace tg::kernels::simd {
 // Note [xsimd fma on AVX-512]
 // xsimd 8.1 has no AVX-512 fma/fms kernels: on an avx512 arch xsimd::fma falls back to
 // the generic `x * y + z`, two roundings (and with -std=c++20 GCC does not contract it).
-// Where one rounding matters we call the intrinsic ourselves; on other archs xsimd::fma
-// is the real instruction.
+// Where one rounding matters we call the intrinsic ourselves; on other archs with FMA
+// (FMA3, NEON) xsimd::fma is the real instruction. An x86 arch without FMA (the x86-64
+// baseline copy of the portable build, Note [Portable kernels] in isa.hpp) gets the same
+// for the same reason: xsimd's fallback is again `x * y + z`, and the kernels that need one
+// rounding (AdamW's PyTorch-exact moments, erfc's exact a² = hi + lo split) would silently
+// lose it. There each lane goes through std::fma: correctly rounded, slower (a software
+// fma on such a CPU), and a CPU without FMA is a 2012 one.
+
+// x * y + z (or x * y - z when `sub`) with one rounding, lane by lane through std::fma.
+template <class T, class A>
+xsimd::batch<T, A> per_lane_fma(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& y,
+                                const xsimd::batch<T, A>& z, bool sub) {
+  constexpr std::size_t W = xsimd::batch<T, A>::size;
+  alignas(64) T a[W], b[W], c[W];
+  x.store_aligned(a);
+  y.store_aligned(b);
+  z.store_aligned(c);
+  for (std::size_t i = 0; i < W; ++i) a[i] = std::fma(a[i], b[i], sub ? -c[i] : c[i]);
+  return xsimd::batch<T, A>::load_aligned(a);
+}
 
 // x * y + z with one rounding.
 template <class T, class A>
@@ -48,7 +67,11 @@ xsimd::batch<T, A> fmadd(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& 
     else return _mm512_fmadd_pd(x, y, z);
   } else
 #endif
+#if defined(__x86_64__) && !defined(__FMA__) && !defined(__AVX512F__)
+  return per_lane_fma(x, y, z, false);
+#else
     return xsimd::fma(x, y, z);
+#endif
 }
 
 // x * y - z with one rounding.
@@ -61,7 +84,11 @@ xsimd::batch<T, A> fmsub(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& 
     else return _mm512_fmsub_pd(x, y, z);
   } else
 #endif
+#if defined(__x86_64__) && !defined(__FMA__) && !defined(__AVX512F__)
+  return per_lane_fma(x, y, z, true);
+#else
     return xsimd::fms(x, y, z);
+#endif
 }
 
 // Threads for a loop over `work` elements cut into at most `max_chunks` independent

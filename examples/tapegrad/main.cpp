@@ -9,9 +9,9 @@
 #include <iostream>
 #include <string>
 
-#include <xsimd/xsimd.hpp>
 
 #include "autograd/kernels/gemm_bf16.hpp"
+#include "autograd/kernels/isa.hpp"
 #include "autograd/memory.hpp"
 #include "commands.hpp"
 #include "nn/distributed.hpp"
@@ -63,10 +63,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (argc >= 2 && !std::strcmp(argv[1], "--version")) {
-      // The instruction set the kernels were compiled for (no run-time dispatch yet: a
-      // TAPEGRAD_NATIVE=OFF build runs what its compiler flags allow) and the bf16 path.
-      std::cout << "tapegrad " << TAPEGRAD_VERSION << "\nkernels: compiled for " << xsimd::default_arch::name()
-                << " (xsimd default arch)\nbf16 matmuls (--dtype bf16): " << tg::kernels::gemm_bf16_path() << "\n";
+      // The instruction set of the kernels that run (in the portable build, the copy the
+      // loader chose by CPU features: Note [Portable kernels]) and the bf16 path.
+      std::cout << "tapegrad " << TAPEGRAD_VERSION << "\nkernels: compiled for " << tg::kernels::kernel_isa_line()
+                << "\nbf16 matmuls (--dtype bf16): " << tg::kernels::gemm_bf16_path() << "\n";
       return 0;
     }
     const tg::cli::Command* cmd = nullptr;

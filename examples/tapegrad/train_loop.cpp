@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "autograd/kernels/gemm_bf16.hpp"
+#include "autograd/kernels/isa.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "commands.hpp"
 #include "flags.hpp"
@@ -360,7 +361,8 @@ int train(Invocation& inv) {
             << ", " << with_commas(nparams) << " parameters, "
             << (tg::kernels::gemm_bf16_enabled() ? std::string("bf16 matmuls, f32 weights") : std::string(dtype_name<T>()))
             << ", " << tg::num_threads()
-            << " thread" << (tg::num_threads() == 1 ? "" : "s");
+            << " thread" << (tg::num_threads() == 1 ? "" : "s") << ", kernels " << tg::kernels::kernel_isa().arch
+            << " (" << tg::kernels::kernel_isa().level << ")";
   if (world.size() > 1)
     std::cout << " per rank, " << world.size() << " ranks (MPI; " << dist::share_begin(B, world.size(), 1)
               << (B % std::size_t(world.size()) ? "-" + std::to_string(dist::share_begin(B, world.size(), 1) + 1) : "")
