@@ -12,24 +12,7 @@ namespace {
 
 // The level this test file was compiled for (in the default build the library was compiled
 // with the same -march=native; in the portable build this file is the x86-64 baseline).
-std::string own_level() {
-#if defined(__x86_64__)
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512CD__) && defined(__AVX512DQ__) && \
-    defined(__AVX512VL__)
-  return "x86-64-v4";
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__BMI2__)
-  return "x86-64-v3";
-#elif defined(__SSE4_2__) && defined(__POPCNT__)
-  return "x86-64-v2";
-#else
-  return "x86-64";
-#endif
-#elif defined(__aarch64__)
-  return "aarch64";
-#else
-  return "other";
-#endif
-}
+std::string own_level() { return TG_COMPILED_LEVEL; }
 
 #if defined(__x86_64__)
 // The copy the loader should take: the highest level of {v4, v3} that the CPU has and

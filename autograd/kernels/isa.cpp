@@ -8,35 +8,10 @@
 
 namespace tg::kernels {
 
-namespace {
-
-// The x86-64 micro-architecture level this file was compiled for, from the compiler's
-// feature macros (the levels of the x86-64 psABI).
-const char* compiled_level() {
-#if defined(__x86_64__)
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512CD__) && defined(__AVX512DQ__) && \
-    defined(__AVX512VL__)
-  return "x86-64-v4";
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__BMI2__)
-  return "x86-64-v3";
-#elif defined(__SSE4_2__) && defined(__POPCNT__)
-  return "x86-64-v2";
-#else
-  return "x86-64";
-#endif
-#elif defined(__aarch64__)
-  return "aarch64";
-#else
-  return "other";
-#endif
-}
-
-}  // namespace
-
 KernelIsa kernel_isa() {
   KernelIsa k;
   k.arch = xsimd::default_arch::name();
-  k.level = compiled_level();
+  k.level = TG_COMPILED_LEVEL;
   Dl_info info{};
   if (dladdr(reinterpret_cast<void*>(&kernel_isa), &info) && info.dli_fname) k.file = info.dli_fname;
 #if defined(TAPEGRAD_PORTABLE_KERNELS)

@@ -30,6 +30,26 @@
 
 #include <string>
 
+// The x86-64 micro-architecture level (psABI) of the file that expands it, from the
+// compiler's feature macros: a macro, not a function, so that each file answers for its own
+// flags (in the portable build the kernels and the rest of the engine differ).
+#if defined(__x86_64__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512CD__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__)
+#define TG_COMPILED_LEVEL "x86-64-v4"
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__BMI2__)
+#define TG_COMPILED_LEVEL "x86-64-v3"
+#elif defined(__SSE4_2__) && defined(__POPCNT__)
+#define TG_COMPILED_LEVEL "x86-64-v2"
+#else
+#define TG_COMPILED_LEVEL "x86-64"
+#endif
+#elif defined(__aarch64__)
+#define TG_COMPILED_LEVEL "aarch64"
+#else
+#define TG_COMPILED_LEVEL "other"
+#endif
+
 namespace tg::kernels {
 
 struct KernelIsa {

@@ -357,12 +357,12 @@ int train(Invocation& inv) {
   }
 
   const std::size_t nparams = model.num_parameters();
+  const tg::kernels::KernelIsa isa = tg::kernels::kernel_isa();
   std::cout << "tapegrad train: " << (a.config.empty() ? a.size : a.config) << " model, preset " << inv.preset
             << ", " << with_commas(nparams) << " parameters, "
             << (tg::kernels::gemm_bf16_enabled() ? std::string("bf16 matmuls, f32 weights") : std::string(dtype_name<T>()))
             << ", " << tg::num_threads()
-            << " thread" << (tg::num_threads() == 1 ? "" : "s") << ", kernels " << tg::kernels::kernel_isa().arch
-            << " (" << tg::kernels::kernel_isa().level << ")";
+            << " thread" << (tg::num_threads() == 1 ? "" : "s") << ", kernels " << isa.arch << " (" << isa.level << ")";
   if (world.size() > 1)
     std::cout << " per rank, " << world.size() << " ranks (MPI; " << dist::share_begin(B, world.size(), 1)
               << (B % std::size_t(world.size()) ? "-" + std::to_string(dist::share_begin(B, world.size(), 1) + 1) : "")
