@@ -26,6 +26,7 @@
 #include "nn/safetensors.hpp"
 #include "nn/train_step.hpp"
 #include "optim/optim.hpp"
+#include "program_util.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -133,11 +134,6 @@ TEST_SUITE("ranks") {
 #ifdef TAPEGRAD_MPIEXEC
 namespace {
 
-std::string program() {
-  const fs::path self = fs::read_symlink("/proc/self/exe");
-  return (self.parent_path().parent_path() / "bin" / "tapegrad").string();
-}
-
 struct Proc {
   pid_t pid;
   std::string log;
@@ -147,32 +143,9 @@ struct Proc {
 Proc start(int ranks, const std::vector<std::string>& args, const std::string& log) {
   std::vector<std::string> full;
   if (ranks > 0) full = {TAPEGRAD_MPIEXEC, "-np", std::to_string(ranks), "--oversubscribe"};
-  full.push_back(program());
+  full.push_back(tg::testing::program());
   full.insert(full.end(), args.begin(), args.end());
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) ::_exit(126);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    ::setenv("OMP_NUM_THREADS", "1", 1);
-    std::vector<char*> argv;
-    for (auto& a : full) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execvp(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return {pid, log};
-}
-
-int wait_for(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return {tg::testing::spawn_argv(full, log), log};
 }
 
 struct Ran {
@@ -182,7 +155,7 @@ struct Ran {
 Ran run(int ranks, const std::vector<std::string>& args, const fs::path& dir) {
   static int n = 0;
   const std::string log = (dir / ("log" + std::to_string(n++))).string();
-  const int st = wait_for(start(ranks, args, log).pid);
+  const int st = tg::testing::wait_status(start(ranks, args, log).pid);
   return {st, tg::testing::read_all(log)};
 }
 
@@ -335,7 +308,7 @@ TEST_CASE("distributed: a killed rank ends the job with a clear message, the las
   }
   if (st < 0) {
     ::kill(p.pid, SIGKILL);
-    wait_for(p.pid);
+    tg::testing::wait_status(p.pid);
   }
   const std::string out = tg::testing::read_all(d / "log");
   INFO(out);
@@ -378,7 +351,7 @@ TEST_CASE("distributed: Ctrl-C on mpirun stops every rank at one step with one c
   }
   if (st < 0) {
     ::kill(p.pid, SIGKILL);
-    wait_for(p.pid);
+    tg::testing::wait_status(p.pid);
   }
   const std::string out = tg::testing::read_all(d / "log");
   INFO(out);

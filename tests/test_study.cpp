@@ -29,49 +29,17 @@
 #include "nn/data.hpp"
 #include "nn/model.hpp"
 
+#include "program_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace tg;
+using namespace tg::testing;  // program(), TempDir, run(), spawn(), ... (program_util.hpp)
 
 namespace {
 
 const double nan_ = std::numeric_limits<double>::quiet_NaN();
 
 // ---- helpers for the program ---------------------------------------------------------------
-
-std::string program() {
-  if (const char* env = std::getenv("TAPEGRAD_BIN")) return env;
-  const fs::path self = fs::read_symlink("/proc/self/exe");
-  return (self.parent_path().parent_path() / "bin" / "tapegrad").string();
-}
-
-bool have_program() {
-  const bool ok = fs::exists(program());
-  if (!ok) FAIL_CHECK("the tapegrad program was not found at " << program() << " (build it, or set TAPEGRAD_BIN)");
-  return ok;
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "tg_test_study_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::size_t count_of(const std::string& s, const std::string& part) {
   std::size_t n = 0;
@@ -80,7 +48,7 @@ std::size_t count_of(const std::string& s, const std::string& part) {
 }
 
 // Text with some structure, enough for a tiny model to learn a little.
-std::string corpus_text(std::size_t bytes) {
+std::string genesis_text(std::size_t bytes) {
   const char* words[] = {"in", "the", "beginning", "god", "created", "heaven", "and", "earth", "light", "was",
                          "darkness", "upon", "face", "of", "deep", "spirit", "moved", "waters", "said", "let"};
   std::string s;
@@ -94,61 +62,12 @@ std::string corpus_text(std::size_t bytes) {
   return s;
 }
 
-pid_t spawn(const std::vector<std::string>& args, const std::string& log, const std::string& exe = "") {
-  std::vector<std::string> full = {exe.empty() ? program() : exe};
-  full.insert(full.end(), args.begin(), args.end());
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) ::_exit(126);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    std::vector<char*> argv;
-    for (auto& a : full) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::setenv("OMP_NUM_THREADS", "1", 1);
-    ::execv(full[0].c_str(), argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int wait_status(pid_t pid) {
-  int st = 0;
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run(const std::vector<std::string>& args) {
-  static int counter = 0;
-  const std::string log =
-      (fs::temp_directory_path() / ("tg_test_study_log_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-          .string();
-  Result r;
-  r.status = wait_status(spawn(args, log));
-  r.output = read(log);
-  fs::remove(log);
-  return r;
-}
-
 // A tiny study: two presets, 12 steps of 2 x 16 tokens, one thread.
 std::vector<std::string> tiny_study(const std::string& data, const std::string& out, const std::string& mode,
                                     int steps = 12) {
   return {"study",      "--size",  "tiny",   "--presets", "baseline,g1_elementwise", "--steps", std::to_string(steps),
           "--batch",    "2",       "--seq-len", "16",    "--data",     data,       "--out",   out,
           "--threads",  "1",       "--mode", mode,       "--eval-batches", "2",    "--timing-rounds", "1"};
-}
-
-std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
 }
 
 // The last step of a run folder's metrics.csv (0 if there is none).
@@ -368,8 +287,8 @@ TEST_CASE("study: probe_layer's probabilities and gate scores agree with the mod
 
 TEST_CASE("study: a tiny main study writes report.md with a row per preset") {
   if (!have_program()) return;
-  TempDir tmp;
-  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  TempDir tmp("study");
+  std::ofstream(tmp / "text.txt") << genesis_text(40000);
   const std::string out = tmp / "study";
   const Result r = run(tiny_study(tmp / "text.txt", out, "main"));
   INFO(r.output);
@@ -426,8 +345,8 @@ TEST_CASE("study: a tiny main study writes report.md with a row per preset") {
 
 TEST_CASE("study: an interrupted study resumes - finished runs are reused, not retrained") {
   if (!have_program()) return;
-  TempDir tmp;
-  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  TempDir tmp("study");
+  std::ofstream(tmp / "text.txt") << genesis_text(40000);
   const std::string out = tmp / "study";
   const std::string run_a = out + "/runs/baseline-lr0.003", run_b = out + "/runs/g1_elementwise-lr0.003";
 
@@ -473,8 +392,8 @@ TEST_CASE("study: an interrupted study resumes - finished runs are reused, not r
 
 TEST_CASE("study: SIGTERM stops the study with a checkpoint - the same command continues it") {
   if (!have_program()) return;
-  TempDir tmp;
-  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  TempDir tmp("study");
+  std::ofstream(tmp / "text.txt") << genesis_text(40000);
   const std::string out = tmp / "study";
   const auto args = tiny_study(tmp / "text.txt", out, "main", 400);
   const std::string log = tmp / "log1.txt";
@@ -510,15 +429,15 @@ TEST_CASE("study: the program rebuilt while a study runs - the next runs start t
   // /proc/self/exe of a program whose file was replaced reads "<path> (deleted)"; the study
   // starts its runs from the file now at that path (cli::run::executable_path).
   if (!have_program()) return;
-  TempDir tmp;
-  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  TempDir tmp("study");
+  std::ofstream(tmp / "text.txt") << genesis_text(40000);
   const fs::path exe = tmp.path / "tapegrad";
   fs::copy_file(program(), exe);
   const std::string log = tmp / "log";
   auto args = tiny_study(tmp / "text.txt", tmp / "study", "main", 1500);
   args.erase(args.end() - 2, args.end());  // no timing rounds
   args.insert(args.end(), {"--timing-rounds", "0"});
-  const pid_t pid = spawn(args, log, exe.string());
+  const pid_t pid = spawn(args, log, "", exe.string());
   // while the first run trains (its progress reached the log), replace the file: a new file
   // renamed over the path, so no exec can meet it half written
   for (int i = 0; i < 1000 && !contains(read(log), "baseline-lr0.003: step "); ++i) ::usleep(10000);
@@ -541,8 +460,8 @@ TEST_CASE("study: the program rebuilt while a study runs - the next runs start t
 // that reuses every run.
 TEST_CASE("study: --mode sinks runs the pilot grid, picks its most sink-prone setting, then the full runs") {
   if (!have_program()) return;
-  TempDir tmp;
-  std::ofstream(tmp / "text.txt") << corpus_text(40000);
+  TempDir tmp("study");
+  std::ofstream(tmp / "text.txt") << genesis_text(40000);
   const std::string out = tmp / "sinks";
   const std::vector<std::string> cmd = {"study", "--mode", "sinks", "--size", "tiny", "--pilot-steps", "6",
                                         "--full-steps", "8", "--pilot-lrs", "1e-2", "--pilot-wds", "0.1,0.5",
