@@ -12,6 +12,7 @@
 // + |beta C0|). Against float32 GEMM the operand rounding (2^-8 relative each) dominates.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -188,5 +189,54 @@ TEST_CASE("bf16 mode without AVX512_BF16 is an error naming the instruction set"
   float a = 1, b = 1, c = 0;
   CHECK_THROWS_WITH_AS(k::gemm_bf16(false, false, 1, 1, 1, 1.f, &a, 1, &b, 1, 0.f, &c, 1),
                        doctest::Contains("gemm_bf16"), std::runtime_error);
+  unsetenv("TAPEGRAD_DISABLE_BF16");
+}
+
+TEST_CASE("emulated bf16 mode: on any CPU, float gemm multiplies the rounded operands (the twin's arithmetic)") {
+  // No instruction set needed: the check below runs with AVX512_BF16 reported absent.
+  setenv("TAPEGRAD_DISABLE_BF16", "1", 1);
+  std::mt19937 rng(19);
+  for (const Case& c : kCases) {
+    CAPTURE(c.tA);
+    CAPTURE(c.tB);
+    CAPTURE(c.M);
+    CAPTURE(c.N);
+    CAPTURE(c.K);
+    Data d(c, rng);
+    for (auto [alpha, beta] : {std::pair{1.f, 0.f}, std::pair{-0.5f, 1.25f}}) {
+      std::vector<float> ref = d.C0, got = d.C0, f32 = d.C0, batched(2 * d.C0.size());
+      k::gemm_bf16_naive(c.tA, c.tB, c.M, c.N, c.K, alpha, d.A.data(), d.lda, d.B.data(), d.ldb, beta,
+                         ref.data(), d.ldc);
+      k::gemm<float>(c.tA, c.tB, c.M, c.N, c.K, alpha, d.A.data(), d.lda, d.B.data(), d.ldb, beta, f32.data(),
+                     d.ldc);
+      {
+        k::GemmBf16EmulatedScope emulated;
+        CHECK(k::gemm_bf16_enabled());
+        CHECK(k::gemm_bf16_emulated());
+        k::gemm<float>(c.tA, c.tB, c.M, c.N, c.K, alpha, d.A.data(), d.lda, d.B.data(), d.ldb, beta, got.data(),
+                       d.ldc);
+        std::copy(d.C0.begin(), d.C0.end(), batched.begin());
+        std::copy(d.C0.begin(), d.C0.end(), batched.begin() + std::ptrdiff_t(d.C0.size()));
+        k::gemm_batched<float>(c.tA, c.tB, c.M, c.N, c.K, alpha, d.A.data(), d.lda, 0, d.B.data(), d.ldb, 0, beta,
+                               batched.data(), d.ldc, int64_t(d.C0.size()), 2);
+      }
+      CHECK_FALSE(k::gemm_bf16_enabled());
+      const double eps = std::numeric_limits<float>::epsilon();
+      CHECK(worst_ratio(d, got, ref, alpha, beta, 4 * double(c.K) * eps) <= 1.0);
+      CHECK(std::memcmp(batched.data(), got.data(), got.size() * sizeof(float)) == 0);
+      CHECK(std::memcmp(batched.data() + got.size(), got.data(), got.size() * sizeof(float)) == 0);
+      if (c.K >= 3) CHECK(std::memcmp(got.data(), f32.data(), got.size() * sizeof(float)) != 0);
+      for (int64_t m = 0; m < c.M; ++m)
+        for (int64_t n = c.N; n < d.ldc; ++n) CHECK(got[m * d.ldc + n] == d.C0[m * d.ldc + n]);
+    }
+  }
+  // Exactly the float product of the rounded operands: 1 + 2^-10 rounds to 1 in bf16.
+  const float a = 1.f + 0x1p-10f, b = 3.f;
+  float c = 0;
+  {
+    k::GemmBf16EmulatedScope emulated;
+    k::gemm<float>(false, false, 1, 1, 1, 1.f, &a, 1, &b, 1, 0.f, &c, 1);
+  }
+  CHECK(c == 3.f);
   unsetenv("TAPEGRAD_DISABLE_BF16");
 }

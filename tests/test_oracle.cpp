@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -166,6 +167,75 @@ TEST_CASE("oracle --dtype f32 agrees to 1e-4") {
     const auto worst = compare(out, dir / "expected.safetensors", "F32", 1e-4);
     MESSAGE("f32 ", worst.second, ": relative error ", worst.first);
     CHECK(SafeTensorsFile::load(out.string()).metadata().at("dtype") == "f32");
+  }
+}
+
+// ||got - want|| / ||want|| over one tensor (the --drift report's measure).
+double rel_l2(const xt::xarray<double>& got, const xt::xarray<double>& want) {
+  double d2 = 0, w2 = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double d = got.data()[i] - want.data()[i];
+    d2 += d * d;
+    w2 += want.data()[i] * want.data()[i];
+  }
+  return std::sqrt(d2 / w2);
+}
+
+TEST_CASE("oracle --dtype bf16 --drift: emulated bf16 on any CPU, float32 output, its drift from f64 reported") {
+  REQUIRE(fs::exists(program()));
+  for (const char* name : {"baseline", "baseline_moe", "g1_elementwise"}) {
+    const fs::path dir = kGolden / name;
+    if (!fs::exists(dir)) {
+      MESSAGE("skipped: no golden case ", name);
+      continue;
+    }
+    INFO(std::string(name));
+    std::map<std::string, double> logits_drift;
+    for (const char* dtype : {"f32", "bf16"}) {
+      INFO(std::string(dtype));
+      const fs::path out = scratch() / (std::string(name) + "_" + dtype + "_drift.safetensors");
+      auto args = case_args(dir, out);
+      args.insert(args.end(), {"--dtype", dtype, "--drift"});
+      // bf16 must not need AVX512_BF16: the emulation runs with the instruction set reported absent.
+      setenv("TAPEGRAD_DISABLE_BF16", "1", 1);
+      const Run r = oracle(args);
+      unsetenv("TAPEGRAD_DISABLE_BF16");
+      INFO(r.err);
+      INFO(r.out);
+      REQUIRE(r.code == 0);
+      CHECK(has(r.out, std::string("drift of ") + dtype + " from f64"));
+      CHECK(has(r.out, "logits     relative"));
+      CHECK(has(r.out, "worst parameter"));
+      const auto got = SafeTensorsFile::load(out.string());
+      const auto want = SafeTensorsFile::load((dir / "expected.safetensors").string());
+      CHECK(got.metadata().at("dtype") == dtype);
+      CHECK(got.dtype("logits") == "F32");
+      // The reported drift is the output's distance from float64 (the golden files are
+      // PyTorch's float64, which the f64 oracle matches to 1e-9).
+      const double reported = std::stod(got.metadata().at("drift_logits_rel"));
+      const double measured = rel_l2(got.get<double>("logits"), want.get<double>("logits"));
+      CHECK(reported == doctest::Approx(measured).epsilon(0.01));
+      CHECK(std::stod(got.metadata().at("drift_grad_rel")) > 0);
+      logits_drift[dtype] = reported;
+      const std::string line = std::string(name) + " " + dtype + ": logits drift " + got.metadata().at("drift_logits_rel") +
+                               ", gradients " + got.metadata().at("drift_grad_rel") + ", worst " +
+                               got.metadata().at("drift_grad_worst");
+      MESSAGE(line);
+    }
+    // float32 is float64 to ~1e-7; bf16's 8-bit operands move the logits by orders of
+    // magnitude more, and still only by a small fraction.
+    CHECK(logits_drift["f32"] < 1e-5);
+    CHECK(logits_drift["bf16"] > 30 * logits_drift["f32"]);
+    CHECK(logits_drift["bf16"] < 5e-2);
+  }
+  const fs::path dir = kGolden / "baseline";
+  if (fs::exists(dir)) {
+    auto args = case_args(dir, scratch() / "f64_drift.safetensors");
+    args.push_back("--drift");
+    const Run r = oracle(args);
+    CHECK(r.code != 0);
+    CHECK(has(r.err, "--drift"));
+    CHECK_FALSE(fs::exists(scratch() / "f64_drift.safetensors"));
   }
 }
 

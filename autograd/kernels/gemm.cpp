@@ -443,6 +443,11 @@ void check_gemm_args(const char* name, bool transA, bool transB, int64_t M, int6
                      int64_t ldc) {
   check_args(name, transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
 }
+// The float GEMM whatever the bf16 mode (emulated bf16 multiplies its rounded copies here).
+void gemm_float_kernel(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads_here());
+}
 }  // namespace detail
 
 // ---- public entry points ----------------------------------------------------------

@@ -45,11 +45,14 @@ namespace detail {
 void check_gemm_args(const char* name, bool transA, bool transB, int64_t M, int64_t N, int64_t K,
                      const float* A, int64_t lda, const float* B, int64_t ldb, const float* C,
                      int64_t ldc);
+void gemm_float_kernel(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 }  // namespace detail
 
 namespace {
 
 std::atomic<bool> g_bf16{false};
+std::atomic<bool> g_bf16_emulated{false};  // set_gemm_bf16_emulated: no instruction set needed
 
 // bf16 bits of x (Note [bf16 rounding]).
 uint16_t bf16_bits(float x) {
@@ -427,7 +430,14 @@ const char* gemm_bf16_path() {
   return "vdpbf16ps";
 }
 
-bool gemm_bf16_enabled() { return g_bf16.load(std::memory_order_relaxed); }
+bool gemm_bf16_enabled() {
+  return g_bf16.load(std::memory_order_relaxed) || g_bf16_emulated.load(std::memory_order_relaxed);
+}
+
+bool gemm_bf16_hardware() { return g_bf16.load(std::memory_order_relaxed); }
+
+void set_gemm_bf16_emulated(bool on) { g_bf16_emulated.store(on, std::memory_order_relaxed); }
+bool gemm_bf16_emulated() { return g_bf16_emulated.load(std::memory_order_relaxed); }
 
 float round_bf16(float x) {
   const uint32_t u = uint32_t(bf16_bits(x)) << 16;
@@ -436,6 +446,32 @@ float round_bf16(float x) {
   return r;
 }
 
+namespace {
+// Note [Emulated bf16]
+// Without AVX512_BF16 (or to check a model's bf16 drift anywhere: `tapegrad oracle --dtype
+// bf16`), the bf16 GEMM is emulated: op(A) and op(B) are rounded into float copies
+// (round_bf16 on every element, Note [bf16 rounding]) and multiplied by the float GEMM.
+// A product of two bf16 values is exact in float, so this is the same arithmetic as
+// vdpbf16ps and the tiles of AMX up to the order of the float sum. It costs a copy of both
+// operands per call and runs at the float GEMM's speed, no faster.
+void gemm_bf16_by_rounding(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                           int64_t ldc) {
+  // The copies keep the operands' layout: op(A) is (M,K), stored (K,M) when transA.
+  const int64_t a_rows = transA ? K : M, a_cols = transA ? M : K;
+  const int64_t b_rows = transB ? N : K, b_cols = transB ? K : N;
+  static thread_local std::vector<float> a_copy, b_copy;
+  a_copy.resize(std::size_t(a_rows * a_cols));
+  b_copy.resize(std::size_t(b_rows * b_cols));
+  for (int64_t r = 0; r < a_rows; ++r)
+    for (int64_t c = 0; c < a_cols; ++c) a_copy[std::size_t(r * a_cols + c)] = round_bf16(A[r * lda + c]);
+  for (int64_t r = 0; r < b_rows; ++r)
+    for (int64_t c = 0; c < b_cols; ++c) b_copy[std::size_t(r * b_cols + c)] = round_bf16(B[r * ldb + c]);
+  detail::gemm_float_kernel(transA, transB, M, N, K, alpha, a_copy.data(), a_cols, b_copy.data(), b_cols, beta, C,
+                            ldc);
+}
+}  // namespace
+
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                int64_t ldc) {
@@ -443,6 +479,10 @@ void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == 0.f) {  // C = beta * C, as gemm does
     gemm<float>(transA, transB, M, N, 0, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (gemm_bf16_emulated()) {
+    gemm_bf16_by_rounding(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   require_bf16("gemm_bf16");

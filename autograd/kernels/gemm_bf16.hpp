@@ -32,30 +32,44 @@ bool cpu_has_avx512_bf16();
 // Turn the bf16 mode of float GEMMs on or off (process-wide; default off). Turning it
 // on without AVX512_BF16 throws std::runtime_error naming the missing instruction set.
 void set_gemm_bf16(bool on);
+// True while either mode (set_gemm_bf16 or set_gemm_bf16_emulated) is on.
 bool gemm_bf16_enabled();
+// True while the hardware mode (set_gemm_bf16) is on.
+bool gemm_bf16_hardware();
+
+// The emulated bf16 mode (Note [Emulated bf16] in gemm_bf16.cpp): every float GEMM rounds
+// its operands to bf16 and multiplies the rounded copies with the float kernel. Needs no
+// instruction set: `tapegrad oracle --dtype bf16` uses it to show a model's bf16 drift on
+// any CPU. Takes precedence over the hardware path while on.
+void set_gemm_bf16_emulated(bool on);
+bool gemm_bf16_emulated();
 
 // Which bf16 path gemm_bf16 takes on this machine: "AMX", "vdpbf16ps", or "unavailable"
 // (for `tapegrad --version` and the benchmarks).
 const char* gemm_bf16_path();
 
-// RAII scope for the bf16 mode (restores the previous mode).
-class GemmBf16Scope {
+// RAII scope for one of the two modes: sets it on construction, restores its previous
+// setting on destruction.
+template <bool (*Get)(), void (*Set)(bool)>
+class ModeScope {
  public:
-  explicit GemmBf16Scope(bool on = true) : prev_(gemm_bf16_enabled()) { set_gemm_bf16(on); }
-  ~GemmBf16Scope() { set_gemm_bf16(prev_); }
-  GemmBf16Scope(const GemmBf16Scope&) = delete;
-  GemmBf16Scope& operator=(const GemmBf16Scope&) = delete;
+  explicit ModeScope(bool on = true) : prev_(Get()) { Set(on); }
+  ~ModeScope() { Set(prev_); }
+  ModeScope(const ModeScope&) = delete;
+  ModeScope& operator=(const ModeScope&) = delete;
 
  private:
   bool prev_;
 };
+using GemmBf16Scope = ModeScope<gemm_bf16_hardware, set_gemm_bf16>;
+using GemmBf16EmulatedScope = ModeScope<gemm_bf16_emulated, set_gemm_bf16_emulated>;
 
 // bf16(x) as a float (Note [bf16 rounding]).
 float round_bf16(float x);
 
 // C = alpha * bf16(op(A)) @ bf16(op(B)) + beta * C with float accumulation; the
 // arguments and their checks are those of gemm (gemm.hpp). Needs AVX512_BF16 (throws
-// std::runtime_error without it). Threaded like gemm; each element is computed by one
+// std::runtime_error without it) unless the emulated mode is on. Threaded like gemm; each element is computed by one
 // thread in a fixed order, so results are identical across runs and thread counts.
 void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,

@@ -2,7 +2,7 @@
 // gradient of a model on given tokens, written to a safetensors file.
 //
 //   tapegrad oracle --config C.json --weights W.safetensors --tokens T.txt --out O.safetensors
-//                   [--dtype f64|f32]
+//                   [--dtype f64|f32|bf16] [--drift]
 //   tapegrad oracle ... --hvp V.safetensors       (also the Hessian-vector product along V)
 //   tapegrad oracle --model DIR --tokens T.txt --out O.safetensors      (a Hugging Face folder,
 //                   nn/hf_folder.hpp: config.json + model.safetensors or sharded with an index)
@@ -23,17 +23,24 @@
 //                                    all parameters (autograd/functional.hpp hvp: two reverse
 //                                    passes, the first with create_graph), so another
 //                                    implementation can check its second order against it
-// The computation itself runs in that dtype too. Nothing is written if anything fails
+// The computation itself runs in that dtype too; bf16 is float32 with every matmul's operands
+// rounded to bfloat16 (float accumulation; attention, norms and softmax stay float32), as
+// `train --dtype bf16` runs, emulated so that any CPU can run it (Note [Emulated bf16] in
+// autograd/kernels/gemm_bf16.cpp), written as float32. --drift also runs the model in f64
+// and reports how far the chosen dtype's loss, logits and gradients are from it (printed,
+// and kept in the output's metadata as drift_*). Nothing is written if anything fails
 // (the file is written last, atomically: an existing --out file is either replaced
 // whole or left untouched).
 //
 // What it is not: a trainer or a sampler (no optimizer step, no dropout: the model has
 // none), nor a converter of checkpoints.
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <set>
 #include <cmath>
@@ -45,6 +52,7 @@
 #include <CLI/CLI.hpp>
 
 #include "autograd/autograd.hpp"
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "commands.hpp"
 #include "flags.hpp"
 #include "nn/config.hpp"
@@ -109,7 +117,89 @@ Index read_token_file(const std::string& path, std::size_t vocab) {
 
 struct OracleArgs {
   std::string config, weights, model, tokens, out, hvp, dtype = "f64";
+  bool drift = false;
 };
+
+// The model of `config` with its weights, in precision T.
+template <class T>
+std::unique_ptr<nn::CausalLM<T>> load_model(const OracleArgs& a, const nn::ModelConfig& config,
+                                            const st::SafeTensorsFile* weights, const nn::HfFolder* folder) {
+  auto model = std::make_unique<nn::CausalLM<T>>(config);
+  if (folder) folder->load_into(*model);
+  else model->load_from(*weights, "weights file " + a.weights);
+  model->eval();
+  return model;
+}
+
+// How far x is from the reference r: ||x - r|| / ||r|| (relative, Euclidean; the absolute
+// norm when r is all zeros) and max |x - r|.
+struct Drift {
+  double rel = 0, max_abs = 0;
+  double diff2 = 0, ref2 = 0;  // sums of squares, to combine several arrays
+  void add(const double* x, const double* r, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const double d = x[i] - r[i];
+      diff2 += d * d;
+      ref2 += r[i] * r[i];
+      max_abs = std::max(max_abs, std::abs(d));
+    }
+    rel = ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+  }
+};
+
+template <class T>
+xt::xarray<double> as_double(const xt::xarray<T>& x) {
+  return xt::xarray<double>(xt::cast<double>(x));
+}
+
+// --drift: the same loss, logits and gradients in float64, compared with the chosen dtype's;
+// printed and added to the output's metadata.
+template <class T>
+void report_drift(const OracleArgs& a, const nn::ModelConfig& config, const Index& tokens,
+                  const st::SafeTensorsFile* weights, const nn::HfFolder* folder, const nn::LossOutput<T>& out,
+                  const nn::CausalLM<T>& model, st::SafeTensorsWriter& w) {
+  auto ref = load_model<double>(a, config, weights, folder);
+  ref->zero_grad();
+  nn::LossOutput<double> r = ref->loss(tokens);
+  r.loss.backward();
+  const double loss = static_cast<double>(out.loss.value()()), loss64 = r.loss.value()();
+  Drift logits;
+  const xt::xarray<double> lx = as_double(out.logits.value());
+  logits.add(lx.data(), r.logits.value().data(), lx.size());
+  Drift grads;
+  std::string worst_name;
+  double worst_rel = -1;
+  const auto named = model.named_parameters(), named64 = ref->named_parameters();
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    const auto& p = named[i].second;
+    const auto& p64 = named64[i].second;
+    const xt::xarray<double> g = p.has_grad() ? as_double(p.grad()) : xt::xarray<double>(xt::zeros<double>(p.shape()));
+    const xt::xarray<double> g64 = p64.has_grad() ? p64.grad() : xt::xarray<double>(xt::zeros<double>(p64.shape()));
+    Drift one;
+    one.add(g.data(), g64.data(), g.size());
+    grads.add(g.data(), g64.data(), g.size());
+    if (one.rel > worst_rel) worst_rel = one.rel, worst_name = named[i].first;
+  }
+  auto num = [](double v) {
+    std::ostringstream s;
+    s.precision(3);
+    s << std::scientific << v;
+    return s.str();
+  };
+  std::cout << "tapegrad oracle: drift of " << a.dtype << " from f64 (relative = ||x - x_f64|| / ||x_f64||):\n"
+            << "  loss       " << loss << " against " << loss64 << ": abs " << num(std::abs(loss - loss64)) << ", relative "
+            << num(std::abs(loss - loss64) / std::max(std::abs(loss64), 1e-300)) << "\n"
+            << "  logits     relative " << num(logits.rel) << ", max abs " << num(logits.max_abs) << "\n"
+            << "  gradients  relative " << num(grads.rel) << " (all parameters), max abs " << num(grads.max_abs)
+            << "; worst parameter " << worst_name << ", relative " << num(worst_rel) << "\n";
+  w.set_metadata("drift_from", "f64");
+  w.set_metadata("drift_loss_abs", num(std::abs(loss - loss64)));
+  w.set_metadata("drift_logits_rel", num(logits.rel));
+  w.set_metadata("drift_logits_max_abs", num(logits.max_abs));
+  w.set_metadata("drift_grad_rel", num(grads.rel));
+  w.set_metadata("drift_grad_max_abs", num(grads.max_abs));
+  w.set_metadata("drift_grad_worst", worst_name + " " + num(worst_rel));
+}
 
 // --hvp: the direction, one tensor per parameter of `model` with its name and shape, and
 // nothing else; every mismatch is listed in one error naming the file.
@@ -155,10 +245,8 @@ std::vector<Tensor<T>> read_direction(const nn::CausalLM<T>& model, const st::Sa
 template <class T>
 void run_oracle_as(const OracleArgs& a, const nn::ModelConfig& config, const Index& tokens,
                    const st::SafeTensorsFile* weights, const nn::HfFolder* folder) {
-  nn::CausalLM<T> model(config);
-  if (folder) folder->load_into(model);
-  else model.load_from(*weights, "weights file " + a.weights);
-  model.eval();
+  auto model_ptr = load_model<T>(a, config, weights, folder);
+  nn::CausalLM<T>& model = *model_ptr;
   std::vector<Tensor<T>> direction;
   if (!a.hvp.empty()) direction = read_direction(model, st::SafeTensorsFile::load(a.hvp), a.hvp);  // before any work
   model.zero_grad();
@@ -190,6 +278,10 @@ void run_oracle_as(const OracleArgs& a, const nn::ModelConfig& config, const Ind
         hvp<T>([&](const std::vector<Tensor<T>>&) { return model.loss(tokens).loss; }, params, direction);
     for (std::size_t i = 0; i < named.size(); ++i) w.add("hvp." + named[i].first, hv[i].value());
   }
+  if (a.drift) {
+    kernels::GemmBf16EmulatedScope plain(false);  // the reference is float64 throughout
+    report_drift(a, config, tokens, weights, folder, out, model, w);
+  }
   w.write(a.out);
   std::cout << "tapegrad oracle: B=" << tokens.shape()[0] << " T=" << tokens.shape()[1] << ", " << n_params
             << " parameters (" << model.num_parameters() << " values), loss "
@@ -218,9 +310,14 @@ int run_oracle(int argc, char** argv) {
                  "also write hvp.<name>: the Hessian-vector product of the loss along this direction (a safetensors "
                  "file with one tensor per parameter, named and shaped like the weights)");
   app.add_option("--dtype", a.dtype,
-                 "computation and output dtype: f64 (the default, as an oracle should be) or f32")
-      ->check(CLI::IsMember({"f64", "f32"}))
+                 "computation and output dtype: f64 (the default, as an oracle should be), f32, or bf16 (float32 with "
+                 "every matmul's operands rounded to bfloat16, emulated on any CPU, as train --dtype bf16 computes; "
+                 "written as float32)")
+      ->check(CLI::IsMember({"f64", "f32", "bf16"}))
       ->capture_default_str();
+  app.add_flag("--drift", a.drift,
+               "also run the model in f64 and report how far this dtype's loss, logits and gradients are from it "
+               "(printed, and in the output's metadata as drift_*)");
   tg::cli::refuse_non_finite(app);  // Note [Finite number flags] (flags.hpp)
   try {
     app.parse(argc, argv);
@@ -263,15 +360,20 @@ int run_oracle(int argc, char** argv) {
       throw std::runtime_error("tokens file " + a.tokens + ": sequences of " + std::to_string(tokens.shape()[1]) +
                                " tokens are longer than the model's max_position_embeddings " +
                                std::to_string(config.max_position_embeddings) + " (" + config_label + ")");
-    nn::check_memory(nn::estimate_memory(config, tokens.shape()[0], tokens.shape()[1], a.dtype == "f64" ? 8 : 4,
+    nn::check_memory(nn::estimate_memory(config, tokens.shape()[0], tokens.shape()[1], (a.dtype == "f64" ? 8 : 4) + (a.drift ? 8 : 0),
                                          /*training=*/true),
                      0, config_label);  // before the weights are read (nn/estimate.hpp)
     std::optional<st::SafeTensorsFile> weights;
     if (!folder) weights = st::SafeTensorsFile::load(a.weights);
     const st::SafeTensorsFile* w = weights ? &*weights : nullptr;
     const nn::HfFolder* m = folder ? &*folder : nullptr;
-    if (a.dtype == "f64") run_oracle_as<double>(a, config, tokens, w, m);
-    else run_oracle_as<float>(a, config, tokens, w, m);
+    if (a.drift && a.dtype == "f64") throw std::runtime_error("--drift compares --dtype f32 or bf16 with f64; it needs one of them");
+    if (a.dtype == "f64") {
+      run_oracle_as<double>(a, config, tokens, w, m);
+    } else {
+      kernels::GemmBf16EmulatedScope bf16(a.dtype == "bf16");  // Note [Emulated bf16]
+      run_oracle_as<float>(a, config, tokens, w, m);
+    }
   } catch (const std::exception& e) {
     std::cerr << "tapegrad oracle: error: " << e.what() << "\n";
     return 1;
