@@ -47,4 +47,16 @@ cmake -S . -B "$BUILD" -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCM
 cmake --build "$BUILD" -j"$JOBS"
 file "$BUILD/bin/tapegrad"
 "$BUILD/bin/tapegrad" --version
-ctest --test-dir "$BUILD" -LE slow --output-on-failure -j"$JOBS" --timeout 1800
+# qemu-user 7.2 (Debian 12) hangs in the first pthread_create of an aarch64 program on the
+# x86-64 machines this was run on (a six-line std::thread + join program hangs the same way),
+# so the suite runs on one OpenMP thread; the tests that start a second thread themselves
+# (the two-thread variants, MPI) then time out here, not on ARM hardware. QEMU_THREADS=1
+# runs them anyway.
+if [[ -z "${QEMU_THREADS:-}" ]]; then
+  export OMP_NUM_THREADS=1
+  skip='thread|schedules|bitwise|reproducible|ranks|mpirun'
+  echo "aarch64.sh: one OpenMP thread under qemu; not run: tests whose names match '$skip'"
+  ctest --test-dir "$BUILD" -LE slow -E "$skip" --output-on-failure -j"$JOBS" --timeout 120
+else
+  ctest --test-dir "$BUILD" -LE slow --output-on-failure -j"$JOBS" --timeout 120
+fi
