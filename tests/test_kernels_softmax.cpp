@@ -21,15 +21,12 @@
 
 #include "autograd/kernels/parallel.hpp"
 #include "autograd/kernels/softmax.hpp"
+#include "kernel_test_util.hpp"
 
 using namespace tg::kernels;
+using namespace tg::testing;
 
 namespace {
-
-struct Threads {
-  explicit Threads(int n) { tg::set_num_threads(n); }
-  ~Threads() { tg::set_num_threads(0); }
-};
 
 struct Shape {
   int64_t rows, n;
@@ -39,17 +36,6 @@ struct Shape {
 const Shape kShapes[] = {{0, 5},     {4, 0},   {1, 1},      {9, 1},     {3, 7},
                          {5, 31},    {64, 1000}, {3, 100003}, {2048, 256}};
 
-std::size_t sz(int64_t n) { return static_cast<std::size_t>(n); }
-
-template <class T>
-std::vector<T> uniform(int64_t n, double lo, double hi, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::uniform_real_distribution<double> d(lo, hi);
-  std::vector<T> v(sz(n));
-  for (auto& e : v) e = T(d(g));
-  return v;
-}
-
 // Logits in [-20, 20] with every 9th entry masked to -inf (never a whole row
 // unless n == 1... which is then kept finite).
 template <class T>
@@ -58,49 +44,6 @@ std::vector<T> masked_logits(int64_t rows, int64_t n, uint64_t seed) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 1; j < n; j += 9) x[sz(r * n + j)] = -std::numeric_limits<T>::infinity();
   return x;
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
-// |got - want| <= rtol * scale + atol (scale = |want| unless given); NaN must
-// meet NaN, an infinity the same infinity. Reports the worst element.
-template <class T>
-void check_close(const std::vector<T>& got, const std::vector<T>& want, double rtol, double atol,
-                 const std::string& what, const std::vector<double>* scale = nullptr) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0.0;
-  std::size_t wi = 0, si = 0;
-  bool special_ok = true;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double g = double(got[i]), w = double(want[i]);
-    if (std::isnan(w) || std::isinf(w)) {
-      if (!(std::isnan(w) ? std::isnan(g) : g == w) && special_ok) {
-        special_ok = false;
-        si = i;
-      }
-      continue;
-    }
-    const double allowed = rtol * (scale ? (*scale)[i] : std::abs(w)) + atol;
-    const double err = std::isfinite(g) ? std::abs(g - w) : std::numeric_limits<double>::infinity();
-    if (err > worst * allowed) {
-      worst = allowed > 0 ? err / allowed : (err > 0 ? std::numeric_limits<double>::infinity() : 0);
-      wi = i;
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  if (!got.empty())
-    msg << what << ": worst at i=" << wi << " got " << double(got[wi]) << " want "
-        << double(want[wi]) << " (err/allowed = " << worst << ")";
-  CHECK_MESSAGE(worst <= 1.0, msg.str());
-  std::ostringstream smsg;
-  if (!special_ok)
-    smsg << what << ": special value mismatch at i=" << si << " got " << double(got[si])
-         << " want " << double(want[si]);
-  CHECK_MESSAGE(special_ok, smsg.str());
 }
 
 template <class T>
