@@ -160,58 +160,81 @@ T* aligned_buffer(std::vector<T>& v, std::size_t n) {  // 64-byte aligned view i
   return reinterpret_cast<T*>((p + 63) / 64 * 64);
 }
 
-TG_BF16_TARGET void gemm_bf16_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-                                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                                     float* C, int64_t ldc) {
+// The loop nest both bf16 paths share. Path says how many rows of A a work item takes
+// (Path::MC), what a slab's pairs are padded to (Path::pad), what a thread does before and
+// after its items (begin_thread, end_thread), and how one slab of an item is packed and
+// multiplied (Path::slab). The nest itself runs no vector code and needs no target.
+template <class Path>
+void bf16_loop_nest(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   // op(A)(i, k) = A[i*ars + k*aks]; op(B)(k, j) = B[j*brs + k*bks] (j plays the row).
   const int64_t ars = transA ? 1 : lda, aks = transA ? lda : 1;
   const int64_t brs = transB ? ldb : 1, bks = transB ? 1 : ldb;
-  const int64_t n_slabs = ceil_div(K, KC), kc2_max = ceil_div(std::min(K, KC), 2);
+  const int64_t n_slabs = ceil_div(K, KC), kc2_max = Path::pad(ceil_div(std::min(K, KC), 2));
   const int64_t K2 = n_slabs * kc2_max;  // pair rows of the packed B block (slab-major)
   const int64_t NC = std::min(ceil_div(N, NR) * NR, std::max<int64_t>(NR, kBudgetPairs / K2 / NR * NR));
   int nt = omp_in_parallel() ? 1 : std::max(1, tg::num_threads());
   if (2.0 * double(M) * double(N) * double(K) < kParallelMinFlops) nt = 1;
   static thread_local std::vector<uint32_t> b_store;
   uint32_t* Bp = aligned_buffer(b_store, std::size_t(K2 * NC));
-  const int64_t m_blocks = ceil_div(M, MC);
+  const int64_t m_blocks = ceil_div(M, Path::MC);
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc), n_panels = ceil_div(nc, NR);
     const int64_t nb = m_blocks < 2 * nt ? std::min<int64_t>(n_panels, ceil_div(2 * nt, m_blocks)) : 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-      // 1. pack op(B)(:, jc : jc+nc): panel q of slab s at Bp + (s*n_panels + q) * kc2_max*NR.
+      // 1. pack op(B)(:, jc : jc+nc): panel q of slab s at Bp + (s*n_panels + q) * kc2_max*NR,
+      //    its pairs past the slab's k zero (a whole AMX tile reads them).
 #pragma omp for schedule(static) collapse(2)
       for (int64_t s = 0; s < n_slabs; ++s)
         for (int64_t q = 0; q < n_panels; ++q) {
           const int64_t pc = s * KC, kc = std::min(KC, K - pc), j0 = jc + q * NR;
-          pack_pairs(B + j0 * brs, brs, bks, std::min<int64_t>(NR, N - j0), NR, pc, kc,
-                     Bp + (s * n_panels + q) * kc2_max * NR, NR);
+          uint32_t* dst = Bp + (s * n_panels + q) * kc2_max * NR;
+          pack_pairs(B + j0 * brs, brs, bks, std::min<int64_t>(NR, N - j0), NR, pc, kc, dst, NR);
+          std::fill(dst + ceil_div(kc, 2) * NR, dst + kc2_max * NR, 0u);
         }
-      // 2. items: a block of MC rows against a range of panels, all slabs in order.
+      // 2. items: a block of Path::MC rows against a range of panels, all slabs in order
+      //    (C takes beta on the first slab, then accumulates).
+      Path::begin_thread();
       static thread_local std::vector<uint32_t> a_store;
-      uint32_t* Ap = aligned_buffer(a_store, std::size_t(MC * kc2_max));
+      uint32_t* Ap = aligned_buffer(a_store, std::size_t(Path::MC * kc2_max));
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < m_blocks * nb; ++it) {
-        const int64_t ic = (it / nb) * MC, mc = std::min(MC, M - ic);
+        const int64_t ic = (it / nb) * Path::MC, mc = std::min(Path::MC, M - ic);
         const int64_t q0 = n_panels * (it % nb) / nb, q1 = n_panels * (it % nb + 1) / nb;
         for (int64_t s = 0; s < n_slabs; ++s) {
-          const int64_t pc = s * KC, kc = std::min(KC, K - pc), kc2 = ceil_div(kc, 2);
-          for (int64_t ir = 0; ir < mc; ir += MR)
-            pack_pairs(A + (ic + ir) * ars, ars, aks, std::min<int64_t>(MR, mc - ir), MR, pc, kc,
-                       Ap + ir * kc2, MR);
-          const float bt = s == 0 ? beta : 1.f;
-          for (int64_t q = q0; q < q1; ++q) {
-            const int64_t j0 = q * NR, cols = std::min<int64_t>(NR, nc - j0);
-            const uint32_t* bp = Bp + (s * n_panels + q) * kc2_max * NR;
-            for (int64_t ir = 0; ir < mc; ir += MR)
-              run_micro(kc2, Ap + ir * kc2, bp, C + (ic + ir) * ldc + jc + j0, ldc, alpha, bt,
-                        std::min<int64_t>(MR, mc - ir), cols);
-          }
+          const int64_t pc = s * KC, kc = std::min(KC, K - pc);
+          Path::slab(A + ic * ars, ars, aks, mc, pc, kc, Ap, Bp + s * n_panels * kc2_max * NR, kc2_max * NR,
+                     q0, q1, nc, C + ic * ldc + jc, ldc, alpha, s == 0 ? beta : 1.f);
         }
       }
+      Path::end_thread();
     }
   }
 }
+
+// One slab of a work item on the vdpbf16ps path: its rows of op(A) packed MR at a time,
+// then each MR x NR tile of C against each panel. a: the item's first row of op(A);
+// panels: the slab's packed B panels, panel_stride apart; c: the item's C at column jc.
+struct Vdpbf16psPath {
+  static constexpr int64_t MC = tg::kernels::MC;
+  static int64_t pad(int64_t kc2) { return kc2; }
+  static void begin_thread() {}
+  static void end_thread() {}
+  TG_BF16_TARGET static void slab(const float* a, int64_t ars, int64_t aks, int64_t mc, int64_t pc, int64_t kc,
+                                  uint32_t* Ap, const uint32_t* panels, int64_t panel_stride, int64_t q0,
+                                  int64_t q1, int64_t nc, float* c, int64_t ldc, float alpha, float beta) {
+    const int64_t kc2 = ceil_div(kc, 2);
+    for (int64_t ir = 0; ir < mc; ir += MR)
+      pack_pairs(a + ir * ars, ars, aks, std::min<int64_t>(MR, mc - ir), MR, pc, kc, Ap + ir * kc2, MR);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j0 = q * NR, cols = std::min<int64_t>(NR, nc - j0);
+      for (int64_t ir = 0; ir < mc; ir += MR)
+        run_micro(kc2, Ap + ir * kc2, panels + q * panel_stride, c + ir * ldc + j0, ldc, alpha, beta,
+                  std::min<int64_t>(MR, mc - ir), cols);
+    }
+  }
+};
 
 
 // ---- AMX (Note [bf16 on AMX]) -------------------------------------------------------
@@ -286,6 +309,8 @@ TG_AMX_TARGET void amx_configure() {
   _tile_loadconfig(&cfg);
 }
 
+TG_AMX_TARGET void amx_release() { _tile_release(); }
+
 // c(rows, cols) = alpha * A(32 rows, kc2p pairs) @ B(kc2p pairs, 32 cols) + beta * c.
 // a: Ap rows (ld pairs apart); b: a B panel at its first column of the block (NR apart).
 TG_AMX_TARGET void amx_block(int64_t kc2p, const uint32_t* a, int64_t ld, const uint32_t* b, float* c,
@@ -323,59 +348,30 @@ TG_AMX_TARGET void amx_block(int64_t kc2p, const uint32_t* a, int64_t ld, const 
     }
 }
 
-TG_AMX_TARGET void gemm_amx_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-                                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                                   float* C, int64_t ldc) {
-  const int64_t ars = transA ? 1 : lda, aks = transA ? lda : 1;
-  const int64_t brs = transB ? ldb : 1, bks = transB ? 1 : ldb;
-  const int64_t n_slabs = ceil_div(K, KC), kc2_max = (ceil_div(std::min(K, KC), 2) + 15) / 16 * 16;
-  const int64_t K2 = n_slabs * kc2_max;
-  const int64_t NC = std::min(ceil_div(N, NR) * NR, std::max<int64_t>(NR, kBudgetPairs / K2 / NR * NR));
-  int nt = omp_in_parallel() ? 1 : std::max(1, tg::num_threads());
-  if (2.0 * double(M) * double(N) * double(K) < kParallelMinFlops) nt = 1;
-  static thread_local std::vector<uint32_t> b_store;
-  uint32_t* Bp = aligned_buffer(b_store, std::size_t(K2 * NC));
-  const int64_t m_blocks = ceil_div(M, MCA);
-  for (int64_t jc = 0; jc < N; jc += NC) {
-    const int64_t nc = std::min(NC, N - jc), n_panels = ceil_div(nc, NR);
-    const int64_t nb = m_blocks < 2 * nt ? std::min<int64_t>(n_panels, ceil_div(2 * nt, m_blocks)) : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-#pragma omp for schedule(static) collapse(2)
-      for (int64_t s = 0; s < n_slabs; ++s)
-        for (int64_t q = 0; q < n_panels; ++q) {
-          const int64_t pc = s * KC, kc = std::min(KC, K - pc), j0 = jc + q * NR;
-          uint32_t* dst = Bp + (s * n_panels + q) * kc2_max * NR;
-          pack_pairs(B + j0 * brs, brs, bks, std::min<int64_t>(NR, N - j0), NR, pc, kc, dst, NR);
-          std::fill(dst + ceil_div(kc, 2) * NR, dst + kc2_max * NR, 0u);  // k padded to whole tiles
-        }
-      amx_configure();
-      static thread_local std::vector<uint32_t> a_store;
-      uint32_t* Ap = aligned_buffer(a_store, std::size_t(MCA * kc2_max));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t it = 0; it < m_blocks * nb; ++it) {
-        const int64_t ic = (it / nb) * MCA, mc = std::min(MCA, M - ic);
-        const int64_t q0 = n_panels * (it % nb) / nb, q1 = n_panels * (it % nb + 1) / nb;
-        for (int64_t s = 0; s < n_slabs; ++s) {
-          const int64_t pc = s * KC, kc = std::min(KC, K - pc), kc2p = (ceil_div(kc, 2) + 15) / 16 * 16;
-          pack_rows(A + ic * ars, ars, aks, mc, ceil_div(mc, MRA) * MRA, pc, kc, kc2p, Ap, kc2p);
-          const float bt = s == 0 ? beta : 1.f;
-          for (int64_t q = q0; q < q1; ++q) {
-            const uint32_t* bp = Bp + (s * n_panels + q) * kc2_max * NR;
-            for (int64_t h = 0; h < NR; h += 32) {
-              const int64_t j0 = q * NR + h, cols = std::min<int64_t>(32, nc - j0);
-              if (cols <= 0) break;
-              for (int64_t ir = 0; ir < mc; ir += MRA)
-                amx_block(kc2p, Ap + ir * kc2p, kc2p, bp + h, C + (ic + ir) * ldc + jc + j0, ldc, alpha, bt,
-                          std::min<int64_t>(MRA, mc - ir), cols);
-            }
-          }
-        }
+// One slab of a work item on the AMX path: the item's rows of op(A) packed row-major
+// (pairs padded to whole tiles), then 32 x 32 blocks of C against each panel's two halves.
+struct AmxPath {
+  static constexpr int64_t MC = MCA;
+  static int64_t pad(int64_t kc2) { return (kc2 + 15) / 16 * 16; }
+  static void begin_thread() { amx_configure(); }
+  static void end_thread() { amx_release(); }
+  TG_AMX_TARGET static void slab(const float* a, int64_t ars, int64_t aks, int64_t mc, int64_t pc, int64_t kc,
+                                 uint32_t* Ap, const uint32_t* panels, int64_t panel_stride, int64_t q0,
+                                 int64_t q1, int64_t nc, float* c, int64_t ldc, float alpha, float beta) {
+    const int64_t kc2p = pad(ceil_div(kc, 2));
+    pack_rows(a, ars, aks, mc, ceil_div(mc, MRA) * MRA, pc, kc, kc2p, Ap, kc2p);
+    for (int64_t q = q0; q < q1; ++q) {
+      const uint32_t* bp = panels + q * panel_stride;
+      for (int64_t h = 0; h < NR; h += 32) {
+        const int64_t j0 = q * NR + h, cols = std::min<int64_t>(32, nc - j0);
+        if (cols <= 0) break;
+        for (int64_t ir = 0; ir < mc; ir += MRA)
+          amx_block(kc2p, Ap + ir * kc2p, kc2p, bp + h, c + ir * ldc + j0, ldc, alpha, beta,
+                    std::min<int64_t>(MRA, mc - ir), cols);
       }
-      _tile_release();
     }
   }
-}
+};
 
 bool amx_available() {
   static const bool ok = [] {
@@ -488,9 +484,9 @@ void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float 
   require_bf16("gemm_bf16");
 #if TG_HAVE_BF16_CODE
   if (use_amx())
-    gemm_amx_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    bf16_loop_nest<AmxPath>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   else
-    gemm_bf16_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    bf16_loop_nest<Vdpbf16psPath>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif
 }
 
