@@ -40,6 +40,8 @@ xsimd::batch<T, A> rounded(const xsimd::batch<T, A>& v) {
   typename xsimd::batch<T, A>::register_type r = v;
 #if defined(__x86_64__) || defined(__i386__)
   asm("" : "+x"(r));
+#elif defined(__aarch64__)
+  asm("" : "+w"(r));  // "w": a SIMD/FP register
 #endif
   return r;
 }
@@ -49,6 +51,8 @@ T rounded(T v) {
   static_assert(std::is_floating_point_v<T>);
 #if defined(__x86_64__) || defined(__i386__)
   asm("" : "+x"(v));
+#elif defined(__aarch64__)
+  asm("" : "+w"(v));
 #endif
   return v;
 }

@@ -29,6 +29,32 @@
 #include <immintrin.h>
 #endif
 
+// Note [Exact float division and sqrt on aarch64]
+// xsimd 8.1 gives its neon64 arch exact instructions for double only: a float batch's
+// `a / b` and xsimd::sqrt fall back to the 32-bit ARM (neon) kernels, a reciprocal or
+// reciprocal-square-root estimate refined by two Newton steps. Those are a few ulp off the
+// correctly rounded result (the broadcast div and AdamW were not bitwise equal to their
+// scalar twins under qemu-aarch64), where every x86 arch divides and takes square roots
+// exactly. AArch64 has the exact instructions (FDIV, FSQRT on .4s); these explicit
+// specializations of xsimd's own neon kernels for the neon64 arch use them, so every
+// kernel file and xsimd's own math functions (which divide too) get exact results. They
+// must come before any float batch is divided, which is why they are here, right after
+// xsimd is included; the GEMM files, which include xsimd themselves, never divide.
+// (Later xsimd releases give neon64 these kernels themselves.)
+#if defined(__aarch64__) && defined(__ARM_NEON)
+namespace xsimd::kernel {
+template <>
+inline batch<float, neon64> div<neon64>(batch<float, neon64> const& lhs, batch<float, neon64> const& rhs,
+                                        requires_arch<neon>) noexcept {
+  return vdivq_f32(lhs, rhs);
+}
+template <>
+inline batch<float, neon64> sqrt<neon64>(batch<float, neon64> const& arg, requires_arch<neon>) noexcept {
+  return vsqrtq_f32(arg);
+}
+}  // namespace xsimd::kernel
+#endif
+
 #include "autograd/kernels/parallel.hpp"
 
 namespace tg::kernels::simd {
