@@ -17,42 +17,28 @@
 #include <xtensor/xview.hpp>
 
 #include "autograd/autograd.hpp"
+#include "optim_test_util.hpp"
 #include "test_util.hpp"
 #include "nn/safetensors.hpp"
 #include "optim/optim.hpp"
 
 using namespace tg;
 using namespace tg::optim;
+using tg::testing::rel_err;
+using tg::testing::set_grad;
 using TD = Tensor<double>;
 using TF = Tensor<float>;
 using AD = xt::xarray<double>;
 
 namespace {
 
-
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-template <class T>
-void set_grad(Tensor<T>& p, const xt::xarray<T>& g) {
-  p.zero_grad();
-  p.accumulate_grad(g, "test");
-}
 
 template <class T>
 Tensor<T> param(const xt::xarray<T>& v) {
   return Tensor<T>(v, true);
 }
 
-// max |a-b| / max(|b|, tiny)
-double rel_err(const AD& a, const AD& b) {
-  REQUIRE(a.shape() == b.shape());
-  double num = 0, den = 1e-300;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(a.flat(i) - b.flat(i)));
-    den = std::max(den, std::abs(b.flat(i)));
-  }
-  return num / den;
-}
 
 // The textbook AdamW step (bias-corrected moments, eps added to sqrt(v_hat)), written
 // independently of the library's operation order: the oracle for vectors.

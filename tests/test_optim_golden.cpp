@@ -13,32 +13,14 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/autograd.hpp"
+#include "optim_test_util.hpp"
 #include "nn/safetensors.hpp"
 #include "optim/optim.hpp"
 
 using namespace tg;
 using namespace tg::optim;
-
-namespace {
-
-template <class T>
-void set_grad(Tensor<T>& p, const xt::xarray<T>& g) {
-  p.zero_grad();
-  p.accumulate_grad(g, "test");
-}
-
-// max |a-b| / max(|b|, tiny)
-double rel_err(const xt::xarray<double>& a, const xt::xarray<double>& b) {
-  REQUIRE(a.shape() == b.shape());
-  double num = 0, den = 1e-300;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(a.flat(i) - b.flat(i)));
-    den = std::max(den, std::abs(b.flat(i)));
-  }
-  return num / den;
-}
-
-}  // namespace
+using tg::testing::rel_err;
+using tg::testing::set_grad;
 
 // =====================================================================================
 // golden trajectories: torch.optim in float64 (tests/reference/make_golden_optim.py;
