@@ -150,19 +150,6 @@ std::vector<T> plus(const std::vector<T>& a, const std::vector<T>& b) {
   return c;
 }
 
-// Runs f with the kernels' thread count set to n, then restores the default.
-template <class F>
-void with_threads(int n, F f) {
-  tg::set_num_threads(n);
-  try {
-    f();
-  } catch (...) {
-    tg::set_num_threads(0);
-    throw;
-  }
-  tg::set_num_threads(0);
-}
-
 // Sets the kernels' thread count for one scope (0, the default, again at its end).
 struct Threads {
   explicit Threads(int n) { tg::set_num_threads(n); }
@@ -170,6 +157,13 @@ struct Threads {
   Threads(const Threads&) = delete;
   Threads& operator=(const Threads&) = delete;
 };
+
+// Runs f with the kernels' thread count set to n, then restores the default.
+template <class F>
+void with_threads(int n, F f) {
+  Threads th(n);
+  f();
+}
 
 }  // namespace tg::testing
 
