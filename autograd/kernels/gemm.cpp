@@ -12,17 +12,19 @@
 //
 // The micro-kernel keeps an MR x NR tile of C in vector registers
 // (NR = NV * vector width) and does one broadcast of A and NV FMAs per row
-// per k. B is packed; A is read where it lies, through a row stride and a k
-// stride, so both of its transpose cases cost nothing (Note [GEMM reads A in
-// place]). Edge tiles (M or N not a multiple of MR / NR) use zero-padded
-// panels and a masked write-back.
+// per k. B is packed. With AVX-512, A is read where it lies, through a row
+// stride and a k stride, so both of its transpose cases cost nothing (Note
+// [GEMM reads A in place]); with AVX2 (and SSE2) each block of A is packed
+// first (Note [GEMM packs A on AVX2]). Edge tiles (M or N not a multiple of
+// MR / NR) use zero-padded panels and a masked write-back.
 //
 // The naive twin (gemm_naive, gemm_batched_naive) is in gemm_naive.cpp, the argument
 // checks both share in gemm_checks.hpp.
 //
 // What it is not: a tuner. Block sizes are constants chosen by measurement on
-// the reference machine (see Note [GEMM block sizes]); there is no run-time
-// CPU dispatch, the instruction set is the one the library is compiled for.
+// the reference machines (see Note [GEMM block sizes]); the instruction set is
+// the one this copy of the kernels is compiled for (a portable build loads the
+// copy that matches the CPU: autograd/kernels/isa.hpp).
 #include "autograd/kernels/gemm.hpp"
 
 #include <omp.h>
@@ -37,6 +39,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <cstring>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
@@ -95,6 +98,26 @@ namespace tg::kernels {
 // when lda is a multiple of 4 KiB: then every row of the panel falls in the
 // same L1 set, the prefetched lines evict the ones still in use, and it
 // measured slower (dW of the MLP-up projection, 1024 x 384: 246 -> 228).
+// (All of this was measured with AVX-512; for AVX2 see the next Note.)
+//
+// Note [GEMM packs A on AVX2]
+// With AVX2 the micro-kernel has half the FMAs per broadcast of A (2 vectors
+// per row instead of 4), so how A reaches it costs twice as much per flop, and
+// reading in place lost: on a Zen 3 core (bench_gemm against OpenBLAS's
+// Haswell kernels, 2026-12-07) the weight gradients (transposed A) ran at
+// 0.75-0.95 of OpenBLAS, worst where A's rows are 4 KiB apart (MLP up dW,
+// 0.74: each k of a panel falls in the same L1 set), and the squares at 0.89-
+// 0.92. So on AVX2 every block of A is packed once per k-slab, MR-row panels
+// k-major (the layout OpenBLAS and BLIS use), and the micro-kernel reads the
+// packed panel with compile-time strides and its k loop unrolled by 4. The
+// pack reads A in its own order: with transA each k is one contiguous row
+// piece of mc values (copied MR at a time, the row 8 k ahead prefetched,
+// since consecutive rows are lda apart and each 4 KiB page yields only mc
+// values to this block); without, each panel is MR rows read side by side.
+// Measured (same run, 3 alternating rounds each, one thread): MLP up dW 0.74
+// -> 0.96, MLP down dW 0.81 -> 0.93, qkv dW 0.93 -> 0.95-1.03, o dW 0.94 ->
+// 0.95, square 1024 0.92 -> 0.93-0.97. Each element still sees the same FMAs
+// in the same order, so the bits do not change.
 
 namespace {
 
@@ -127,6 +150,13 @@ struct Blocking<double> {
   static constexpr int64_t KC = 384, MC = 4 * 24, B_budget = int64_t(1) << 20;
 };
 #endif
+// Whether blocks of A are packed (Note [GEMM packs A on AVX2]) or read in place
+// (Note [GEMM reads A in place]).
+#if defined(__AVX512F__)
+constexpr bool kPackA = false;
+#else
+constexpr bool kPackA = true;
+#endif
 
 // Below this many flops (2*M*N*K) one thread is used. On a quiet machine with
 // a warm team two threads still win at 48^3 (measured), but on a busy one a
@@ -147,6 +177,43 @@ void pack_A_edge(bool transA, const T* A, int64_t lda, int64_t i0, int64_t rows,
     for (int64_t i = 0; i < rows; ++i)
       Ap[k * MR + i] = transA ? A[(pc + k) * lda + i0 + i] : A[(i0 + i) * lda + pc + k];
     for (int64_t i = rows; i < MR; ++i) Ap[k * MR + i] = T(0);
+  }
+}
+
+// A whole block of A, packed (Note [GEMM packs A on AVX2]): rows [ic, ic+mc) of
+// op(A) over k in [pc, pc+kc), as ceil(mc/MR) panels of MR rows, each k-major:
+// Ap[p*MR*kc + k*MR + i] = op(A)(ic + p*MR + i, pc + k); rows past mc are zero.
+template <class T, int MR>
+void pack_A_block(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
+                  int64_t kc, T* Ap) {
+  const int64_t full = mc / MR, rest = mc % MR;
+  if (transA) {  // op(A)(i, k) = A[k*lda + i]: row k of A holds mc adjacent values
+    constexpr int64_t kAhead = 8, kLine = 64 / int64_t(sizeof(T));
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = A + (pc + k) * lda + ic;
+      if (k + kAhead < kc)
+        for (int64_t i = 0; i < mc; i += kLine) __builtin_prefetch(src + kAhead * lda + i);
+      T* dst = Ap + k * MR;
+      for (int64_t p = 0; p < full; ++p) std::memcpy(dst + p * MR * kc, src + p * MR, MR * sizeof(T));
+      if (rest > 0) {
+        T* d = dst + full * MR * kc;
+        for (int64_t i = 0; i < MR; ++i) d[i] = i < rest ? src[full * MR + i] : T(0);
+      }
+    }
+  } else {  // op(A)(i, k) = A[i*lda + k]: MR rows read side by side
+    for (int64_t p = 0; p * MR < mc; ++p) {
+      const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
+      const T* src = A + (ic + p * MR) * lda + pc;
+      T* dst = Ap + p * MR * kc;
+      if (rows == MR) {
+        for (int64_t k = 0; k < kc; ++k)
+#pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[i * lda + k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int64_t i = 0; i < MR; ++i) dst[k * MR + i] = i < rows ? src[i * lda + k] : T(0);
+      }
+    }
   }
 }
 
@@ -197,21 +264,23 @@ void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_
 // vectors of columns (the last, narrow panel of a matrix: 6 columns need not pay
 // for 64). Each element sees the same FMAs in the same order either way.
 // Prefetch: fetch the A values kPrefetchK steps of k ahead (used with transA;
-// Note [GEMM reads A in place]).
+// Note [GEMM reads A in place]). Packed: a is a packed panel (rsa 1, csa MR,
+// known here, and the k loop unrolled by 4; Note [GEMM packs A on AVX2]).
 constexpr int64_t kPrefetchK = 16;
-template <class T, int MR, int NV, int NVS = NV, bool Prefetch = false>
-inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa, int64_t csa,
+template <class T, int MR, int NV, int NVS = NV, bool Prefetch = false, bool Packed = false>
+inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa_in, int64_t csa_in,
                          const T* __restrict b, T* c, int64_t ldc, T alpha, T beta, int64_t rows,
                          int64_t cols, bool full) {
   using V = xsimd::batch<T>;
   constexpr int W = static_cast<int>(V::size);
+  const int64_t rsa = Packed ? 1 : rsa_in, csa = Packed ? MR : csa_in;
   V acc[MR][NV];
 #pragma GCC unroll 64
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 64
     for (int v = 0; v < NV; ++v) acc[i][v] = V(T(0));
 
-  for (int64_t k = 0; k < kc; ++k) {
+  auto step = [&] {  // acc += a(:, k) * b(k, :), then on to k + 1
     if constexpr (Prefetch) __builtin_prefetch(a + kPrefetchK * csa);
     V bv[NV];
 #pragma GCC unroll 64
@@ -224,6 +293,12 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa, int64_t
     }
     a += csa;
     b += NVS * W;
+  };
+  if constexpr (Packed) {
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k) step();
+  } else {
+    for (int64_t k = 0; k < kc; ++k) step();
   }
 
   const V valpha(alpha);
@@ -261,12 +336,48 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa, int64_t
 }
 
 // ---- macro-kernel: one block of A against a range of packed B panels ----------
-// The block is op(A)(ic:ic+mc, pc:pc+kc), read in place from A; a last panel of
-// fewer than MR rows is first copied to `edge` (MR x kc scratch).
+// The block is op(A)(ic:ic+mc, pc:pc+kc). With kPackA it is packed whole into
+// `scratch` (ceil(mc/MR)*MR x kc); otherwise it is read in place from A, and
+// only a last panel of fewer than MR rows is copied to `scratch` (MR x kc).
+template <class T>
+void macro_kernel_packed(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
+                         int64_t kc, T* scratch, const T* Bp, int64_t q0, int64_t q1, int64_t nc,
+                         T* C, int64_t ldc, T alpha, T beta) {
+  constexpr int MR = Blocking<T>::MR;
+  constexpr int NV = Blocking<T>::NV;
+  constexpr int W = static_cast<int>(xsimd::batch<T>::size);
+  constexpr int NR = NV * W;
+  pack_A_block<T, MR>(transA, A, lda, ic, mc, pc, kc, scratch);
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
+    const T* b = Bp + q * NR * kc;
+    for (int64_t p = 0; p * MR < mc; ++p) {
+      const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
+      const T* a = scratch + p * MR * kc;
+      T* c = C + p * MR * ldc + q * NR;
+      if (cols > NR - W)
+        micro_kernel<T, MR, NV, NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta, rows, cols,
+                                                 rows == MR && cols == NR);
+      else if (cols <= W)
+        micro_kernel<T, MR, 1, NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta, rows, cols, false);
+      else if (cols <= 2 * W)
+        micro_kernel<T, MR, (NV >= 2 ? 2 : NV), NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta,
+                                                                 rows, cols, false);
+      else
+        micro_kernel<T, MR, (NV >= 3 ? 3 : NV), NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta,
+                                                                 rows, cols, false);
+    }
+  }
+}
+
 template <class T>
 void macro_kernel(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
                   int64_t kc, T* edge, const T* Bp, int64_t q0, int64_t q1, int64_t nc, T* C,
                   int64_t ldc, T alpha, T beta) {
+  if constexpr (kPackA) {
+    macro_kernel_packed<T>(transA, A, lda, ic, mc, pc, kc, edge, Bp, q0, q1, nc, C, ldc, alpha, beta);
+    return;
+  }
   constexpr int MR = Blocking<T>::MR;
   constexpr int NV = Blocking<T>::NV;
   constexpr int W = static_cast<int>(xsimd::batch<T>::size);
@@ -379,7 +490,7 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   for (int64_t i = 0; i < 4 * n_jc; ++i) counters[i].store(0, std::memory_order_relaxed);
 
   auto body = [&](int team) {
-    T* edge = buffer_A<T>(std::size_t(MR * kc_max));
+    T* edge = buffer_A<T>(std::size_t((kPackA ? MC_panels : 1) * MR * kc_max));  // macro_kernel's scratch
     for (int64_t jb = 0; jb < n_jc; ++jb) {
       const int64_t jc = jb * NC, nc = std::min<int64_t>(NC, N - jc);
       const int64_t n_panels = ceil_div(nc, NR);
