@@ -122,10 +122,12 @@ inline std::size_t workspace_elems(int64_t D, int64_t Tk, bool backward, std::si
 // ---- register-tiled xsimd tile products ---------------------------------------
 //
 // Both products keep an MR x (NV vectors) block of C in registers, MR <= 6 and
-// NV <= 4: with AVX-512 and float that is a 6 x 64 block in 24 of the 32 zmm
-// registers, one broadcast of A per row and NV FMAs per broadcast (as in the GEMM
-// micro-kernel of gemm.cpp). Leftover rows (see row_group) and columns (fewer
-// than 4 vectors) dispatch to smaller instantiations.
+// NV <= kNV: with AVX-512 and float that is a 6 x 64 block in 24 of the 32 zmm
+// registers, with AVX2 a 6 x 16 block in 12 of the 16 ymm registers, one broadcast
+// of A per row and NV FMAs per broadcast (as in the GEMM micro-kernel of gemm.cpp).
+// Leftover rows (see row_group) and columns (fewer than kNV vectors) dispatch to
+// smaller instantiations. (Until 2026-12-07 AVX2 used kNV = 4 too: 24 accumulators
+// in 16 registers, spilled.)
 //
 // Causal masks enter as ranges, so work above the diagonal is skipped inside the
 // diagonal tiles too:
@@ -136,7 +138,11 @@ inline std::size_t workspace_elems(int64_t D, int64_t Tk, bool backward, std::si
 //     those whose A entry is a masked 0, so the result is the same.
 
 inline constexpr int kMR = 6;
-inline constexpr int kNV = 4;
+#if defined(__AVX512F__)
+inline constexpr int kNV = 4;  // 6 x 4 zmm: 24 of 32 registers
+#else
+inline constexpr int kNV = 2;  // 6 x 2 ymm: 12 of 16 registers (6 x 4 would spill)
+#endif
 inline constexpr int64_t kNoLimit = int64_t(1) << 40;  // a range bound that never clips
 
 // Rows of the next register block when `rest` rows are left: kMR, except that
