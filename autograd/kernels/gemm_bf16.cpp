@@ -114,6 +114,34 @@ TG_BF16_TARGET void pack_pairs(const float* src, int64_t rs, int64_t ks, int64_t
     for (int64_t r = rows; r < rpad; ++r) dst[k2 * ld + r] = 0;
 }
 
+// A work item's rows of one slab when op(A)'s rows are contiguous (transposed A: x(r, k)
+// = src[r + k*ks]), packed into the MR-row panels the micro-kernel reads: panel p holds
+// rows [p*MR, p*MR + MR) as [kc2][MR] pairs at dst + p*kc2*MR, rows past `rows` zero.
+// pack_pairs would take this case six rows at a time, too few for its 16-row vectors, and
+// round every element by itself; here 16 rows are paired and rounded in registers and
+// then spread over the panels (MR = 6 does not divide 16).
+TG_BF16_TARGET void pack_pairs_panels(const float* src, int64_t ks, int64_t rows, int64_t k0, int64_t kc,
+                                      uint32_t* dst) {
+  const int64_t kc2 = ceil_div(kc, 2), rpad = ceil_div(rows, MR) * MR;
+  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  alignas(64) uint32_t t[16];
+  for (int64_t k2 = 0; k2 < kc2; ++k2) {
+    const float* s0 = src + (k0 + 2 * k2) * ks;
+    const float* s1 = 2 * k2 + 1 < kc ? s0 + ks : nullptr;
+    uint32_t* d = dst + k2 * MR;  // row r goes to d[(r / MR) * kc2 * MR + r % MR]
+    int64_t r = 0;
+    for (; r + 16 <= rows; r += 16) {
+      const __m512 a = _mm512_loadu_ps(s0 + r), b = s1 ? _mm512_loadu_ps(s1 + r) : _mm512_setzero_ps();
+      const __m512 lo = _mm512_permutex2var_ps(a, lo_idx, b), hi = _mm512_permutex2var_ps(a, hi_idx, b);
+      _mm512_store_si512(t, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      for (int64_t j = 0; j < 16; ++j) d[((r + j) / MR) * kc2 * MR + (r + j) % MR] = t[j];
+    }
+    for (; r < rows; ++r) d[(r / MR) * kc2 * MR + r % MR] = pair_bits(s0[r], s1 ? s1[r] : 0.f);
+    for (; r < rpad; ++r) d[(r / MR) * kc2 * MR + r % MR] = 0;
+  }
+}
+
 // c(rows, cols) = alpha * a(MR, kc2 pairs) @ b(kc2 pairs, NR) + beta * c (beta == 0
 // overwrites); a is [kc2][MR], b is [kc2][NR], both packed pairs.
 template <int NVU>
@@ -225,8 +253,11 @@ struct Vdpbf16psPath {
                                   uint32_t* Ap, const uint32_t* panels, int64_t panel_stride, int64_t q0,
                                   int64_t q1, int64_t nc, float* c, int64_t ldc, float alpha, float beta) {
     const int64_t kc2 = ceil_div(kc, 2);
-    for (int64_t ir = 0; ir < mc; ir += MR)
-      pack_pairs(a + ir * ars, ars, aks, std::min<int64_t>(MR, mc - ir), MR, pc, kc, Ap + ir * kc2, MR);
+    if (ars == 1 && aks != 1)  // transposed A: all the item's rows at once
+      pack_pairs_panels(a, aks, mc, pc, kc, Ap);
+    else
+      for (int64_t ir = 0; ir < mc; ir += MR)
+        pack_pairs(a + ir * ars, ars, aks, std::min<int64_t>(MR, mc - ir), MR, pc, kc, Ap + ir * kc2, MR);
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t j0 = q * NR, cols = std::min<int64_t>(NR, nc - j0);
       for (int64_t ir = 0; ir < mc; ir += MR)
