@@ -9,6 +9,14 @@
 // 16 pairs of B and adds both products into 16 float lanes. An odd K is padded with a
 // zero k on both sides.
 //
+// A slab of op(A) is packed in the layout its storage makes cheap: with k contiguous
+// (A as stored: the forward's X, the input gradients' dY) each row's pairs stay one
+// row (pack_pairs_rows, a plain convert-and-store); with rows contiguous (transposed A:
+// the weight gradients' dY^T) k-major in MR-row panels (pack_pairs_panels, interleaved
+// in registers). The micro-kernel reads either (its RowsA flag). Until 2026-12-07 both
+// went through pack_pairs' k-major layout six rows at a time, element by element for
+// transposed A: a fifth of dW_qkv's time (perf), against ~3% now.
+//
 // The AVX512_BF16 code is compiled through target attributes, so this file builds in
 // every configuration (portable and -march=haswell too) and the instructions run only
 // after cpu_has_avx512_bf16() said yes.
@@ -117,36 +125,67 @@ TG_BF16_TARGET void pack_pairs(const float* src, int64_t rs, int64_t ks, int64_t
 // A work item's rows of one slab when op(A)'s rows are contiguous (transposed A: x(r, k)
 // = src[r + k*ks]), packed into the MR-row panels the micro-kernel reads: panel p holds
 // rows [p*MR, p*MR + MR) as [kc2][MR] pairs at dst + p*kc2*MR, rows past `rows` zero.
-// pack_pairs would take this case six rows at a time, too few for its 16-row vectors, and
-// round every element by itself; here 16 rows are paired and rounded in registers and
-// then spread over the panels (MR = 6 does not divide 16).
+// (pack_pairs would take this case six rows at a time, too few for its 16-row vectors,
+// and round every element by itself.) Two pairs of k at a time: the panel's 6 rows of k,
+// k+1, k+2, k+3 (masked 8-float loads) are interleaved into the 12 pairs the panel holds
+// for k/2 and k/2 + 1, in order, so one rounding and one 12-word store write them.
+// (row k0 | row k1) of 8 floats each, masked by m; a row at or past kc reads as zeros.
+// (A function, not a lambda: a lambda would not get the target attribute.)
+TG_BF16_TARGET inline __m512 join_rows(__mmask8 m, const float* s, int64_t ks, int64_t k0, int64_t k1,
+                                       int64_t kc) {
+  const __m256 lo = k0 < kc ? _mm256_maskz_loadu_ps(m, s + k0 * ks) : _mm256_setzero_ps();
+  const __m256 hi = k1 < kc ? _mm256_maskz_loadu_ps(m, s + k1 * ks) : _mm256_setzero_ps();
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+}
+
 TG_BF16_TARGET void pack_pairs_panels(const float* src, int64_t ks, int64_t rows, int64_t k0, int64_t kc,
                                       uint32_t* dst) {
-  const int64_t kc2 = ceil_div(kc, 2), rpad = ceil_div(rows, MR) * MR;
-  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  alignas(64) uint32_t t[16];
-  for (int64_t k2 = 0; k2 < kc2; ++k2) {
-    const float* s0 = src + (k0 + 2 * k2) * ks;
-    const float* s1 = 2 * k2 + 1 < kc ? s0 + ks : nullptr;
-    uint32_t* d = dst + k2 * MR;  // row r goes to d[(r / MR) * kc2 * MR + r % MR]
-    int64_t r = 0;
-    for (; r + 16 <= rows; r += 16) {
-      const __m512 a = _mm512_loadu_ps(s0 + r), b = s1 ? _mm512_loadu_ps(s1 + r) : _mm512_setzero_ps();
+  static_assert(MR == 6, "the permutations below pair 6 rows");
+  const int64_t kc2 = ceil_div(kc, 2);
+  // a = rows (k | k+2), b = rows (k+1 | k+3) as (low | high) 8 floats; lanes 0..15 of a are
+  // indices 0..15, of b 16..31. lo: pairs 0..5 of k, then 0..1 of k+2; hi: pairs 2..5 of k+2.
+  const __m512i lo_idx = _mm512_set_epi32(25, 9, 24, 8, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 29, 13, 28, 12, 27, 11, 26, 10);
+  for (int64_t p = 0; p * MR < rows; ++p) {
+    const __mmask8 m = __mmask8((1u << std::min<int64_t>(MR, rows - p * MR)) - 1u);
+    const float* s = src + p * MR + k0 * ks;
+    uint32_t* d = dst + p * kc2 * MR;
+    for (int64_t k2 = 0; k2 < kc2; k2 += 2) {
+      const int64_t k = 2 * k2;
+      const __m512 a = join_rows(m, s, ks, k, k + 2, kc), b = join_rows(m, s, ks, k + 1, k + 3, kc);
       const __m512 lo = _mm512_permutex2var_ps(a, lo_idx, b), hi = _mm512_permutex2var_ps(a, hi_idx, b);
-      _mm512_store_si512(t, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-      for (int64_t j = 0; j < 16; ++j) d[((r + j) / MR) * kc2 * MR + (r + j) % MR] = t[j];
+      _mm512_mask_storeu_epi32(d + k2 * MR, k2 + 1 < kc2 ? __mmask16(0x0FFF) : __mmask16(0x003F),
+                               (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
-    for (; r < rows; ++r) d[(r / MR) * kc2 * MR + r % MR] = pair_bits(s0[r], s1 ? s1[r] : 0.f);
-    for (; r < rpad; ++r) d[(r / MR) * kc2 * MR + r % MR] = 0;
   }
 }
 
+// A work item's rows of one slab when op(A)'s k is contiguous (x(r, k) = src[r*rs + k]),
+// as the micro-kernel's row-major panels: row r's kc2 pairs at dst[r*kc2 ..], rows
+// [rows, rpad) zero. A row converts 32 k per instruction and is stored as it is: no
+// interleaving, since the pairs of one row are already consecutive k.
+TG_BF16_TARGET void pack_pairs_rows(const float* src, int64_t rs, int64_t rows, int64_t rpad, int64_t k0,
+                                    int64_t kc, uint32_t* dst) {
+  const int64_t kc2 = ceil_div(kc, 2);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * rs + k0;
+    uint32_t* d = dst + r * kc2;
+    int64_t k = 0;
+    for (; k + 32 <= kc; k += 32)
+      _mm512_storeu_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + k + 16), _mm512_loadu_ps(s + k)));
+    for (; k < kc; k += 2) d[k / 2] = pair_bits(s[k], k + 1 < kc ? s[k + 1] : 0.f);
+  }
+  std::fill(dst + rows * kc2, dst + rpad * kc2, 0u);
+}
+
 // c(rows, cols) = alpha * a(MR, kc2 pairs) @ b(kc2 pairs, NR) + beta * c (beta == 0
-// overwrites); a is [kc2][MR], b is [kc2][NR], both packed pairs.
-template <int NVU>
+// overwrites); b is [kc2][NR] packed pairs, a is [kc2][MR] (RowsA false: the layout of
+// pack_pairs and pack_pairs_panels) or [MR][kc2] (RowsA true: pack_pairs_rows). The
+// broadcasts read A from memory either way; row-major A is six sequential streams.
+template <int NVU, bool RowsA>
 TG_BF16_TARGET void micro_kernel(int64_t kc2, const uint32_t* __restrict a, const uint32_t* __restrict b,
                                  float* c, int64_t ldc, float alpha, float beta, int64_t rows, int64_t cols) {
+  const int64_t rstride = RowsA ? kc2 : 1, kstride = RowsA ? 1 : MR;  // a(i, k2) = a[i*rstride + k2*kstride]
   __m512 acc[MR][NVU];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NVU; ++v) acc[i][v] = _mm512_setzero_ps();
@@ -154,7 +193,7 @@ TG_BF16_TARGET void micro_kernel(int64_t kc2, const uint32_t* __restrict a, cons
     __m512bh bv[NVU];
     for (int v = 0; v < NVU; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + k2 * NR + 16 * v);
     for (int i = 0; i < MR; ++i) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[k2 * MR + i]));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[i * rstride + k2 * kstride]));
       for (int v = 0; v < NVU; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);
     }
   }
@@ -171,13 +210,14 @@ TG_BF16_TARGET void micro_kernel(int64_t kc2, const uint32_t* __restrict a, cons
     }
 }
 
+template <bool RowsA>
 TG_BF16_TARGET void run_micro(int64_t kc2, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
                               float alpha, float beta, int64_t rows, int64_t cols) {
   switch (ceil_div(cols, 16)) {  // a narrow last panel computes only its vectors
-    case 1: micro_kernel<1>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
-    case 2: micro_kernel<2>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
-    case 3: micro_kernel<3>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
-    default: micro_kernel<4>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    case 1: micro_kernel<1, RowsA>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    case 2: micro_kernel<2, RowsA>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    case 3: micro_kernel<3, RowsA>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
+    default: micro_kernel<4, RowsA>(kc2, a, b, c, ldc, alpha, beta, rows, cols); break;
   }
 }
 
@@ -253,16 +293,19 @@ struct Vdpbf16psPath {
                                   uint32_t* Ap, const uint32_t* panels, int64_t panel_stride, int64_t q0,
                                   int64_t q1, int64_t nc, float* c, int64_t ldc, float alpha, float beta) {
     const int64_t kc2 = ceil_div(kc, 2);
-    if (ars == 1 && aks != 1)  // transposed A: all the item's rows at once
-      pack_pairs_panels(a, aks, mc, pc, kc, Ap);
+    // Panel ir of the item (rows ir .. ir + MR) starts at Ap + ir * kc2 in both layouts.
+    const bool rows_a = aks == 1;  // k contiguous: row-major panels; else [kc2][MR]
+    if (rows_a)
+      pack_pairs_rows(a, ars, mc, ceil_div(mc, MR) * MR, pc, kc, Ap);
     else
-      for (int64_t ir = 0; ir < mc; ir += MR)
-        pack_pairs(a + ir * ars, ars, aks, std::min<int64_t>(MR, mc - ir), MR, pc, kc, Ap + ir * kc2, MR);
+      pack_pairs_panels(a, aks, mc, pc, kc, Ap);
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t j0 = q * NR, cols = std::min<int64_t>(NR, nc - j0);
-      for (int64_t ir = 0; ir < mc; ir += MR)
-        run_micro(kc2, Ap + ir * kc2, panels + q * panel_stride, c + ir * ldc + j0, ldc, alpha, beta,
-                  std::min<int64_t>(MR, mc - ir), cols);
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        auto* run = rows_a ? run_micro<true> : run_micro<false>;
+        run(kc2, Ap + ir * kc2, panels + q * panel_stride, c + ir * ldc + j0, ldc, alpha, beta,
+            std::min<int64_t>(MR, mc - ir), cols);
+      }
     }
   }
 };
