@@ -82,19 +82,202 @@
 // first, which balances the threads (with static, 1 and 4 blocks per head on 2
 // threads, one thread would get blocks 1 and 3, 6 of 10 units of work). Results
 // are bitwise identical at any thread count that picks the same backward schedule.
+//
+// Note [bf16 attention]
+// ---------------------
+// While the bf16 mode of the GEMMs is on (gemm_bf16.hpp: train --dtype bf16, or the
+// emulated mode of oracle --dtype bf16), the float kernels here take bf16 operands too,
+// as mixed-precision attention does elsewhere (FlashAttention's bf16 kernels): every
+// tile product's operands are rounded to bf16 and their products summed in float. Which
+// values are rounded, exactly:
+//   q, k, v, dout (the inputs of the products; Di takes dout unrounded);
+//   P, the unnormalised exp(S - m) tile, before P Vj in the forward (the row sums l
+//     take it unrounded), and the recomputed P tile in the backward, before P^T dOi and
+//     before dS = scale P (dP - Di) is formed from it;
+//   dS, before dS^T Qi and dS Kj.
+// S, the running max, l, lse, out, Di and every accumulator stay float. double calls
+// never round.
+// Two implementations of the same roundings: emulated (Bf16Mode::emulated: rounded float
+// copies of q, k, v, dout, the P and dS tiles rounded in place, the float tile products
+// above), which needs no instruction set; and pairs (Bf16Mode::pairs: AVX512_BF16, head
+// dims that are a multiple of 16), where the products run on vdpbf16ps
+// (attention_bf16.cpp), so the operands are converted to pairs of bf16 along the summed
+// index as the tiles need them: Kt2, Vt2 panels (pairs along d) and Kr2, Vr2 pair rows
+// (pairs of key rows) once per key tile; a query block's rows of q and dout both ways
+// once per block (cached across the key tiles the backward visits it for); P and dS
+// along j and, transposed, along i once per tile. The epilogues (scale, exp, the
+// softmax backward) run as separate passes over the float tile there. The two agree to
+// the order of the float sums (pairs of terms, rarely a rounding that order flips):
+// tests/test_kernels_attention_bf16.cpp. Measured on a Zen 4 core (baby model's shape,
+// B 8 H 6 T 256 D 64): forward 6.6 -> 5.1 ms, backward 15.3 -> 11.8 ms; converting
+// whole tensors per call instead was slower than float (a sixth of the time, memory-
+// bound). The naive twins do not round: under ReferenceKernels bf16 attention is float.
 #include "autograd/kernels/attention.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "autograd/kernels/attention_tiles.hpp"
+#include "autograd/kernels/gemm_bf16.hpp"
+#include "autograd/kernels/parallel.hpp"
 
 namespace tg::kernels {
 
 using namespace attention_detail;
 
 namespace {
+
+// ---- bf16 (Note [bf16 attention]) ------------------------------------------------------
+
+// The mode of a float call with head dim D: what the GEMMs' bf16 mode asks for, on pairs
+// where the hardware can and the tile shapes allow (D a multiple of 16), else emulated.
+Bf16Mode bf16_mode(int64_t D) {
+  if (gemm_bf16_emulated()) return Bf16Mode::emulated;
+  if (gemm_bf16_hardware()) return D % 16 == 0 ? Bf16Mode::pairs : Bf16Mode::emulated;
+  return Bf16Mode::off;
+}
+
+// dst = the (B, heads, T) rows of src (row (b, h, t) at src + at(s, b, h, t)), each row
+// turned into W floats by row(src_row, dst_row), dense.
+// (dst is allocated uninitialised: every element is written.)
+using Buffer = std::unique_ptr<float[]>;
+template <class Row>
+void convert_rows(int64_t B, int64_t heads, int64_t T, const float* src, AttnStrides s, int64_t W, Buffer& dst,
+                  const Row& row) {
+  const int64_t rows = B * heads * T;
+  dst.reset(new float[static_cast<std::size_t>(rows * W)]);
+#pragma omp parallel for num_threads(tg::num_threads()) schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    row(src + Attn<float>::at(s, r / (heads * T), (r / T) % heads, r % T), dst.get() + r * W);
+}
+
+// The bf16 mode of one call, set in A by prepare(), and in emulated mode the rounded
+// copies that replace q, k, v (and dout), kept alive here. (The pairs mode converts
+// tile by tile instead: whole-tensor copies were a memory-bound sixth of its time.) A
+// call that reads dout for anything else (Di) must do so before prepare().
+template <class T>
+struct Bf16Operands {
+  Buffer q, k, v, dout;
+  void prepare(Attn<T>& A, bool backward) {
+    if constexpr (std::is_same_v<T, float>) {
+      const AttnDims& d = A.d;
+      A.bf16 = bf16_mode(d.D);
+      const int64_t D = d.D;
+      if (A.bf16 == Bf16Mode::emulated) {
+        auto round = [D](const float* src, float* dst) {
+          for (int64_t i = 0; i < D; ++i) dst[i] = round_bf16(src[i]);
+        };
+        convert_rows(d.B, d.H, d.Tq, A.q, A.qs, D, q, round);
+        convert_rows(d.B, d.Hkv, d.Tk, A.k, A.ks, D, k, round);
+        convert_rows(d.B, d.Hkv, d.Tk, A.v, A.vs, D, v, round);
+        A.q = q.get(), A.k = k.get(), A.v = v.get();
+        A.qs = {d.H * d.Tq * D, d.Tq * D, D};
+        A.ks = A.vs = {d.Hkv * d.Tk * D, d.Tk * D, D};
+        if (backward) {
+          convert_rows(d.B, d.H, d.Tq, A.dout, A.dos, D, dout, round);
+          A.dout = dout.get(), A.dos = A.qs;
+        }
+      }
+    } else {
+      (void)A, (void)backward;
+    }
+  }
+};
+
+// Rows [0, m) of a (., kBk) tile of P or dS, columns [0, npad), rounded to bf16 in place
+// (a float reader follows: the float tile products in emulated mode, DsEpi's P in both).
+template <class T>
+void round_tile(const Attn<T>& A, T* tile, int64_t m, int64_t npad) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (A.bf16 == Bf16Mode::pairs)
+      bf16_round_rows(tile, kBk, m, npad);
+    else if (A.bf16 == Bf16Mode::emulated)
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < npad; ++j) tile[r * kBk + j] = round_bf16(tile[r * kBk + j]);
+  } else {
+    (void)A, (void)tile, (void)m, (void)npad;
+  }
+}
+
+// Key tile kt of src (k or v of (b, g)) as pair rows (kBk/2, D), made on first use and
+// tagged like the panels of panel_of.
+inline const float* pair_rows_of(const Attn<float>& A, const float* src, AttnStrides s, int64_t b, int64_t g,
+                                 int64_t kt, std::vector<float>& store, std::vector<int64_t>& tags) {
+  const int64_t D = A.d.D, tag = b * A.d.Hkv + g;
+  float* p = store.data() + kt * (kBk / 2) * D;
+  if (tags[kt] != tag) {
+    const int64_t j0 = kt * kBk;
+    bf16_pairs_of_rows(src + Attn<float>::at(s, b, g, j0), s.t, std::min(kBk, A.d.Tk - j0), D, p, D);
+    tags[kt] = tag;
+  }
+  return p;
+}
+
+// Key tile kt of src (k or v of (b, g)) as a (D2, kBk) panel of pairs along d, made on
+// first use (each key row paired, then the words transposed as panel_of does) and tagged.
+inline const float* pair_panel_of(const Attn<float>& A, const float* src, AttnStrides s, int64_t b, int64_t g,
+                                  int64_t kt, std::vector<float>& panels, std::vector<int64_t>& tags,
+                                  PairWorkspace& pw) {
+  const int64_t D2 = A.d.D / 2, tag = b * A.d.Hkv + g;
+  float* p = panels.data() + kt * D2 * kBk;
+  if (tags[kt] != tag) {
+    const int64_t j0 = kt * kBk, nk = std::min(kBk, A.d.Tk - j0);
+    bf16_pairs_along_rows(src + Attn<float>::at(s, b, g, j0), s.t, nk, A.d.D, pw.rows2.data(), D2);
+    pack_transposed(nk, round_up(nk, kW<float>), D2, pw.rows2.data(), D2, p);
+    tags[kt] = tag;
+  }
+  return p;
+}
+
+// C rows [0, m), columns [0, npad) (leading dim kBk) = epi(C): an epilogue as its own
+// pass, for the products on pairs (bf16_tile_abt has none).
+template <class T, class Epi>
+void apply_epi(int64_t m, int64_t npad, T* C, const Epi& epi) {
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < npad; j += kW<T>)
+      epi(r, j, batch<T>::load_unaligned(C + r * kBk + j)).store_unaligned(C + r * kBk + j);
+}
+
+// ---- the tile steps, in every mode --------------------------------------------------------
+
+// ws.S = scale Qi Kj^T for query block [i0, i0+mq) of (b, h) and key tile kt (mq, npad),
+// the columns past a row's diagonal as tile_abt leaves them (c0: Note [Flash attention tiling]).
+template <class T>
+void scores(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t kt, int64_t npad,
+            int64_t c0, Workspace<T>& ws) {
+  const int64_t g = h / A.group;
+  if constexpr (std::is_same_v<T, float>)
+    if (A.bf16 == Bf16Mode::pairs) {
+      PairWorkspace& pw = *ws.pairs;  // pw.Q2: the block's rows (forward_block)
+      const float* Kt2 = pair_panel_of(A, A.k, A.ks, b, g, kt, pw.Kt2, pw.kt2tag, pw);
+      bf16_tile_abt(mq, npad, A.d.D / 2, pw.Q2, A.d.D / 2, Kt2, ws.S.data(), c0, A.scale);
+      return;
+    }
+  const T* Kt = panel_of(A, A.k, A.ks, b, g, kt, ws.Kt, ws.ktag);
+  tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, Kt, ws.S.data(), c0, ScaleEpi<T>{batch<T>(A.scale)});
+}
+
+// ws.acc += P Vj with P = ws.S (mq, npad) the tile's unnormalised probabilities.
+template <class T>
+void pv_acc(const Attn<T>& A, int64_t b, int64_t g, int64_t mq, int64_t j0, int64_t nk, int64_t npad,
+            int64_t c0, Workspace<T>& ws) {
+  const int64_t D = A.d.D;
+  T* S = ws.S.data();
+  if constexpr (std::is_same_v<T, float>)
+    if (A.bf16 == Bf16Mode::pairs) {
+      PairWorkspace& pw = *ws.pairs;
+      float* P2 = pw.P2.data();
+      bf16_pairs_along_rows(S, kBk, mq, npad, P2, kBk / 2);
+      const float* V2 = pair_rows_of(A, A.v, A.vs, b, g, j0 / kBk, pw.Vr2, pw.vr2tag);
+      bf16_tile_ab_acc(mq, nk, D, P2, kBk / 2, 1, V2, D, ws.acc.data(), D, -kNoLimit, c0);
+      return;
+    }
+  round_tile(A, S, mq, npad);
+  tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, ws.acc.data(), D, -kNoLimit, c0);
+}
 
 // ---- forward ----------------------------------------------------------------------
 
@@ -103,7 +286,12 @@ template <class T>
 void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, int64_t h,
                    int64_t i0, int64_t mq, Workspace<T>& ws) {
   const int64_t D = A.d.D, g = h / A.group;
-  const T* Qi = A.qrow(b, h, i0);
+  if constexpr (std::is_same_v<T, float>)
+    if (A.bf16 == Bf16Mode::pairs) {  // the block's rows as pairs, for every key tile's scores
+      PairWorkspace& pw = *ws.pairs;
+      bf16_pairs_along_rows(A.qrow(b, h, i0), A.qs.t, mq, D, pw.Q2f.data(), D / 2);
+      pw.Q2 = pw.Q2f.data();
+    }
   T* acc = ws.acc.data();
   std::fill(acc, acc + mq * D, T(0));
   constexpr int64_t W = kW<T>;
@@ -117,9 +305,8 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
   for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
     const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
     const int64_t c0 = A.off + i0 - j0 + 1;  // row r of the block sees keys [j0, j0 + c0 + r)
-    const T* Kt = panel_of(A, A.k, A.ks, b, g, j0 / kBk, ws.Kt, ws.ktag);
     T* S = ws.S.data();
-    tile_abt(mq, npad, D, Qi, A.qs.t, Kt, S, c0, ScaleEpi<T>{batch<T>(A.scale)});  // S = scale Qi Kj^T
+    scores(A, b, h, i0, mq, j0 / kBk, npad, c0, ws);  // S = scale Qi Kj^T
     // New running max m' per row; alpha = m - m' for now (0 for rows that see
     // none of the tile), then exp(m - m') for all rows at once (0 on a row's
     // first visible tile, where m = -inf).
@@ -149,7 +336,7 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
         for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= a;
       }
     }
-    tile_ab_acc(mq, nk, D, S, kBk, 1, A.vrow(b, g, j0), A.vs.t, acc, D, -kNoLimit, c0);  // acc += P Vj
+    pv_acc(A, b, g, mq, j0, nk, npad, c0, ws);  // acc += P Vj
   }
   T* lsum = alpha;  // alpha's rows now hold the row sums l, then log l
   for (int64_t r = 0; r < mq; ++r) {
@@ -168,32 +355,105 @@ void forward_block(const Attn<T>& A, T* out, AttnStrides os, T* lse, int64_t b, 
 
 // ---- backward -------------------------------------------------------------------
 
-// P tile for query block [i0, i0+mq) of (b, h) against the key tile [j0, j0+nk)
-// whose transposed panel is Kt: ws.S = exp(scale Qi Kj^T - lse), masked.
+// P tile for query block [i0, i0+mq) of (b, h) against key tile kt = j0 / kBk:
+// ws.S = exp(scale Qi Kj^T - lse), masked (rounded to bf16 in the bf16 modes).
 template <class T>
 void recompute_probs(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
-                     int64_t nk, int64_t npad, const T* Kt, Workspace<T>& ws) {
-  const int64_t c0 = A.off + i0 - j0 + 1;  // row r sees keys [j0, j0 + c0 + r)
+                     int64_t nk, int64_t npad, Workspace<T>& ws) {
+  const int64_t c0 = A.off + i0 - j0 + 1, kt = j0 / kBk, g = h / A.group;  // row r sees keys [j0, j0 + c0 + r)
   const ProbEpi<T> epi{batch<T>(A.scale), lane_iota<T>(), A.lse + A.row_index(b, h, i0), c0, nk};
+  if constexpr (std::is_same_v<T, float>)
+    if (A.bf16 == Bf16Mode::pairs) {
+      PairWorkspace& pw = *ws.pairs;  // pw.Q2: the block's rows (backward_block)
+      const float* Kt2 = pair_panel_of(A, A.k, A.ks, b, g, kt, pw.Kt2, pw.kt2tag, pw);
+      bf16_tile_abt(mq, npad, A.d.D / 2, pw.Q2, A.d.D / 2, Kt2, ws.S.data(), c0, 1.f);
+      apply_epi(mq, npad, ws.S.data(), epi);
+      round_tile(A, ws.S.data(), mq, npad);
+      return;
+    }
+  const T* Kt = panel_of(A, A.k, A.ks, b, g, kt, ws.Kt, ws.ktag);
   tile_abt(mq, npad, A.d.D, A.qrow(b, h, i0), A.qs.t, Kt, ws.S.data(), c0, epi);
+  round_tile(A, ws.S.data(), mq, npad);
+}
+
+// The query block [i0, i0+mq) of (b, h) on the query side of the backward's pairs: its
+// rows of q and dout as pairs along d and as pair rows, from the cache slot of the block
+// (made on first use); sets pw.qslot to the slot and points pw.Q2 at its q pairs.
+inline void query_pairs(const Attn<float>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, PairWorkspace& pw) {
+  const int64_t D = A.d.D, D2 = D / 2;
+  const int64_t slot = (h % A.group) * pw.nqb + i0 / kBq, tag = (b * A.d.H + h) * A.d.Tq + i0;
+  float* Q2 = pw.Q2c.data() + slot * kBq * D2;
+  if (pw.qtag[slot] != tag) {
+    const float* q = A.qrow(b, h, i0);
+    const float* dout = A.dout + Attn<float>::at(A.dos, b, h, i0);
+    bf16_pairs_along_rows(q, A.qs.t, mq, D, Q2, D2);
+    bf16_pairs_along_rows(dout, A.dos.t, mq, D, pw.dO2c.data() + slot * kBq * D2, D2);
+    bf16_pairs_of_rows(q, A.qs.t, mq, D, pw.Qr2c.data() + slot * (kBq / 2) * D, D);
+    bf16_pairs_of_rows(dout, A.dos.t, mq, D, pw.dOr2c.data() + slot * (kBq / 2) * D, D);
+    pw.qtag[slot] = tag;
+  }
+  pw.Q2 = Q2, pw.qslot = slot;
+}
+
+// The backward's products on pairs (Bf16Mode::pairs), the float steps of backward_block
+// below one for one, with P = ws.S already recomputed (and rounded).
+inline void backward_block_pairs(const Attn<float>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
+                                 int64_t nk, Workspace<float>& ws, bool kv_grads, bool q_grads) {
+  const int64_t D = A.d.D, D2 = D / 2, g = h / A.group, npad = round_up(nk, kW<float>), kt = j0 / kBk;
+  const int64_t c0 = A.off + i0 - j0 + 1;
+  PairWorkspace& pw = *ws.pairs;
+  const float* P = ws.S.data();
+  float* dS = ws.dP.data();
+  const int64_t slot = pw.qslot;  // query_pairs' slot of this block
+  const float* dO2 = pw.dO2c.data() + slot * kBq * D2;
+  const float* Qr2 = pw.Qr2c.data() + slot * (kBq / 2) * D;
+  const float* dOr2 = pw.dOr2c.data() + slot * (kBq / 2) * D;
+  if (kv_grads) {  // dVj += P^T dOi, pairs along i
+    bf16_pairs_of_rows(P, kBk, mq, npad, pw.PT2.data(), kBk);
+    bf16_tile_ab_acc(nk, mq, D, pw.PT2.data(), 1, kBk, dOr2, D, A.dv + Attn<float>::at(A.dvs, b, g, j0),
+                     A.dvs.t, 1 - c0, kNoLimit);
+  }
+  // dP = dOi Vj^T, then dS = scale * P * (dP - Di)
+  const float* Vt2 = pair_panel_of(A, A.v, A.vs, b, g, kt, pw.Vt2, pw.vt2tag, pw);
+  bf16_tile_abt(mq, npad, D2, dO2, D2, Vt2, dS, c0, 1.f);
+  apply_epi(mq, npad, dS, DsEpi<float>{batch<float>(A.scale), P, A.Di + A.row_index(b, h, i0)});
+  if (kv_grads) {  // dKj += dS^T Qi, pairs along i
+    bf16_pairs_of_rows(dS, kBk, mq, npad, pw.dST2.data(), kBk);
+    bf16_tile_ab_acc(nk, mq, D, pw.dST2.data(), 1, kBk, Qr2, D, A.dk + Attn<float>::at(A.dks, b, g, j0),
+                     A.dks.t, 1 - c0, kNoLimit);
+  }
+  if (q_grads) {  // dQi += dS Kj, pairs along j
+    bf16_pairs_along_rows(dS, kBk, mq, npad, pw.dS2.data(), kBk / 2);
+    const float* K2 = pair_rows_of(A, A.k, A.ks, b, g, kt, pw.Kr2, pw.kr2tag);
+    bf16_tile_ab_acc(mq, nk, D, pw.dS2.data(), kBk / 2, 1, K2, D, A.dq + Attn<float>::at(A.dqs, b, h, i0), A.dqs.t,
+                     -kNoLimit, c0);
+  }
 }
 
 // One query block x key tile step of the backward for query head h (Note [Flash
-// attention tiling]), with the panels Kj^T, Vj^T of the key tile.
+// attention tiling]).
 template <class T>
 void backward_block(const Attn<T>& A, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
-                    int64_t nk, const T* Kt, const T* Vt, Workspace<T>& ws, bool kv_grads, bool q_grads) {
-  const int64_t D = A.d.D, g = h / A.group, npad = round_up(nk, kW<T>);
+                    int64_t nk, Workspace<T>& ws, bool kv_grads, bool q_grads) {
+  const int64_t D = A.d.D, g = h / A.group, npad = round_up(nk, kW<T>), kt = j0 / kBk;
   const int64_t c0 = A.off + i0 - j0 + 1;  // row r sees keys [j0, j0 + c0 + r); key j is seen from row j + 1 - c0
+  if constexpr (std::is_same_v<T, float>)
+    if (A.bf16 == Bf16Mode::pairs) {
+      query_pairs(A, b, h, i0, mq, *ws.pairs);
+      recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
+      return backward_block_pairs(A, b, h, i0, mq, j0, nk, ws, kv_grads, q_grads);
+    }
+  recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
   const T* Qi = A.qrow(b, h, i0);
   const T* dOi = A.dout + Attn<T>::at(A.dos, b, h, i0);
-  T* P = ws.S.data();
+  const T* P = ws.S.data();
   T* dS = ws.dP.data();
-  recompute_probs(A, b, h, i0, mq, j0, nk, npad, Kt, ws);
   if (kv_grads)  // dVj += P^T dOi: A[r=j, p=i] = P[i*kBk + j]
     tile_ab_acc(nk, mq, D, P, 1, kBk, dOi, A.dos.t, A.dv + Attn<T>::at(A.dvs, b, g, j0), A.dvs.t, 1 - c0, kNoLimit);
   // dP = dOi Vj^T, stored as dS = scale * P * (dP - Di)
+  const T* Vt = panel_of(A, A.v, A.vs, b, g, kt, ws.Vt, ws.vtag);
   tile_abt(mq, npad, D, dOi, A.dos.t, Vt, dS, c0, DsEpi<T>{batch<T>(A.scale), P, A.Di + A.row_index(b, h, i0)});
+  round_tile(A, dS, mq, npad);
   if (kv_grads)  // dKj += dS^T Qi
     tile_ab_acc(nk, mq, D, dS, 1, kBk, Qi, A.qs.t, A.dk + Attn<T>::at(A.dks, b, g, j0), A.dks.t, 1 - c0, kNoLimit);
   if (q_grads)  // dQi += dS Kj
@@ -213,13 +473,11 @@ void zero_rows(T* base, AttnStrides s, int64_t b, int64_t h, int64_t t0, int64_t
 // all query rows that see the tile); also dQ when q_grads (one-pass schedule).
 template <class T>
 void backward_key_tile(const Attn<T>& A, int64_t b, int64_t g, int64_t j0, Workspace<T>& ws, bool q_grads) {
-  const int64_t nk = std::min(kBk, A.d.Tk - j0), kt = j0 / kBk;
-  const T* Kt = panel_of(A, A.k, A.ks, b, g, kt, ws.Kt, ws.ktag);
-  const T* Vt = panel_of(A, A.v, A.vs, b, g, kt, ws.Vt, ws.vtag);
+  const int64_t nk = std::min(kBk, A.d.Tk - j0);
   const int64_t i_first = std::max<int64_t>(0, j0 - A.off);  // first query row that sees key j0
   for (int64_t h = g * A.group; h < (g + 1) * A.group; ++h)
     for (int64_t i0 = i_first; i0 < A.d.Tq; i0 += kBq)
-      backward_block(A, b, h, i0, std::min(kBq, A.d.Tq - i0), j0, nk, Kt, Vt, ws, true, q_grads);
+      backward_block(A, b, h, i0, std::min(kBq, A.d.Tq - i0), j0, nk, ws, true, q_grads);
 }
 
 }  // namespace
@@ -250,10 +508,12 @@ void attention_forward(const AttnDims& d, T scale, const T* q, AttnStrides qs, c
   Attn<T> A{};
   A.d = d; A.scale = scale; A.group = d.H / d.Hkv; A.off = d.Tk - d.Tq;
   A.q = q; A.k = k; A.v = v; A.qs = qs; A.ks = ks; A.vs = vs;
+  Bf16Operands<T> bf16_operands;
+  bf16_operands.prepare(A, false);
   const int64_t nblk = (d.Tq + kBq - 1) / kBq, items = d.B * d.H * nblk;
 #pragma omp parallel num_threads(tg::num_threads())
   {
-    Workspace<T> ws(d.D, d.Tk, false);
+    Workspace<T> ws(d.D, d.Tk, false, A.bf16 == Bf16Mode::pairs ? &d : nullptr);
     // Longest blocks first, handed out dynamically (Note [Attention work items]).
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
@@ -286,13 +546,16 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
   A.q = q; A.k = k; A.v = v; A.out = out; A.dout = dout; A.lse = lse; A.Di = Di.data();
   A.qs = qs; A.ks = ks; A.vs = vs; A.os = os; A.dos = dos;
   A.dq = dq; A.dk = dk; A.dv = dv; A.dqs = dqs; A.dks = dks; A.dvs = dvs;
+  Bf16Operands<T> bf16_operands;  // after Di, which takes dout as it is
+  bf16_operands.prepare(A, true);
+  const bool pairs = A.bf16 == Bf16Mode::pairs;
   const int64_t nkt = (d.Tk + kBk - 1) / kBk, nqb = (d.Tq + kBq - 1) / kBq;
 
   if (attention_backward_one_pass(d, nt)) {
     // One item per (b, kv head g): it owns dk, dv of g and dq of g's query heads.
 #pragma omp parallel num_threads(nt)
     {
-      Workspace<T> ws(D, d.Tk, true);
+      Workspace<T> ws(D, d.Tk, true, pairs ? &d : nullptr);
 #pragma omp for schedule(static)
       for (int64_t bg = 0; bg < d.B * d.Hkv; ++bg) {
         const int64_t b = bg / d.Hkv, g = bg % d.Hkv;
@@ -307,7 +570,7 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
   // Two passes. Pass 1: one item per (b, g, key tile) owns those dk, dv rows.
 #pragma omp parallel num_threads(nt)
   {
-    Workspace<T> ws(D, d.Tk, true);
+    Workspace<T> ws(D, d.Tk, true, pairs ? &d : nullptr);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < d.B * d.Hkv * nkt; ++it) {  // key tile 0 (the longest) first
       const int64_t bg = it / nkt, j0 = (it % nkt) * kBk, b = bg / d.Hkv, g = bg % d.Hkv;
@@ -319,14 +582,11 @@ void attention_backward(const AttnDims& d, T scale, const T* q, AttnStrides qs, 
     // Pass 2: one item per (b, h, query block) owns those dq rows.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < d.B * d.H * nqb; ++it) {  // longest blocks first
-      const int64_t bh = it / nqb, i0 = (nqb - 1 - it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
+      const int64_t bh = it / nqb, i0 = (nqb - 1 - it % nqb) * kBq, b = bh / d.H, h = bh % d.H;
       const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
       zero_rows(dq, dqs, b, h, i0, mq, D);
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
-        const int64_t nk = std::min(kBk, kend - j0), kt = j0 / kBk;
-        const T* Kt = panel_of(A, k, ks, b, g, kt, ws.Kt, ws.ktag);
-        const T* Vt = panel_of(A, v, vs, b, g, kt, ws.Vt, ws.vtag);
-        backward_block(A, b, h, i0, mq, j0, nk, Kt, Vt, ws, false, true);
+        backward_block(A, b, h, i0, mq, j0, std::min(kBk, kend - j0), ws, false, true);
       }
     }
   }
@@ -346,14 +606,13 @@ void attention_probs(const AttnDims& d, T scale, const T* q, AttnStrides qs, con
     Workspace<T> ws(d.D, d.Tk, false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {  // longest blocks first
-      const int64_t bh = it / nqb, i0 = (nqb - 1 - it % nqb) * kBq, b = bh / d.H, h = bh % d.H, g = h / A.group;
+      const int64_t bh = it / nqb, i0 = (nqb - 1 - it % nqb) * kBq, b = bh / d.H, h = bh % d.H;
       const int64_t mq = std::min(kBq, d.Tq - i0), kend = A.off + i0 + mq;
       T* P0 = probs + A.row_index(b, h, i0) * d.Tk;  // rows i0.. of the (Tq, Tk) matrix of (b, h)
       std::fill(P0, P0 + mq * d.Tk, T(0));
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
         const int64_t nk = std::min(kBk, kend - j0), npad = round_up(nk, kW<T>);
-        const T* Kt = panel_of(A, k, ks, b, g, j0 / kBk, ws.Kt, ws.ktag);
-        recompute_probs(A, b, h, i0, mq, j0, nk, npad, Kt, ws);
+        recompute_probs(A, b, h, i0, mq, j0, nk, npad, ws);
         for (int64_t r = 0; r < mq; ++r) std::copy_n(ws.S.data() + r * kBk, nk, P0 + r * d.Tk + j0);
       }
     }

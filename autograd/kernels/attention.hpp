@@ -8,6 +8,9 @@
 // kernel sits its O(T^2) naive twin (materialised scores, softmax, matmuls), the
 // test oracle. attention_probs() returns the probabilities for diagnostics.
 //
+// In the bf16 mode of the GEMMs (gemm_bf16.hpp) the float kernels round their tile
+// products' operands to bf16 as well (Note [bf16 attention] in attention.cpp).
+//
 // What it is not: an op. These are raw-pointer templates over float and double;
 // they know nothing of Tensor or the tape (the attention op in autograd/ calls
 // them). No dropout, no padding masks, no non-causal mode.
@@ -98,6 +101,10 @@ void attention_backward_naive(const AttnDims& dims, T scale,
 // elem_size bytes at `threads` threads. Fast kernels: per-thread tiles and the
 // per-thread packed K^T (and V^T) panels of one kv head, D * Tk each (plus the
 // (B,H,Tq) row terms Di in the backward). Naive twins: the (B,H,Tq,Tk) buffers.
+// Without the bf16 mode: in it (Note [bf16 attention] in attention.cpp) the emulation
+// adds rounded copies of q, k, v (and dout); the vdpbf16ps path's pair panels take no
+// more than the float panels they replace, plus per thread in the backward
+// 2 * (H/Hkv) * Tq * D floats of query pairs: still linear in T.
 std::size_t attention_scratch_bytes(const AttnDims& dims, std::size_t elem_size,
                                     bool backward, bool naive, int threads);
 

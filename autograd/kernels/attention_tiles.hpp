@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -66,6 +67,11 @@ inline void check_ptrs(const char* who, std::initializer_list<const void*> ptrs)
 
 // ---- the operands of one call, with row addressing ---------------------------
 
+// How a float call treats bf16 (Note [bf16 attention] in attention.cpp): off; emulated
+// (q, k, v, dout replaced by rounded float copies, the P and dS tiles rounded in place,
+// the float tile products); pairs (the same roundings, products by vdpbf16ps on pairs).
+enum class Bf16Mode { off, emulated, pairs };
+
 template <class T>
 struct Attn {
   AttnDims d;
@@ -76,6 +82,7 @@ struct Attn {
   AttnStrides qs, ks, vs, os, dos;
   T *dq, *dk, *dv;
   AttnStrides dqs, dks, dvs;
+  Bf16Mode bf16 = Bf16Mode::off;  // Note [bf16 attention] in attention.cpp
 
   // Row pointers: head h is a query head, g a kv head.
   static int64_t at(AttnStrides s, int64_t b, int64_t h, int64_t t) { return b * s.b + h * s.h + t * s.t; }
@@ -86,6 +93,39 @@ struct Attn {
   // Number of keys of the tile [j0, j0+nk) that query row i sees.
   int64_t visible(int64_t i, int64_t j0, int64_t nk) const {
     return std::clamp<int64_t>(off + i - j0 + 1, 0, nk);
+  }
+};
+
+// The extra scratch of Bf16Mode::pairs (Note [bf16 attention]), per thread. Every array
+// holds pairs (D2 = D / 2). Panels as in Workspace: Kt2, Vt2 (D2, kBk) per key tile (pairs
+// along d), made through rows2 (kBk, D2); pair rows: Kr2, Vr2 (kBk/2, D) per key tile;
+// tiles: P2, dS2 (kBq, kBk/2) (pairs along j), PT2, dST2 (kBq/2, kBk) (pairs along i, the
+// transposed tiles). Q2 points at the current query block's rows as pairs (kBq, D2): in
+// the forward at Q2f, in the backward at a slot of the query-side cache, which keeps for
+// every query block of the kv head's group its rows of q and dout as pairs (Q2c, dO2c,
+// kBq x D2 each) and as pair rows (Qr2c, dOr2c, kBq/2 x D), tagged with the block,
+// since the backward visits each block once per key tile.
+struct PairWorkspace {
+  std::vector<float> Kt2, Vt2, rows2, Kr2, Vr2, Q2f, P2, dS2, PT2, dST2;
+  std::vector<float> Q2c, dO2c, Qr2c, dOr2c;
+  std::vector<int64_t> kt2tag, vt2tag, kr2tag, vr2tag, qtag;
+  int64_t nqb = 0, qslot = 0;  // query blocks per head; the current block's cache slot
+  const float* Q2 = nullptr;
+  PairWorkspace(const AttnDims& d, bool backward) {
+    const int64_t D = d.D, nt = (d.Tk + kBk - 1) / kBk, D2 = (D + 1) / 2;
+    Kt2.resize(nt * D2 * kBk), kt2tag.assign(nt, -1), rows2.resize(kBk * D2);
+    P2.resize(kBq * kBk / 2);
+    if (!backward) {
+      Q2f.resize(kBq * D2), Vr2.resize(nt * kBk / 2 * D), vr2tag.assign(nt, -1);
+      return;
+    }
+    Vt2.resize(nt * D2 * kBk), vt2tag.assign(nt, -1);
+    Kr2.resize(nt * kBk / 2 * D), kr2tag.assign(nt, -1);
+    dS2.resize(kBq * kBk / 2), PT2.resize(kBq / 2 * kBk), dST2.resize(kBq / 2 * kBk);
+    nqb = (d.Tq + kBq - 1) / kBq;
+    const int64_t slots = d.H / d.Hkv * nqb;
+    Q2c.resize(slots * kBq * D2), dO2c.resize(slots * kBq * D2);
+    Qr2c.resize(slots * kBq / 2 * D), dOr2c.resize(slots * kBq / 2 * D), qtag.assign(slots, -1);
   }
 };
 
@@ -103,11 +143,16 @@ struct Workspace {
   std::vector<T> acc;              // (kBq, D) forward accumulator
   std::vector<T> m, alpha;         // (kBq) running max, per-tile rescale factor
   std::vector<T> l;                // (kBq, W) running sum, one partial per vector lane
-  Workspace(int64_t D_, int64_t Tk, bool backward)
-      : D(D_), ntiles((Tk + kBk - 1) / kBk), Kt(ntiles * D * kBk), Vt(backward ? ntiles * D * kBk : 0),
-        ktag(ntiles, -1), vtag(backward ? ntiles : 0, -1), S(kBq * kBk), dP(backward ? kBq * kBk : 0),
-        acc(backward ? 0 : kBq * D), m(kBq), alpha(kBq), l(kBq * kW<T>) {}
+  std::optional<PairWorkspace> pairs;  // Bf16Mode::pairs only (then Kt, Vt stay unused)
+  Workspace(int64_t D_, int64_t Tk, bool backward, const AttnDims* with_pairs = nullptr)
+      : D(D_), ntiles((Tk + kBk - 1) / kBk), Kt(with_pairs ? 0 : ntiles * D * kBk),
+        Vt(backward && !with_pairs ? ntiles * D * kBk : 0), ktag(ntiles, -1), vtag(backward ? ntiles : 0, -1),
+        S(kBq * kBk), dP(backward ? kBq * kBk : 0), acc(backward ? 0 : kBq * D), m(kBq), alpha(kBq),
+        l(kBq * kW<T>) {
+    if (with_pairs) pairs.emplace(*with_pairs, backward);
+  }
 };
+
 
 // Elements of one Workspace<T> with sizeof(T) = elem_size (must match the
 // constructor above; the tags are counted as elements too, which over-counts
@@ -220,10 +265,11 @@ void pack_transposed(int64_t nk, int64_t npad, int64_t D, const T* src, int64_t 
 
 // The (D, kBk) panel of key tile kt of src (k or v of (b, g)), packed into
 // panels/tags of the workspace on first use.
+// D is the row's width: A.d.D, or D2 for the pair arrays of Bf16Mode::pairs.
 template <class T>
-const T* panel_of(const Attn<T>& A, const T* src, AttnStrides s, int64_t b, int64_t g, int64_t kt,
+const T* panel_of(const Attn<T>& A, int64_t D, const T* src, AttnStrides s, int64_t b, int64_t g, int64_t kt,
                   std::vector<T>& panels, std::vector<int64_t>& tags) {
-  const int64_t D = A.d.D, tag = b * A.d.Hkv + g;
+  const int64_t tag = b * A.d.Hkv + g;
   T* p = panels.data() + kt * D * kBk;
   if (tags[kt] != tag) {
     const int64_t j0 = kt * kBk, nk = std::min(kBk, A.d.Tk - j0);
@@ -231,6 +277,11 @@ const T* panel_of(const Attn<T>& A, const T* src, AttnStrides s, int64_t b, int6
     tags[kt] = tag;
   }
   return p;
+}
+template <class T>
+const T* panel_of(const Attn<T>& A, const T* src, AttnStrides s, int64_t b, int64_t g, int64_t kt,
+                  std::vector<T>& panels, std::vector<int64_t>& tags) {
+  return panel_of(A, A.d.D, src, s, b, g, kt, panels, tags);
 }
 
 // What tile_abt stores for the block value x = (A B^T)[r, j..j+W) of tile row r,
@@ -457,5 +508,30 @@ T dot(const T* a, const T* b, int64_t n) {
   return r;
 }
 
+// ---- bf16 pairs (attention_bf16.cpp; Note [bf16 attention] in attention.cpp) ----------
+// A pair is one 32-bit word: bf16(x0) low, bf16(x1) high, kept in float arrays as a bit
+// pattern. These need AVX512_BF16 and AVX-512 F/BW/VL (callers check first).
+
+// Rows r < m of dst (row stride ldd) = the pairs along rows r of src (stride lds):
+// dst[r][i] = pair(src[r][2i], src[r][2i+1]) for i < ceil(n/2), a missing src[r][n] 0.
+void bf16_pairs_along_rows(const float* src, int64_t lds, int64_t m, int64_t n, float* dst, int64_t ldd);
+// Rows r2 < ceil(m/2) of dst = the pairs of rows 2 r2 and 2 r2 + 1 of src:
+// dst[r2][i] = pair(src[2 r2][i], src[2 r2 + 1][i]) for i < n; a missing row m is 0.
+void bf16_pairs_of_rows(const float* src, int64_t lds, int64_t m, int64_t n, float* dst, int64_t ldd);
+// x[r][i] = round_bf16(x[r][i]) for r < m, i < n (gemm_bf16.hpp, Note [bf16 rounding]).
+void bf16_round_rows(float* x, int64_t ld, int64_t m, int64_t n);
+// tile_abt without an epilogue, on pairs: C (m, npad; leading dim kBk) = alpha * A2 Bt2
+// with A2 (m, K2 pairs; row stride lda2) and the panel Bt2 (K2, kBk) of pairs, for the
+// columns row group [r, r+MR) needs ([0, c0 + r + MR - 1) clamped), 0 in the rest of
+// [0, npad).
+void bf16_tile_abt(int64_t m, int64_t npad, int64_t K2, const float* A2, int64_t lda2, const float* Bt2,
+                   float* C, int64_t c0, float alpha);
+// tile_ab_acc on pairs: C (m, D; row stride ldc) += A B with A(r, p) in the pair
+// A2[r*ars2 + (p/2)*acs2] and row p of B in the pair row B2[(p/2)*ldb2 + :], summed over
+// the pairs covering [r + lo, r + MR - 1 + hi) clamped to [0, K) (so the entries of A
+// and B just outside that range must be 0, as masked P and dS entries and pad rows are).
+// D must be a multiple of 16.
+void bf16_tile_ab_acc(int64_t m, int64_t K, int64_t D, const float* A2, int64_t ars2, int64_t acs2,
+                      const float* B2, int64_t ldb2, float* C, int64_t ldc, int64_t lo, int64_t hi);
 
 }  // namespace tg::kernels::attention_detail

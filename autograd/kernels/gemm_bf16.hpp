@@ -4,8 +4,10 @@
 // every float gemm / gemm_batched (gemm.hpp) rounds its two operands to bfloat16
 // (round to nearest even; 8 significant bits) and accumulates their products in float:
 // with AMX tiles (tdpbf16ps) where the CPU and the OS allow them, else with AVX512_BF16's
-// vdpbf16ps (gemm_bf16.cpp, Note [bf16 on AMX]; TAPEGRAD_BF16_NO_AMX=1 forces the latter). C, alpha and beta stay float; so do the master weights, the
-// optimizer state, norms, softmax and attention (they never pass through here).
+// vdpbf16ps (gemm_bf16.cpp, Note [bf16 on AMX]; TAPEGRAD_BF16_NO_AMX=1 forces the latter).
+// C, alpha and beta stay float; so do the master weights, the optimizer state, norms and
+// softmax (they never pass through here). The attention kernels follow the same two
+// modes for their own tile products (attention.cpp, Note [bf16 attention]).
 // double GEMMs are never affected.
 //
 // What it is not: a bf16 storage type. Operands are float arrays, converted while they
