@@ -17,8 +17,11 @@
 //
 // What it is not: a test (it checks nothing), nor the GEMM or op benchmarks.
 //
-// Usage: bench_attention [--quick] [--csv PATH] [--no-naive-4096]
+// Usage: bench_attention [--quick] [--csv PATH] [--no-naive-4096] [--bf16]
 //   --quick          T = 256, 1024 only and fewer repetitions
+//   --bf16           instead: flash in the bf16 mode (Note [bf16 attention] in
+//                    autograd/kernels/attention.cpp) against flash in float32, time only
+//                    (needs AVX512_BF16; an error names it otherwise)
 //   --csv PATH       also write rows `case,threads,ours,peer,unit,ratio` (peer = naive,
 //                    ratio = ours / peer; "NA" where naive was skipped)
 //   --no-naive-4096  skip the naive twin at T = 4096 (its single run takes
@@ -39,6 +42,7 @@
 #include <vector>
 
 #include "autograd/kernels/attention.hpp"
+#include "autograd/kernels/gemm_bf16.hpp"
 #include "autograd/kernels/parallel.hpp"
 #include "bench/bench_util.hpp"
 
@@ -96,8 +100,9 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // Runs in the child: memory on the first forward+backward, then the timed runs.
-Measurement measure(const Case& c, int threads, bool naive, int reps) {
+Measurement measure(const Case& c, int threads, bool naive, int reps, bool bf16) {
   tg::set_num_threads(threads);
+  K::GemmBf16Scope bf16_mode(bf16);
   Measurement m;
   {  // warm up OpenMP's threads and this kernel's code on a tiny problem
     Buffers tiny(AttnDims{1, c.H, c.Hkv, 64, 64, 64});
@@ -133,7 +138,7 @@ Measurement measure(const Case& c, int threads, bool naive, int reps) {
 }
 
 // Forks a child for one measurement; returns false if it failed.
-bool run_child(const Case& c, int threads, bool naive, int reps, Measurement& out) {
+bool run_child(const Case& c, int threads, bool naive, int reps, Measurement& out, bool bf16 = false) {
   int fd[2];
   if (pipe(fd) != 0) return false;
   std::fflush(stdout);
@@ -141,7 +146,7 @@ bool run_child(const Case& c, int threads, bool naive, int reps, Measurement& ou
   if (pid < 0) return false;
   if (pid == 0) {
     close(fd[0]);
-    const Measurement m = measure(c, threads, naive, reps);
+    const Measurement m = measure(c, threads, naive, reps, bf16);
     const ssize_t w = write(fd[1], &m, sizeof m);
     _exit(w == ssize_t(sizeof m) ? 0 : 1);
   }
@@ -170,15 +175,16 @@ std::string num(double x, int prec) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, naive_4096 = true;
+  bool quick = false, naive_4096 = true, bf16 = false;
   std::string csv_path;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     else if (a == "--no-naive-4096") naive_4096 = false;
+    else if (a == "--bf16") bf16 = true;
     else if (a == "--csv" && i + 1 < argc) csv_path = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--csv PATH] [--no-naive-4096]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--csv PATH] [--no-naive-4096] [--bf16]\n", argv[0]);
       return 2;
     }
   }
@@ -206,6 +212,34 @@ int main(int argc, char** argv) {
                  unit, num(ratio, 4).c_str());
   };
 
+  if (bf16) {
+    if (!K::cpu_has_avx512_bf16()) {
+      std::fprintf(stderr, "bench_attention: --bf16 needs a CPU with AVX512_BF16 (this one has none)\n");
+      return 1;
+    }
+    std::printf("attention forward+backward, B=1 H=6 D=64, (B,T,H,D) layout: flash in the bf16 mode (%s) vs flash "
+                "in float32\ntime: median of runs, alternating children\n\n",
+                K::gemm_bf16_path());
+    std::printf("%-10s %3s | %9s %9s %9s %9s %7s\n", "case", "thr", "bf16 ms", "f32 ms", "bf16 fwd", "f32 fwd", "ratio");
+    std::printf("%s\n", std::string(68, '-').c_str());
+    for (const Case& c : cases)
+      for (int threads : {1, 2}) {
+        const int reps = quick ? 5 : (c.T >= 4096 ? 3 : 9);
+        Measurement b, f;
+        if (!run_child(c, threads, false, reps, b, true) || !run_child(c, threads, false, reps, f, false)) {
+          std::fprintf(stderr, "bench_attention: child failed (T=%lld)\n", (long long)c.T);
+          return 1;
+        }
+        const std::string name = std::string(c.heads) + "_T" + std::to_string(c.T);
+        std::printf("%-10s %3d | %9.2f %9.2f %9.2f %9.2f %7.3f\n", name.c_str(), threads, b.total_ms, f.total_ms,
+                    b.fwd_ms, f.fwd_ms, b.total_ms / f.total_ms);
+        std::fflush(stdout);
+        csv_row("attn_bf16_fwdbwd_time_" + name, threads, b.total_ms, f.total_ms, "ms", 3);
+      }
+    std::printf("\nratio = bf16 / float32 (< 1 is faster).\n");
+    if (csv) std::fclose(csv);
+    return 0;
+  }
   std::printf("attention forward+backward, float, B=1 H=6 D=64, (B,T,H,D) layout; flash vs naive (O(T^2) twin)\n");
   std::printf("time: median of runs; memory: scratch beyond inputs/outputs, analytic (buffers allocated)\n");
   std::printf("and measured (rise of peak RSS across one forward+backward, one forked child per cell)\n\n");
