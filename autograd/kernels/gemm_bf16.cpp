@@ -11,7 +11,7 @@
 //
 // A slab of op(A) is packed in the layout its storage makes cheap: with k contiguous
 // (A as stored: the forward's X, the input gradients' dY) each row's pairs stay one
-// row (pack_pairs_rows, a plain convert-and-store); with rows contiguous (transposed A:
+// row (pack_rows, a plain convert-and-store); with rows contiguous (transposed A:
 // the weight gradients' dY^T) k-major in MR-row panels (pack_pairs_panels, interleaved
 // in registers). The micro-kernel reads either (its RowsA flag). Until 2026-12-07 both
 // went through pack_pairs' k-major layout six rows at a time, element by element for
@@ -160,27 +160,50 @@ TG_BF16_TARGET void pack_pairs_panels(const float* src, int64_t ks, int64_t rows
   }
 }
 
-// A work item's rows of one slab when op(A)'s k is contiguous (x(r, k) = src[r*rs + k]),
-// as the micro-kernel's row-major panels: row r's kc2 pairs at dst[r*kc2 ..], rows
-// [rows, rpad) zero. A row converts 32 k per instruction and is stored as it is: no
-// interleaving, since the pairs of one row are already consecutive k.
-TG_BF16_TARGET void pack_pairs_rows(const float* src, int64_t rs, int64_t rows, int64_t rpad, int64_t k0,
-                                    int64_t kc, uint32_t* dst) {
+// Rows of op(A) (or op(B)) as row-major pairs, for the AMX tiles and, with k contiguous
+// (ks == 1), for the vdpbf16ps micro-kernel's row-major panels (kc2p = ceil(kc/2), ld =
+// kc2p): a row converts 32 k per instruction and is stored as it is.
+// dst[r*ld + k2] = pair(x(r, k0+2k2), x(r, k0+2k2+1)) for r < rows, 2k2 < kc; zero for
+// rows [rows, rpad) and for pairs [ceil(kc/2), kc2p). x(r, k) = src[r*rs + k*ks].
+TG_BF16_TARGET void pack_rows(const float* src, int64_t rs, int64_t ks, int64_t rows, int64_t rpad,
+                              int64_t k0, int64_t kc, int64_t kc2p, uint32_t* dst, int64_t ld) {
   const int64_t kc2 = ceil_div(kc, 2);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* s = src + r * rs + k0;
-    uint32_t* d = dst + r * kc2;
-    int64_t k = 0;
-    for (; k + 32 <= kc; k += 32)
-      _mm512_storeu_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + k + 16), _mm512_loadu_ps(s + k)));
-    for (; k < kc; k += 2) d[k / 2] = pair_bits(s[k], k + 1 < kc ? s[k + 1] : 0.f);
+  if (ks == 1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* x = src + r * rs + k0;
+      uint32_t* d = dst + r * ld;
+      int64_t k = 0;
+      for (; k + 32 <= kc; k += 32)
+        _mm512_storeu_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(x + k)));
+      for (; k < kc; k += 2) d[k / 2] = pair_bits(x[k], k + 1 < kc ? x[k + 1] : 0.f);
+      for (int64_t k2 = kc2; k2 < kc2p; ++k2) d[k2] = 0;
+    }
+  } else {  // rows contiguous: 16 rows' pairs per vector, scattered into their rows
+    const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    const __m512i rows_at = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(int(ld)));
+    for (int64_t k2 = 0; k2 < kc2; ++k2) {
+      const float* x0 = src + (k0 + 2 * k2) * ks;
+      const float* x1 = 2 * k2 + 1 < kc ? x0 + ks : nullptr;
+      int64_t r = 0;
+      for (; r + 16 <= rows; r += 16) {
+        const __m512 a = _mm512_loadu_ps(x0 + r), b = x1 ? _mm512_loadu_ps(x1 + r) : _mm512_setzero_ps();
+        const __m512 lo = _mm512_permutex2var_ps(a, lo_idx, b), hi = _mm512_permutex2var_ps(a, hi_idx, b);
+        _mm512_i32scatter_epi32(dst + r * ld + k2, rows_at, (__m512i)_mm512_cvtne2ps_pbh(hi, lo), 4);
+      }
+      for (; r < rows; ++r) dst[r * ld + k2] = pair_bits(x0[r], x1 ? x1[r] : 0.f);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k2 = kc2; k2 < kc2p; ++k2) dst[r * ld + k2] = 0;
   }
-  std::fill(dst + rows * kc2, dst + rpad * kc2, 0u);
+  for (int64_t r = rows; r < rpad; ++r)
+    for (int64_t k2 = 0; k2 < kc2p; ++k2) dst[r * ld + k2] = 0;
 }
 
 // c(rows, cols) = alpha * a(MR, kc2 pairs) @ b(kc2 pairs, NR) + beta * c (beta == 0
 // overwrites); b is [kc2][NR] packed pairs, a is [kc2][MR] (RowsA false: the layout of
-// pack_pairs and pack_pairs_panels) or [MR][kc2] (RowsA true: pack_pairs_rows). The
+// pack_pairs and pack_pairs_panels) or [MR][kc2] (RowsA true: pack_rows). The
 // broadcasts read A from memory either way; row-major A is six sequential streams.
 template <int NVU, bool RowsA>
 TG_BF16_TARGET void micro_kernel(int64_t kc2, const uint32_t* __restrict a, const uint32_t* __restrict b,
@@ -296,7 +319,7 @@ struct Vdpbf16psPath {
     // Panel ir of the item (rows ir .. ir + MR) starts at Ap + ir * kc2 in both layouts.
     const bool rows_a = aks == 1;  // k contiguous: row-major panels; else [kc2][MR]
     if (rows_a)
-      pack_pairs_rows(a, ars, mc, ceil_div(mc, MR) * MR, pc, kc, Ap);
+      pack_rows(a, ars, 1, mc, ceil_div(mc, MR) * MR, pc, kc, kc2, Ap, kc2);
     else
       pack_pairs_panels(a, aks, mc, pc, kc, Ap);
     for (int64_t q = q0; q < q1; ++q) {
@@ -333,44 +356,6 @@ struct alignas(64) TileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
-
-// dst[r*ld + k2] = pair(x(r, k0+2k2), x(r, k0+2k2+1)) for r < rows, 2k2 < kc; zero for
-// rows [rows, rpad) and for pairs [ceil(kc/2), kc2p). x(r, k) = src[r*rs + k*ks].
-TG_BF16_TARGET void pack_rows(const float* src, int64_t rs, int64_t ks, int64_t rows, int64_t rpad,
-                              int64_t k0, int64_t kc, int64_t kc2p, uint32_t* dst, int64_t ld) {
-  const int64_t kc2 = ceil_div(kc, 2);
-  if (ks == 1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* x = src + r * rs + k0;
-      uint32_t* d = dst + r * ld;
-      int64_t k = 0;
-      for (; k + 32 <= kc; k += 32)
-        _mm512_storeu_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(x + k)));
-      for (; k < kc; k += 2) d[k / 2] = pair_bits(x[k], k + 1 < kc ? x[k + 1] : 0.f);
-      for (int64_t k2 = kc2; k2 < kc2p; ++k2) d[k2] = 0;
-    }
-  } else {  // rows contiguous: 16 rows' pairs per vector, scattered into their rows
-    const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-    const __m512i rows_at = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(int(ld)));
-    for (int64_t k2 = 0; k2 < kc2; ++k2) {
-      const float* x0 = src + (k0 + 2 * k2) * ks;
-      const float* x1 = 2 * k2 + 1 < kc ? x0 + ks : nullptr;
-      int64_t r = 0;
-      for (; r + 16 <= rows; r += 16) {
-        const __m512 a = _mm512_loadu_ps(x0 + r), b = x1 ? _mm512_loadu_ps(x1 + r) : _mm512_setzero_ps();
-        const __m512 lo = _mm512_permutex2var_ps(a, lo_idx, b), hi = _mm512_permutex2var_ps(a, hi_idx, b);
-        _mm512_i32scatter_epi32(dst + r * ld + k2, rows_at, (__m512i)_mm512_cvtne2ps_pbh(hi, lo), 4);
-      }
-      for (; r < rows; ++r) dst[r * ld + k2] = pair_bits(x0[r], x1 ? x1[r] : 0.f);
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t k2 = kc2; k2 < kc2p; ++k2) dst[r * ld + k2] = 0;
-  }
-  for (int64_t r = rows; r < rpad; ++r)
-    for (int64_t k2 = 0; k2 < kc2p; ++k2) dst[r * ld + k2] = 0;
-}
 
 #define TG_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 
