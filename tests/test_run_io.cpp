@@ -159,8 +159,15 @@ TEST_CASE("plot: gnuplot dies with a process killed while it plots, and writes n
   // No gnuplot whose script is in this folder survives; after its 3 s no PNG appears.
   auto gnuplot_alive = [&] {
     for (const auto& e : fs::directory_iterator("/proc")) {
-      std::ifstream f(e.path() / "cmdline", std::ios::binary);
-      std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      // A process that exits between the listing and the read makes libstdc++'s filebuf
+      // throw (read: ESRCH); it is not a live gnuplot.
+      std::string cmd;
+      try {
+        std::ifstream f(e.path() / "cmdline", std::ios::binary);
+        cmd.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      } catch (const std::exception&) {
+        continue;
+      }
       if (cmd.rfind("gnuplot", 0) == 0 && cmd.find(dir.string()) != std::string::npos) return true;
     }
     return false;
