@@ -169,6 +169,24 @@ TEST_CASE_TEMPLATE("gemm: every transpose case on shapes past the cache blocks",
   }
 }
 
+TEST_CASE_TEMPLATE("gemm: a short last panel of every height, with full and partial columns", T,
+                   float, double) {
+  // The last panel of a block of rows holds M mod MR rows (MR is 6 or 4); on
+  // AVX2 a 4-row kernel computes the short ones (gemm.cpp, macro_kernel_packed).
+  // Heights 1-5 under both MR, N a whole number of panels and not, K past a slab.
+  std::mt19937 rng(11);
+  for (int threads : {1, 2}) {
+    ThreadGuard guard(threads);
+    CAPTURE(threads);
+    for (int64_t M : {61, 62, 63, 64, 65, 392, 394, 398})
+      for (int64_t N : {64, 45})
+        for (int t = 0; t < 4; ++t) {
+          Problem<T> p(t & 1, t & 2, M, N, 400, 2, rng, t == 3);
+          check_against_naive(p, T(1.5), t == 3 ? T(0) : T(0.5));
+        }
+  }
+}
+
 TEST_CASE_TEMPLATE("gemm: beta = 0 ignores NaN in C, alpha = 0 and K = 0 only scale C", T, float,
                    double) {
   std::mt19937 rng(3);

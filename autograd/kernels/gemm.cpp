@@ -118,6 +118,19 @@ namespace tg::kernels {
 // -> 0.96, MLP down dW 0.81 -> 0.93, qkv dW 0.93 -> 0.95-1.03, o dW 0.94 ->
 // 0.95, square 1024 0.92 -> 0.93-0.97. Each element still sees the same FMAs
 // in the same order, so the bits do not change.
+// The A block on AVX2 is 384 rows (MC = 6 x 64; 576 KiB at KC 384, in a 1 MiB
+// L2), not 192: each packed B panel, which comes from L3 (the packed B of a
+// K = 2048 product is 8 MiB), is then reused by 64 micro-kernels instead of 32,
+// and the 384-row weight gradients run as one block. Measured on a Zen 4 core
+// in the AVX2 build (2026-12-08, a harness alternating tapegrad and
+// cblas_sgemm call by call, median of 40 paired ratios, four rounds): MLP down
+// dW 0.906-0.926 -> 0.934-0.948, o dW 0.94 -> 0.97, square 2048 0.93-0.95 ->
+// 0.95-0.97, the rest within noise. On a 512 KiB L2 (Zen 3) the block would
+// not fit; there the 192-row one measured the same as 168-480 rows. Not the
+// cause, measured the same day: prefetching C's tile (its load latency shows
+// in the profile's epilogue, but hiding it changed nothing), a smaller packed
+// B (NC 256 or 512 at K 2048: A is repacked per column block, worse), the
+// short last k-slab (K 1920 against 2048), C's alignment or 4 KiB row stride.
 
 namespace {
 
@@ -142,7 +155,7 @@ struct Blocking<double> {
 template <>
 struct Blocking<float> {
   static constexpr int MR = 6, NV = 2;  // 6 x 16 tile, 12 ymm accumulators
-  static constexpr int64_t KC = 384, MC = 6 * 32, B_budget = int64_t(2) << 20;
+  static constexpr int64_t KC = 384, MC = 6 * 64, B_budget = int64_t(2) << 20;
 };
 template <>
 struct Blocking<double> {
@@ -264,16 +277,19 @@ void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_
 // vectors of columns (the last, narrow panel of a matrix: 6 columns need not pay
 // for 64). Each element sees the same FMAs in the same order either way.
 // Prefetch: fetch the A values kPrefetchK steps of k ahead (used with transA;
-// Note [GEMM reads A in place]). Packed: a is a packed panel (rsa 1, csa MR,
-// known here, and the k loop unrolled by 4; Note [GEMM packs A on AVX2]).
+// Note [GEMM reads A in place]). Packed: a is a packed panel (rsa 1, csa PS,
+// known here, and the k loop unrolled by 4; Note [GEMM packs A on AVX2]); PS is
+// the panel's height, which is MR except in the last panel of a block, where
+// an MR < PS kernel computes only the rows that exist.
 constexpr int64_t kPrefetchK = 16;
-template <class T, int MR, int NV, int NVS = NV, bool Prefetch = false, bool Packed = false>
+template <class T, int MR, int NV, int NVS = NV, bool Prefetch = false, bool Packed = false,
+          int PS = MR>
 inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa_in, int64_t csa_in,
                          const T* __restrict b, T* c, int64_t ldc, T alpha, T beta, int64_t rows,
                          int64_t cols, bool full) {
   using V = xsimd::batch<T>;
   constexpr int W = static_cast<int>(V::size);
-  const int64_t rsa = Packed ? 1 : rsa_in, csa = Packed ? MR : csa_in;
+  const int64_t rsa = Packed ? 1 : rsa_in, csa = Packed ? PS : csa_in;
   V acc[MR][NV];
 #pragma GCC unroll 64
   for (int i = 0; i < MR; ++i)
@@ -355,17 +371,29 @@ void macro_kernel_packed(bool transA, const T* A, int64_t lda, int64_t ic, int64
       const int64_t rows = std::min<int64_t>(MR, mc - p * MR);
       const T* a = scratch + p * MR * kc;
       T* c = C + p * MR * ldc + q * NR;
-      if (cols > NR - W)
-        micro_kernel<T, MR, NV, NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta, rows, cols,
-                                                 rows == MR && cols == NR);
-      else if (cols <= W)
-        micro_kernel<T, MR, 1, NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta, rows, cols, false);
-      else if (cols <= 2 * W)
-        micro_kernel<T, MR, (NV >= 2 ? 2 : NV), NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta,
-                                                                 rows, cols, false);
+      // The kernel for `R` rows of this panel. The last panel of a block may be
+      // short (4 or 2 of 6 rows: M = 64, 1024, 128, 2048); a 4-row kernel does
+      // not multiply two of the zero rows, and with 4 rows it writes C directly
+      // instead of through the tile. (A 2-row kernel's 4 accumulators cannot hide
+      // the FMA latency: measured slower than the 6-row one at M = 128.)
+      auto rows_kernel = [&]<int R>() {
+        if (cols > NR - W)
+          micro_kernel<T, R, NV, NV, false, true, MR>(kc, a, 1, MR, b, c, ldc, alpha, beta, rows,
+                                                      cols, rows == R && cols == NR);
+        else if (cols <= W)
+          micro_kernel<T, R, 1, NV, false, true, MR>(kc, a, 1, MR, b, c, ldc, alpha, beta, rows,
+                                                     cols, false);
+        else if (cols <= 2 * W)
+          micro_kernel<T, R, (NV >= 2 ? 2 : NV), NV, false, true, MR>(kc, a, 1, MR, b, c, ldc, alpha,
+                                                                      beta, rows, cols, false);
+        else
+          micro_kernel<T, R, (NV >= 3 ? 3 : NV), NV, false, true, MR>(kc, a, 1, MR, b, c, ldc, alpha,
+                                                                      beta, rows, cols, false);
+      };
+      if (rows == MR || MR <= 4 || rows > 4)
+        rows_kernel.template operator()<MR>();
       else
-        micro_kernel<T, MR, (NV >= 3 ? 3 : NV), NV, false, true>(kc, a, 1, MR, b, c, ldc, alpha, beta,
-                                                                 rows, cols, false);
+        rows_kernel.template operator()<4>();
     }
   }
 }
