@@ -125,8 +125,8 @@ namespace tg::kernels {
 // in the AVX2 build (2026-12-08, a harness alternating tapegrad and
 // cblas_sgemm call by call, median of 40 paired ratios, four rounds): MLP down
 // dW 0.906-0.926 -> 0.934-0.948, o dW 0.94 -> 0.97, square 2048 0.93-0.95 ->
-// 0.95-0.97, the rest within noise. On a 512 KiB L2 (Zen 3) the block would
-// not fit; there the 192-row one measured the same as 168-480 rows. Not the
+// 0.95-0.97, the rest within noise. (On a CPU with a 512 KiB L2, Zen 3, the
+// block does not fit in L2; not measured there.) Not the
 // cause, measured the same day: prefetching C's tile (its load latency shows
 // in the profile's epilogue, but hiding it changed nothing), a smaller packed
 // B (NC 256 or 512 at K 2048: A is repacked per column block, worse), the
