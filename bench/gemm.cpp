@@ -2,7 +2,8 @@
 //
 // What it is for: the side-by-side GEMM benchmark of issue 3. In one run it
 // times tapegrad and OpenBLAS on the same operands, alternating the two in
-// blocks, several repetitions, and reports medians and their ratio, for
+// blocks, several repetitions, and reports the medians of each and the median of
+// the rounds' ratios (one block of each per round, back to back), for
 //   - square sizes 64 .. 2048 (C = A @ B),
 //   - the matmuls of the baby model's training step (tokens T=2048, width 384,
 //     MLP 1024, qkv 1152, vocab 256): forward y = x @ W^T, backward
@@ -119,7 +120,8 @@ double now_s() {
 struct Row {
   std::string name;
   int threads;
-  double ours, peer;
+  double ours, peer;  // medians of the blocks' GFLOP/s
+  double ratio;       // median of the rounds' ratios (each round: one block of each, adjacent)
 };
 
 template <class T>
@@ -173,7 +175,7 @@ Row run_case(const Case& c, const char* dtype, int threads, int reps, double blo
   const double per = (now_s() - t0) / probe;
   const int iters = std::max(1, int(block_s / per));
 
-  std::vector<double> g_ours, g_peer;
+  std::vector<double> g_ours, g_peer, ratios;
   for (int r = 0; r < reps; ++r) {
     // Alternate which one goes first so neither always follows the other.
     for (int w = 0; w < 2; ++w) {
@@ -197,8 +199,11 @@ Row run_case(const Case& c, const char* dtype, int threads, int reps, double blo
         g_peer.push_back(flops * iters / (now_s() - s) * 1e-9);
       }
     }
+    // The ratio of this round's two blocks, run back to back: on a shared machine
+    // whose speed drifts from second to second this compares like with like.
+    ratios.push_back(g_ours.back() / g_peer.back());
   }
-  return {std::string(dtype) + "/" + c.name, threads, median(g_ours), median(g_peer)};
+  return {std::string(dtype) + "/" + c.name, threads, median(g_ours), median(g_peer), median(ratios)};
 }
 
 // Alternates both libraries on a 512^3 product for about `seconds`.
@@ -277,7 +282,8 @@ int main(int argc, char** argv) {
     std::fprintf(out, "case,threads,ours,peer,unit,ratio\n");
   }
 
-  std::printf("GEMM GFLOP/s, tapegrad vs OpenBLAS (%s), median of %d alternating blocks\n",
+  std::printf("GEMM GFLOP/s, tapegrad vs OpenBLAS (%s), medians of %d alternating blocks; ratio: median of "
+              "the rounds' ratios\n",
               openblas_get_corename(), reps);
   std::printf("%-22s %-20s %3s %10s %10s %7s\n", "case", "shape MxNxK op", "thr", "tapegrad",
               "OpenBLAS", "ratio");
@@ -304,7 +310,7 @@ int main(int argc, char** argv) {
         if (!only.empty() && c.name.find(only) == std::string::npos) continue;
         Row r = dt != "f64" ? run_case<float>(c, dt.c_str(), th, reps, block_s)
                             : run_case<double>(c, "f64", th, reps, block_s);
-        const double ratio = r.ours / r.peer;
+        const double ratio = r.ratio;
         std::printf("%-22s %-20s %3d %10.1f %10.1f %7.3f\n", r.name.c_str(), shape_str(c).c_str(),
                     th, r.ours, r.peer, ratio);
         std::fflush(stdout);
