@@ -220,21 +220,32 @@ TEST_CASE_TEMPLATE("gemm: beta = 0 ignores NaN in C, alpha = 0 and K = 0 only sc
 
 TEST_CASE_TEMPLATE("gemm is bitwise reproducible run to run at 1 and 2 threads", T, float,
                    double) {
+  // Every transpose case; one block of rows (at one thread B is then packed as it
+  // is used, Note [GEMM packs B as it goes]), and a second shape with several
+  // column blocks (K x N past the packed-B budget) and several blocks of rows.
   std::mt19937 rng(11);
-  Problem<T> p(false, true, 301, 259, 517, 1, rng, false);
-  std::vector<std::vector<T>> out;
-  for (int threads : {1, 2, 2, 1}) {
-    ThreadGuard guard(threads);
-    std::vector<T> C = p.C0;
-    gemm<T>(p.tA, p.tB, p.M, p.N, p.K, T(0.75), p.A.data(), p.lda, p.B.data(), p.ldb, T(-1),
-            C.data(), p.ldc);
-    out.push_back(C);
-  }
-  // Run to run at a fixed thread count (the project's guarantee) ...
-  CHECK(out[0] == out[3]);
-  CHECK(out[1] == out[2]);
-  // ... and, for this kernel, also across thread counts (Note [GEMM determinism]).
-  CHECK(out[0] == out[1]);
+  struct S {
+    int64_t M, N, K;
+  };
+  for (S s : {S{301, 259, 517}, S{40, 1000, 2100}, S{900, 70, 400}})
+    for (int t = 0; t < 4; ++t) {
+      CAPTURE(s.M);
+      CAPTURE(t);
+      Problem<T> p(t & 1, t & 2, s.M, s.N, s.K, 1, rng, false);
+      std::vector<std::vector<T>> out;
+      for (int threads : {1, 2, 2, 1}) {
+        ThreadGuard guard(threads);
+        std::vector<T> C = p.C0;
+        gemm<T>(p.tA, p.tB, p.M, p.N, p.K, T(0.75), p.A.data(), p.lda, p.B.data(), p.ldb, T(-1),
+                C.data(), p.ldc);
+        out.push_back(C);
+      }
+      // Run to run at a fixed thread count (the project's guarantee) ...
+      CHECK(out[0] == out[3]);
+      CHECK(out[1] == out[2]);
+      // ... and, for this kernel, also across thread counts (Note [GEMM determinism]).
+      CHECK(out[0] == out[1]);
+    }
 }
 
 TEST_CASE_TEMPLATE("gemm: skinny products (M <= 4, Note [GEMM skinny products]) in every case", T,

@@ -126,11 +126,29 @@ namespace tg::kernels {
 // cblas_sgemm call by call, median of 40 paired ratios, four rounds): MLP down
 // dW 0.906-0.926 -> 0.934-0.948, o dW 0.94 -> 0.97, square 2048 0.93-0.95 ->
 // 0.95-0.97, the rest within noise. (On a CPU with a 512 KiB L2, Zen 3, the
-// block does not fit in L2; not measured there.) Not the
+// block does not fit in L2; not measured there.) The last panel of a block,
+// when it has 1-4 rows (M = 64, 1024, 2048), is computed by a 4-row kernel.
+// Not the
 // cause, measured the same day: prefetching C's tile (its load latency shows
 // in the profile's epilogue, but hiding it changed nothing), a smaller packed
 // B (NC 256 or 512 at K 2048: A is repacked per column block, worse), the
 // short last k-slab (K 1920 against 2048), C's alignment or 4 KiB row stride.
+
+// Note [GEMM packs B as it goes]
+// B is packed first, all of its K x NC block, by all threads together, and then
+// read back by each item: the work is shared, and no item waits for another.
+// But when one thread computes one block of rows (M <= 384 on AVX2: the weight
+// gradients of the o, MLP-down and lm_head projections), each packed panel is
+// used by that block only, and it is packed just before its micro-kernels use
+// it, a group of four panels at a time, so it is read back from L1 / L2 at once
+// instead of from L3 or memory once the whole block is packed (8 MiB for the
+// K = 2048 weight gradients). The packed values are the same, so the bits are.
+// Measured on a Zen 4 core, AVX2 build, median of 40 paired calls against
+// cblas_sgemm, three rounds: MLP down dW 0.926-0.936 -> 0.957-0.963. Where
+// later blocks of rows read the panels back anyway it bought nothing (square
+// 2048 measured 0-3% slower: the packing evicts the first block's A from L2),
+// nor with AVX-512 (A read in place), so it is used only on AVX2 (and the
+// other packed-A paths: SSE2, NEON) with one item.
 
 namespace {
 
@@ -269,6 +287,20 @@ void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_
   }
 }
 
+// B panels packed as they are first used (one thread; Note [GEMM packs B as it
+// goes]): before the macro-kernel's panel q, when q starts a group of four,
+// panels [q, q+4) of this k-slab are packed into Bp (the slab's panels).
+template <class T, int NR>
+struct PackBAsItGoes {
+  bool transB;
+  const T* B;
+  int64_t ldb, jc, nc, pc, kc, n_panels;
+  T* Bp;
+  void before_panel(int64_t q) const {
+    if (q % 4 == 0) pack_B<T, NR>(transB, B, ldb, jc, nc, pc, kc, q, std::min(n_panels, q + 4), Bp);
+  }
+};
+
 // ---- micro-kernel -----------------------------------------------------------
 // c(MR, NR) = alpha * a(MR,kc) @ Bp(kc,NR) + beta * c; beta == 0 overwrites.
 // a(i, k) is a[i*rsa + k*csa]: A in place, or a packed edge panel (rsa 1, csa MR).
@@ -281,10 +313,12 @@ void pack_B(bool transB, const T* B, int64_t ldb, int64_t jc, int64_t nc, int64_
 // known here, and the k loop unrolled by 4; Note [GEMM packs A on AVX2]); PS is
 // the panel's height, which is MR except in the last panel of a block, where
 // an MR < PS kernel computes only the rows that exist.
+// Never inlined: inlined into the driver (GCC did, once the macro-kernel took one
+// more argument) its accumulators spilled to the stack, at half the speed.
 constexpr int64_t kPrefetchK = 16;
 template <class T, int MR, int NV, int NVS = NV, bool Prefetch = false, bool Packed = false,
           int PS = MR>
-inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa_in, int64_t csa_in,
+[[gnu::noinline]] void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa_in, int64_t csa_in,
                          const T* __restrict b, T* c, int64_t ldc, T alpha, T beta, int64_t rows,
                          int64_t cols, bool full) {
   using V = xsimd::batch<T>;
@@ -355,16 +389,17 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t rsa_in, int6
 // The block is op(A)(ic:ic+mc, pc:pc+kc). With kPackA it is packed whole into
 // `scratch` (ceil(mc/MR)*MR x kc); otherwise it is read in place from A, and
 // only a last panel of fewer than MR rows is copied to `scratch` (MR x kc).
-template <class T>
+template <class T, int NR>
 void macro_kernel_packed(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
                          int64_t kc, T* scratch, const T* Bp, int64_t q0, int64_t q1, int64_t nc,
-                         T* C, int64_t ldc, T alpha, T beta) {
+                         T* C, int64_t ldc, T alpha, T beta, const PackBAsItGoes<T, NR>* lazy_b) {
   constexpr int MR = Blocking<T>::MR;
   constexpr int NV = Blocking<T>::NV;
   constexpr int W = static_cast<int>(xsimd::batch<T>::size);
-  constexpr int NR = NV * W;
+  static_assert(NR == NV * W);
   pack_A_block<T, MR>(transA, A, lda, ic, mc, pc, kc, scratch);
   for (int64_t q = q0; q < q1; ++q) {
+    if (lazy_b) lazy_b->before_panel(q);
     const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
     const T* b = Bp + q * NR * kc;
     for (int64_t p = 0; p * MR < mc; ++p) {
@@ -398,24 +433,26 @@ void macro_kernel_packed(bool transA, const T* A, int64_t lda, int64_t ic, int64
   }
 }
 
-template <class T>
+template <class T, int NR>
 void macro_kernel(bool transA, const T* A, int64_t lda, int64_t ic, int64_t mc, int64_t pc,
                   int64_t kc, T* edge, const T* Bp, int64_t q0, int64_t q1, int64_t nc, T* C,
-                  int64_t ldc, T alpha, T beta) {
+                  int64_t ldc, T alpha, T beta, const PackBAsItGoes<T, NR>* lazy_b) {
   if constexpr (kPackA) {
-    macro_kernel_packed<T>(transA, A, lda, ic, mc, pc, kc, edge, Bp, q0, q1, nc, C, ldc, alpha, beta);
+    macro_kernel_packed<T, NR>(transA, A, lda, ic, mc, pc, kc, edge, Bp, q0, q1, nc, C, ldc, alpha,
+                               beta, lazy_b);
     return;
   }
   constexpr int MR = Blocking<T>::MR;
   constexpr int NV = Blocking<T>::NV;
   constexpr int W = static_cast<int>(xsimd::batch<T>::size);
-  constexpr int NR = NV * W;
+  static_assert(NR == NV * W);
   // op(A)(i, k) = A[i*rsa + k*csa].
   const int64_t rsa = transA ? 1 : lda, csa = transA ? lda : 1;
   const bool prefetch = transA && (lda * int64_t(sizeof(T))) % 4096 != 0;
   const int64_t full_panels = mc / MR, edge_rows = mc % MR;
   if (edge_rows > 0) pack_A_edge<T, MR>(transA, A, lda, ic + full_panels * MR, edge_rows, pc, kc, edge);
   for (int64_t q = q0; q < q1; ++q) {
+    if (lazy_b) lazy_b->before_panel(q);
     const int64_t cols = std::min<int64_t>(NR, nc - q * NR);
     const T* b = Bp + q * NR * kc;
     for (int64_t p = 0; p * MR < mc; ++p) {
@@ -510,6 +547,7 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
   const int64_t m_panels = ceil_div(M, MR);
   int64_t mb = ceil_div(m_panels, MC_panels);
   if (nt > 1 && mb % nt != 0 && mb < 8 * int64_t(nt)) mb = std::min(m_panels, ceil_div(mb, nt) * nt);
+  const bool lazy = kPackA && nt == 1 && mb == 1;  // Note [GEMM packs B as it goes]
 
   // Shared counters, four per column block (B items claimed, B items done,
   // compute items claimed, threads done with the block), never reset.
@@ -526,9 +564,10 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
       std::atomic<int64_t>& b_done = counters[4 * jb + 1];
       std::atomic<int64_t>& c_claim = counters[4 * jb + 2];
       std::atomic<int64_t>& left = counters[4 * jb + 3];
-      // 1. pack B(:, jc:jc+nc): items are (slab, group of 4 panels).
+      // 1. pack B(:, jc:jc+nc): items are (slab, group of 4 panels). One
+      // thread packs them as it goes instead (Note [GEMM packs B as it goes]).
       const int64_t groups = ceil_div(n_panels, 4);
-      const int64_t b_items = n_slabs * groups;
+      const int64_t b_items = lazy ? 0 : n_slabs * groups;
       for (;;) {
         const int64_t it = b_claim.fetch_add(1, std::memory_order_relaxed);
         if (it >= b_items) break;
@@ -555,8 +594,12 @@ void gemm_driver(bool transA, bool transB, int64_t M, int64_t N, int64_t K, T al
         if (mc <= 0 || q1 <= q0) continue;
         for (int64_t s = 0; s < n_slabs; ++s) {
           const int64_t pc = s * KC, kc = std::min<int64_t>(KC, K - pc);
-          macro_kernel<T>(transA, A, lda, ic, mc, pc, kc, edge, Bp + s * kc_max * NC, q0, q1, nc,
-                          C + ic * ldc + jc, ldc, alpha, s == 0 ? beta : T(1));
+          T* Bs = Bp + s * kc_max * NC;
+          // lazy: one thread, one item, which covers every panel and packs them.
+          const PackBAsItGoes<T, NR> lazy_b{transB, B, ldb, jc, nc, pc, kc, n_panels, Bs};
+          macro_kernel<T, NR>(transA, A, lda, ic, mc, pc, kc, edge, Bs, q0, q1, nc,
+                              C + ic * ldc + jc, ldc, alpha, s == 0 ? beta : T(1),
+                              lazy && it == 0 ? &lazy_b : nullptr);
         }
       }
       // The next column block repacks B: everyone must be done with this one.
