@@ -128,11 +128,12 @@ namespace tg::kernels {
 // 0.95-0.97, the rest within noise. (On a CPU with a 512 KiB L2, Zen 3, the
 // block does not fit in L2; not measured there.) The last panel of a block,
 // when it has 1-4 rows (M = 64, 1024, 2048), is computed by a 4-row kernel.
-// Not the
-// cause, measured the same day: prefetching C's tile (its load latency shows
-// in the profile's epilogue, but hiding it changed nothing), a smaller packed
-// B (NC 256 or 512 at K 2048: A is repacked per column block, worse), the
-// short last k-slab (K 1920 against 2048), C's alignment or 4 KiB row stride.
+// Not the cause, measured the same day: prefetching C's tile (its load latency
+// shows in the profile's epilogue, but hiding it changed nothing), a smaller
+// packed B (NC 256 or 512 at K 2048: A is repacked per column block, worse),
+// the short last k-slab (K 1920 against 2048), C's 4 KiB row stride. C's
+// alignment does count: 64-byte aligned C ran MLP down dW at 0.91 of OpenBLAS,
+// C 16 bytes past a page (a large std::vector's or xtensor's data) at 0.87.
 
 // Note [GEMM packs B as it goes]
 // B is packed first, all of its K x NC block, by all threads together, and then
